@@ -1,0 +1,31 @@
+# moe.c — build with `make`, test with `make test`.
+CC ?= gcc
+# -O3 without fast-math: llm.c's GELU backward once broke under -Ofast (its issue #19).
+CFLAGS ?= -O3 -march=native -Wall -Wextra -Wno-unused-function
+LDLIBS = -lm -lz
+
+# OpenMP if the compiler has it; otherwise a serial build, said out loud.
+OMP_OK := $(shell printf 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes)
+ifeq ($(OMP_OK),yes)
+  CFLAGS += -fopenmp
+else
+  $(warning OpenMP not found: building single-threaded)
+endif
+
+HEADERS = moe.h matmul.h dataloader.h tokenizer.h
+
+all: train_moe test_moe
+
+train_moe: train_moe.c $(HEADERS)
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+test_moe: test_moe.c $(HEADERS)
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+test: test_moe
+	./test_moe
+
+clean:
+	rm -f train_moe test_moe
+
+.PHONY: all test clean

@@ -1,0 +1,171 @@
+// Benchmark for matmul.h: the machine's fp32 FMA peak (AVX2, 1 and 2 threads), then sgemm's
+// GFLOP/s on the model's matmul shapes as a fraction of that peak. Every number is the median of
+// several repetitions; operands are reused between repetitions (warm caches, as in training where
+// the same weights are hit again and again).
+//
+// build: gcc -O3 -march=native -fopenmp -Wall -Wextra dev/bench_sgemm.c -o dev/bench_sgemm -lm
+// run:   ./dev/bench_sgemm            (OMP_NUM_THREADS is ignored: it measures 1 and 2 threads)
+//        ./dev/bench_sgemm M N K      (one shape, its three uses)
+#include <stdint.h>
+#include <time.h>
+#include "../matmul.h"
+
+static double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+static int cmp_double(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
+static double median(double* v, int n) {
+    qsort(v, n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+static void set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// FMA peak: each thread runs 12 independent chains acc = acc*x + y (12 > latency 4 × 2 ports),
+// 8 floats per FMA, 2 flops per lane. Returns GFLOP/s summed over the threads.
+
+#if defined(__AVX2__) && defined(__FMA__)
+static float fma_chains(long iters) {
+    __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    __m256 acc[12];
+    for (int c = 0; c < 12; c++) acc[c] = _mm256_set1_ps((float)c);
+    for (long it = 0; it < iters; it++) {
+        #pragma GCC unroll 12
+        for (int c = 0; c < 12; c++) acc[c] = _mm256_fmadd_ps(acc[c], x, y);
+    }
+    __m256 s = acc[0];
+    for (int c = 1; c < 12; c++) s = _mm256_add_ps(s, acc[c]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+#endif
+
+static double fma_peak_gflops(int nthreads) {
+#if defined(__AVX2__) && defined(__FMA__)
+    const long iters = 20000000;   // 12 × 20M FMAs per thread: ~0.1 s at 2–4 GHz
+    double t[7];
+    volatile float sink = 0.0f;
+    for (int rep = 0; rep < 7; rep++) {
+        double t0 = now_sec();
+        #pragma omp parallel num_threads(nthreads)
+        {
+            float r = fma_chains(iters);
+            #pragma omp atomic
+            sink += r;
+        }
+        t[rep] = now_sec() - t0;
+    }
+    (void)sink;
+    return nthreads * (double)iters * 12 * 8 * 2 / median(t, 7) / 1e9;
+#else
+    (void)nthreads;
+    return 0.0;
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// one shape: median GFLOP/s of sgemm over enough repetitions to last ~0.3 s (at least 5);
+// *best gets the fastest repetition's GFLOP/s (what the code does when the machine is quiet)
+
+static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, double* best) {
+    int a_cols = tA ? M : K, b_cols = tB ? K : N;
+    size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+    float* A = (float*)malloc(na * sizeof(float));
+    float* B = (float*)malloc(nb * sizeof(float));
+    float* C = (float*)malloc(nc * sizeof(float));
+    for (size_t i = 0; i < na; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < nb; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    memset(C, 0, nc * sizeof(float));
+    set_threads(nthreads);
+    int accumulate = tA;   // the weight gradient (1,0) and dinp (0,0) accumulate in the model
+    if (!tA && !tB) accumulate = 1;
+    // warm up (allocates the packing buffers), and size the repetition count
+    double t0 = now_sec();
+    sgemm(tA, tB, M, N, K, A, a_cols, B, b_cols, C, N, accumulate);
+    double once = now_sec() - t0;
+    int reps = (int)(0.3 / (once + 1e-9));
+    if (reps < 5) reps = 5;
+    if (reps > 2001) reps = 2001;
+    double* t = (double*)malloc(reps * sizeof(double));
+    for (int r = 0; r < reps; r++) {
+        if (accumulate && r % 64 == 0) memset(C, 0, nc * sizeof(float));  // keep values tame
+        double s = now_sec();
+        sgemm(tA, tB, M, N, K, A, a_cols, B, b_cols, C, N, accumulate);
+        t[r] = now_sec() - s;
+    }
+    double gflops = 2.0 * M * N * K / median(t, reps) / 1e9;   // (median sorts t)
+    if (best) *best = 2.0 * M * N * K / t[0] / 1e9;
+    free(t); free(A); free(B); free(C);
+    return gflops;
+}
+
+int main(int argc, char** argv) {
+    if (argc == 4) {   // one shape only: ./bench_sgemm M N K (all three uses, 1 and 2 threads)
+        int M = atoi(argv[1]), N = atoi(argv[2]), K = atoi(argv[3]);
+        const int u[3][2] = {{0, 1}, {0, 0}, {1, 0}};
+        for (int i = 0; i < 3; i++) {
+            double b1, b2;
+            double g1 = bench_shape(u[i][0], u[i][1], M, N, K, 1, &b1);
+            double g2 = bench_shape(u[i][0], u[i][1], M, N, K, 2, &b2);
+            printf("tA=%d tB=%d M=%d N=%d K=%d: GFLOP/s median (best) %.1f (%.1f) on 1 thread, "
+                   "%.1f (%.1f) on 2\n", u[i][0], u[i][1], M, N, K, g1, b1, g2, b2);
+        }
+        return 0;
+    }
+    double peak1 = fma_peak_gflops(1), peak2 = fma_peak_gflops(2);
+    printf("fp32 AVX2 FMA peak: %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on 2 threads\n", peak1, peak2);
+    printf("blocking: MR=%d NR=%d KC=%d MC=%d NT=%d NC=%d\n\n",
+           SGEMM_MR, SGEMM_NR, SGEMM_KC, SGEMM_MC, SGEMM_NT, SGEMM_NC);
+
+    struct { const char* what; int M, N, K; } shapes[] = {
+        // the goal: expert FFN blocks (each also run as all three transpose uses below)
+        {"expert FFN",          512,  512,  256},
+        {"expert FFN",          512,  256,  512},
+        // C=256 model, BT=1024: qkv, attproj, dense fc / fcproj, lm head (V padded to 4096)
+        {"qkv C=256",          1024,  768,  256},
+        {"attproj C=256",      1024,  256,  256},
+        {"fc C=256",           1024, 1024,  256},
+        {"fcproj C=256",       1024,  256, 1024},
+        {"lm head C=256",      1024, 4096,  256},
+        // C=768 (GPT-2 small) layers at BT=1024
+        {"qkv C=768",          1024, 2304,  768},
+        {"fc C=768",           1024, 3072,  768},
+        // small and uneven expert blocks, C=128/H=512
+        {"expert 37 rows",       37,  512,  128},
+        {"expert 150 rows",     150,  512,  128},
+        {"expert 600 rows",     600,  512,  128},
+        {"tiny C=64",            64,  256,   64},
+    };
+    const int uses[3][2] = {{0, 1}, {0, 0}, {1, 0}};
+    const char* use_name[3] = {"fwd  (0,1)", "dinp (0,0)", "dW   (1,0)"};
+
+    printf("GF/s and %%peak are medians; 'best' is the fastest repetition's %% of peak\n");
+    printf("%-17s %-10s %5s %5s %5s | %7s %6s %6s | %7s %6s %6s\n", "shape", "use", "M", "N", "K",
+           "1t GF/s", "%peak", "best", "2t GF/s", "%peak", "best");
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        for (int u = 0; u < 3; u++) {
+            int tA = uses[u][0], tB = uses[u][1];
+            int M = shapes[s].M, N = shapes[s].N, K = shapes[s].K;
+            double b1, b2;
+            double g1 = bench_shape(tA, tB, M, N, K, 1, &b1);
+            double g2 = bench_shape(tA, tB, M, N, K, 2, &b2);
+            printf("%-17s %-10s %5d %5d %5d | %7.1f %5.0f%% %5.0f%% | %7.1f %5.0f%% %5.0f%%\n",
+                   shapes[s].what, use_name[u], M, N, K, g1, 100 * g1 / peak1, 100 * b1 / peak1,
+                   g2, 100 * g2 / peak2, 100 * b2 / peak2);
+            fflush(stdout);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,181 @@
+// Correctness test for matmul.h: sgemm (and its packed path sgemm_blocked) against the plain-loop
+// sgemm_scalar, over many shapes incl. edge sizes, all four transpose combinations, accumulate 0/1,
+// padded leading dimensions; plus bit-identity of the result across thread counts.
+//
+// Tolerance: max|got - ref| / (max|ref| + 1e-6) < 1e-5 per call (inputs uniform in [-1,1]; the two
+// sum in different association, so they agree to a few float ulps of the result's scale).
+// Also checked exactly: C padding (columns N..ldc-1) untouched; accumulate=0 overwrites NaN in C.
+//
+// build: gcc -O3 -march=native -fopenmp -Wall -Wextra dev/test_sgemm.c -o dev/test_sgemm -lm
+#include <math.h>
+#include <stdint.h>
+#include "../matmul.h"
+
+static int n_passed = 0, n_failed = 0;
+
+static uint64_t rng_state = 0x853c49e6748fea9bULL;
+static float rand_pm1(void) {   // xorshift64*, uniform in [-1, 1)
+    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    uint32_t r = (uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 40);   // 24 bits
+    return (float)r / 8388608.0f - 1.0f;
+}
+static float* rand_buf(size_t n) {
+    float* p = (float*)malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = rand_pm1();
+    return p;
+}
+
+typedef void (*gemm_fn)(int, int, int, int, int, const float*, int, const float*, int, float*, int, int);
+
+static void set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+// one call of fn against sgemm_scalar; pad adds to every leading dimension
+static void check_case(const char* name, gemm_fn fn, int tA, int tB, int M, int N, int K,
+                       int accumulate, int pad) {
+    // storage shapes: op(A) is M×K, op(B) is K×N
+    int a_rows = tA ? K : M, a_cols = tA ? M : K;
+    int b_rows = tB ? N : K, b_cols = tB ? K : N;
+    int lda = a_cols + pad, ldb = b_cols + pad, ldc = N + pad;
+    float* A = rand_buf((size_t)a_rows * lda);
+    float* B = rand_buf((size_t)b_rows * ldb);
+    float* C = rand_buf((size_t)M * ldc);
+    float* R = (float*)malloc(((size_t)M * ldc + 1) * sizeof(float));
+    if (!accumulate) {   // the result must not depend on C's old contents, not even on NaN
+        for (int i = 0; i < M; i++) for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = NAN;
+    }
+    memcpy(R, C, (size_t)M * ldc * sizeof(float));
+    fn(tA, tB, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    sgemm_scalar(tA, tB, M, N, K, A, lda, B, ldb, R, ldc, accumulate);
+
+    double max_diff = 0.0, max_ref = 0.0;
+    int bad_i = -1, bad_j = -1, pad_touched = 0;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < ldc; j++) {
+            float got = C[(size_t)i * ldc + j], ref = R[(size_t)i * ldc + j];
+            if (j >= N) {   // padding: must be bit-for-bit untouched
+                if (memcmp(&got, &ref, sizeof(float)) != 0) pad_touched = 1;
+                continue;
+            }
+            double d = isfinite(got) ? fabs((double)got - ref) : INFINITY;
+            if (d > max_diff) { max_diff = d; bad_i = i; bad_j = j; }
+            if (fabs(ref) > max_ref) max_ref = fabs(ref);
+        }
+    }
+    double rel = max_diff / (max_ref + 1e-6);
+    if (rel < 1e-5 && !pad_touched) {
+        n_passed++;
+    } else {
+        n_failed++;
+        printf("FAIL %s tA=%d tB=%d M=%d N=%d K=%d acc=%d pad=%d: rel err %.3g%s", name, tA, tB,
+               M, N, K, accumulate, pad, rel, pad_touched ? " (padding of C was written)" : "");
+        if (bad_i >= 0) printf(" at C[%d,%d] got %.9g want %.9g", bad_i, bad_j,
+                               C[(size_t)bad_i * ldc + bad_j], R[(size_t)bad_i * ldc + bad_j]);
+        printf("\n");
+    }
+    free(A); free(B); free(C); free(R);
+}
+
+// sgemm with 1, 2 and 3 threads must give bit-identical C (3 > cores changes the tiling too)
+static void check_threads(int tA, int tB, int M, int N, int K, int accumulate) {
+    int a_rows = tA ? K : M, a_cols = tA ? M : K;
+    int b_rows = tB ? N : K, b_cols = tB ? K : N;
+    float* A = rand_buf((size_t)a_rows * a_cols);
+    float* B = rand_buf((size_t)b_rows * b_cols);
+    float* C0 = rand_buf((size_t)M * N);
+    float* C[3];
+    int ok = 1;
+    for (int t = 0; t < 3; t++) {
+        C[t] = (float*)malloc(((size_t)M * N + 1) * sizeof(float));
+        memcpy(C[t], C0, (size_t)M * N * sizeof(float));
+        set_threads(t + 1);
+        sgemm(tA, tB, M, N, K, A, a_cols, B, b_cols, C[t], N, accumulate);
+        if (t > 0 && memcmp(C[t], C[0], (size_t)M * N * sizeof(float)) != 0) {
+            ok = 0;
+            for (size_t x = 0; x < (size_t)M * N; x++) {
+                if (memcmp(&C[t][x], &C[0][x], sizeof(float)) != 0) {
+                    printf("FAIL threads tA=%d tB=%d M=%d N=%d K=%d acc=%d: %d vs 1 thread differ "
+                           "at C[%zu,%zu]: %.9g vs %.9g\n", tA, tB, M, N, K, accumulate, t + 1,
+                           x / N, x % N, C[t][x], C[0][x]);
+                    break;
+                }
+            }
+        }
+    }
+    set_threads(2);
+    if (ok) n_passed++; else n_failed++;
+    free(A); free(B); free(C0); for (int t = 0; t < 3; t++) free(C[t]);
+}
+
+// the micro-kernel in use (AVX2 when compiled for it) against the scalar definition
+static void check_kernel(int kc, int add) {
+    float* a = sgemm_alloc((size_t)kc * SGEMM_MR + 1);
+    float* b = sgemm_alloc((size_t)kc * SGEMM_NR + 1);
+    for (int x = 0; x < kc * SGEMM_MR; x++) a[x] = rand_pm1();
+    for (int x = 0; x < kc * SGEMM_NR; x++) b[x] = rand_pm1();
+    int ldc = SGEMM_NR + 3;
+    float c1[SGEMM_MR * (SGEMM_NR + 3)], c2[SGEMM_MR * (SGEMM_NR + 3)];
+    for (int x = 0; x < SGEMM_MR * ldc; x++) c1[x] = c2[x] = rand_pm1();
+    sgemm_kernel(kc, a, b, c1, ldc, add);
+    sgemm_kernel_scalar(kc, a, b, c2, ldc, add);
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int x = 0; x < SGEMM_MR * ldc; x++) {
+        double d = fabs((double)c1[x] - c2[x]);
+        if (d > max_diff) max_diff = d;
+        if (fabs(c2[x]) > max_ref) max_ref = fabs(c2[x]);
+    }
+    double rel = max_diff / (max_ref + 1e-6);
+    if (rel < 1e-5) n_passed++;
+    else { n_failed++; printf("FAIL kernel kc=%d add=%d: rel err %.3g\n", kc, add, rel); }
+    free(a); free(b);
+}
+
+int main(void) {
+    set_threads(2);
+    const int edge[] = {0, 1, 2, 5, 6, 7, 15, 16, 17, 63, 64, 65};
+    const int n_edge = (int)(sizeof(edge) / sizeof(edge[0]));
+    const int ks[] = {0, 1, 7, 16, 65, 255, 256, 257};   // 255..257 straddle the K block
+    const int n_ks = (int)(sizeof(ks) / sizeof(ks[0]));
+
+    for (int kc = 1; kc <= 300; kc += 37) { check_kernel(kc, 0); check_kernel(kc, 1); }
+
+    // edge sizes: every M, N in edge[] × K in ks[] × 4 transposes × accumulate; the packed path
+    // directly (every size would go through the plain loops in sgemm otherwise)
+    for (int t = 0; t < 4; t++)
+        for (int a = 0; a < n_edge; a++)
+            for (int b = 0; b < n_edge; b++)
+                for (int k = 0; k < n_ks; k++) {
+                    int acc = (a + b + k) % 2, pad = (a + k) % 3 == 0 ? 0 : 3;
+                    check_case("blocked", sgemm_blocked, t >> 1, t & 1, edge[a], edge[b], ks[k], acc, pad);
+                }
+
+    // shapes that cross the tile (MC=96, NT=256), B panel (NC=2048) and K block boundaries, and
+    // model-like shapes (expert blocks of uneven size), through the public entry point
+    const int shapes[][3] = {
+        {97, 257, 33}, {200, 300, 513}, {6, 16, 256}, {1, 2050, 40}, {97, 2049, 300},
+        {37, 1024, 256}, {600, 768, 64}, {130, 64, 600}, {513, 17, 129}, {3, 5, 7},
+        {64, 64, 64}, {1, 768, 256}, {768, 256, 1}, {300, 1, 300},
+    };
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+        for (int t = 0; t < 4; t++)
+            for (int acc = 0; acc < 2; acc++)
+                check_case("sgemm", sgemm, t >> 1, t & 1, shapes[s][0], shapes[s][1], shapes[s][2],
+                           acc, (int)(s % 2) * 5);
+
+    // thread-count bit-identity, on shapes where the tiling differs between 1, 2 and 3 threads
+    const int tshapes[][3] = {
+        {512, 512, 256}, {512, 256, 512}, {97, 2049, 300}, {7, 1000, 600}, {600, 64, 1000},
+        {33, 33, 33},
+    };
+    for (size_t s = 0; s < sizeof(tshapes) / sizeof(tshapes[0]); s++)
+        for (int t = 0; t < 4; t++)
+            check_threads(t >> 1, t & 1, tshapes[s][0], tshapes[s][1], tshapes[s][2], (int)(s % 2));
+
+    printf("%d passed, %d failed\n", n_passed, n_failed);
+    return n_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,1315 @@
+/*
+moe.h — a Mixture-of-Experts GPT-2, forward and backward by hand, in one header.
+
+Read top to bottom: utilities, the config, the ops (each forward with its backward beside it),
+the routers, expert dispatch, the model (one parameter buffer, one activation buffer), AdamW,
+checkpoints. The contract for every equation and file layout is SPEC.md; where this file makes a
+choice the spec leaves open, a comment says so.
+
+Conventions (as llm.c): weights are stored out x in, y = x W^T + b. Backward functions ACCUMULATE
+(+=) into gradient buffers, so a tensor used twice just receives two contributions. Shapes use the
+spec's letters: B batch, T time, C channels, V vocab, Vp padded vocab, L layers, NH heads,
+E experts, K experts per token, H expert hidden size, N = B*T tokens.
+
+Determinism: same flags + seed + thread count => bit-identical losses. So: no float atomics,
+static OpenMP schedules, every reduction in a fixed order, expert outputs combined per token in
+ascending expert order.
+*/
+#ifndef MOE_H
+#define MOE_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <stdarg.h>
+#include <math.h>
+#include <errno.h>
+#include <unistd.h>
+#include <zlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "matmul.h"
+
+// ----------------------------------------------------------------------------
+// loud little helpers: print where and what, then exit (llm.c's fopenCheck & co.)
+
+static void die(const char* fmt, ...) {
+    va_list ap; va_start(ap, fmt);
+    fprintf(stderr, "error: "); vfprintf(stderr, fmt, ap); fprintf(stderr, "\n");
+    va_end(ap);
+    exit(EXIT_FAILURE);
+}
+
+static void* malloc_check_(size_t size, const char* file, int line) {
+    void* p = malloc(size > 0 ? size : 1);
+    if (p == NULL) die("%s:%d: out of memory allocating %zu bytes", file, line, size);
+    return p;
+}
+static void* calloc_check_(size_t n, size_t size, const char* file, int line) {
+    void* p = calloc(n > 0 ? n : 1, size > 0 ? size : 1);
+    if (p == NULL) die("%s:%d: out of memory allocating %zu bytes", file, line, n * size);
+    return p;
+}
+#define mallocCheck(size) malloc_check_(size, __FILE__, __LINE__)
+#define callocCheck(n, size) calloc_check_(n, size, __FILE__, __LINE__)
+
+// Formats a message into a caller's error buffer and returns -1, for the "return an error" paths
+// (checkpoint and file loaders) that tests exercise without exiting.
+static int set_err(char* err, size_t errlen, const char* fmt, ...) {
+    if (err != NULL && errlen > 0) {
+        va_list ap; va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static float bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+// ----------------------------------------------------------------------------
+// random numbers. One seed, several independent streams (init, data order, sampling, the
+// CompeteSMoE schedule) derived by splitmix64, so changing the use of one never shifts another.
+
+enum { STREAM_INIT = 1, STREAM_DATA = 2, STREAM_SAMPLE = 3, STREAM_COMPETE = 4, STREAM_CORPUS = 5 };
+
+static uint64_t splitmix64(uint64_t* state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static uint64_t derive_seed(uint64_t seed, uint64_t stream) {
+    uint64_t s = seed * 0x100000001B3ULL + stream;
+    uint64_t out = splitmix64(&s);
+    return out != 0 ? out : 1;  // xorshift state must not be 0
+}
+static uint32_t random_u32(uint64_t* state) {  // xorshift*, as llm.c
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
+}
+static float random_f32(uint64_t* state) {  // uniform in [0, 1)
+    return (random_u32(state) >> 8) / 16777216.0f;
+}
+static float random_normal(uint64_t* state) {  // Box-Muller, one value per call
+    float u1 = random_f32(state), u2 = random_f32(state);
+    if (u1 < 1e-12f) u1 = 1e-12f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(2.0f * (float)M_PI * u2);
+}
+
+// ----------------------------------------------------------------------------
+// configuration
+
+enum { ROUTER_TOPK = 0, ROUTER_GATEPRO = 1, ROUTER_COMPETE = 2 };
+enum { GATE_TOPK_SOFTMAX = 0, GATE_SOFTMAX_TOPK = 1 };
+static const char* ROUTER_NAMES[] = {"topk", "gatepro", "compete"};
+static const char* GATE_NORM_NAMES[] = {"topk_softmax", "softmax_topk"};
+
+typedef struct {
+    int max_seq_len;        // maxT
+    int vocab_size;         // V
+    int padded_vocab_size;  // Vp = 128 * ceil(V / 128), unless a checkpoint says otherwise
+    int num_layers;         // L
+    int num_heads;          // NH
+    int channels;           // C
+    int n_expert;           // E
+    int top_k;              // K
+    int expert_hidden;      // H
+} MoEConfig;
+
+// How tokens are routed. Lives beside the weights: a checkpoint trained with one router resumes
+// under another, so this is settable independently of the parameters.
+typedef struct {
+    int router;             // ROUTER_*
+    int gate_norm;          // GATE_*
+    float aux_loss_coef;    // a, Switch load-balance loss
+    float z_loss_coef;      // z, router z-loss
+    float gatepro_lambda;   // GatePro logit penalty
+    int gatepro_start;      // penalty active at step s iff start <= s and (stop < 0 or s < stop)
+    int gatepro_stop;
+} RouterConfig;
+
+static int pad_vocab(int V) { return ((V + 127) / 128) * 128; }
+
+// Returns 0 if the config is usable, else -1 with the reason in err.
+static int config_check(const MoEConfig* c, char* err, size_t errlen) {
+    if (c->max_seq_len < 1) return set_err(err, errlen, "max sequence length must be >= 1 (got %d)", c->max_seq_len);
+    if (c->vocab_size < 2) return set_err(err, errlen, "vocab size must be >= 2 (got %d)", c->vocab_size);
+    if (c->padded_vocab_size < c->vocab_size)
+        return set_err(err, errlen, "padded vocab %d < vocab %d", c->padded_vocab_size, c->vocab_size);
+    if (c->num_layers < 1) return set_err(err, errlen, "layers must be >= 1 (got %d)", c->num_layers);
+    if (c->channels < 1 || c->num_heads < 1) return set_err(err, errlen, "channels and heads must be >= 1");
+    if (c->channels % c->num_heads != 0)
+        return set_err(err, errlen, "channels C=%d must be divisible by heads NH=%d", c->channels, c->num_heads);
+    if (c->n_expert < 1) return set_err(err, errlen, "experts E must be >= 1 (got %d)", c->n_expert);
+    if (c->top_k < 1 || c->top_k > c->n_expert)
+        return set_err(err, errlen, "top-k K=%d must satisfy 1 <= K <= E=%d", c->top_k, c->n_expert);
+    if (c->expert_hidden < 1) return set_err(err, errlen, "expert hidden H must be >= 1 (got %d)", c->expert_hidden);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the ops. Each forward is followed by its backward.
+
+// out (B,T,C) = wte[inp] + wpe[t]; inp (B,T) token ids
+static void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float* o = out + ((size_t)b * T + t) * C;
+            const float* w = wte + (size_t)inp[b * T + t] * C;
+            const float* p = wpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = w[c] + p[c];
+        }
+    }
+}
+// Serial in (b,t) order: two tokens with the same id add into the same wte row, and the order of
+// those additions must not depend on threads. Cheap next to everything else.
+static void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const float* d = dout + ((size_t)b * T + t) * C;
+            float* dw = dwte + (size_t)inp[b * T + t] * C;
+            float* dp = dwpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) { dw[c] += d[c]; dp[c] += d[c]; }
+        }
+    }
+}
+
+// out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) cached for backward
+static void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C) {
+    const float eps = 1e-5f;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
+        v /= C;
+        float s = 1.0f / sqrtf(v + eps);
+        float* o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+// With xhat = (x - mean) * rstd and g = dout * weight:
+//   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  dweight += sum_n dout * xhat,  dbias += sum_n dout.
+// dinp is per token (parallel over N); dweight/dbias sum over tokens, parallel over channels so
+// every sum runs in the same order whatever the thread count.
+static void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                               const float* weight, const float* mean, const float* rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* d = dout + (size_t)n * C;
+        const float* x = inp + (size_t)n * C;
+        float m = mean[n], s = rstd[n];
+        float g_mean = 0.0f, gx_mean = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float g = d[c] * weight[c];
+            g_mean += g;
+            gx_mean += g * (x[c] - m) * s;
+        }
+        g_mean /= C;
+        gx_mean /= C;
+        float* dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * s;
+            dx[c] += s * (d[c] * weight[c] - g_mean - xhat * gx_mean);
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) {
+        float dw = 0.0f, db = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float d = dout[(size_t)n * C + c];
+            dw += d * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
+            db += d;
+        }
+        dweight[c] += dw;
+        dbias[c] += db;
+    }
+}
+
+// out (N,OC) = inp (N,C) . weight(OC,C)^T + bias (OC, may be NULL). The kernel is matmul.h's sgemm.
+static void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
+    sgemm(0, 1, N, OC, C, inp, C, weight, C, out, OC, 0);
+    if (bias != NULL) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float* o = out + (size_t)n * OC;
+            for (int j = 0; j < OC; j++) o[j] += bias[j];
+        }
+    }
+}
+// Column sums of dout (N,OC) into dbias (OC), each column summed in token order.
+static void bias_backward(float* dbias, const float* dout, int N, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int j0 = 0; j0 < OC; j0 += 64) {
+        int j1 = j0 + 64 < OC ? j0 + 64 : OC;
+        float acc[64] = {0};
+        for (int n = 0; n < N; n++) {
+            const float* d = dout + (size_t)n * OC;
+            for (int j = j0; j < j1; j++) acc[j - j0] += d[j];
+        }
+        for (int j = j0; j < j1; j++) dbias[j] += acc[j - j0];
+    }
+}
+// dinp (N,C) += dout (N,OC) . weight (OC,C);  dweight (OC,C) += dout^T . inp;  dbias (OC) += sum_n dout.
+// dinp may be NULL (nothing upstream needs it).
+static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int N, int C, int OC) {
+    if (dinp != NULL) sgemm(0, 0, N, C, OC, dout, OC, weight, C, dinp, C, 1);
+    sgemm(1, 0, OC, C, N, dout, OC, inp, C, dweight, C, 1);
+    if (dbias != NULL) bias_backward(dbias, dout, N, OC);
+}
+
+// Causal self-attention. qkv (B,T,3C) holds q | k | v, head h in channels [h*hs, (h+1)*hs).
+// out (B,T,C); att (B,NH,T,T) holds the softmax probabilities (row t, columns <= t) for backward.
+static void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const float* q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                float maxval = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                    a[t2] = dot * scale;
+                    if (a[t2] > maxval) maxval = a[t2];
+                }
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxval); sum += a[t2]; }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float* o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float w = a[t2];
+                    for (int i = 0; i < hs; i++) o[i] += w * v[i];
+                }
+            }
+        }
+    }
+}
+// With a = softmax(s), s = q.k * scale, o = sum a v:
+//   dv += a * do,  da = do . v,  ds = a * (da - sum(a * da)),  dq += ds * k * scale,  dk += ds * q * scale.
+// One (b,h) pair per thread iteration: it owns its head's slice of dqkv, so no two threads write
+// the same float. datt_row is scratch of T floats per thread.
+static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                               int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel
+    {
+        float* da = (float*)mallocCheck((size_t)T * sizeof(float));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                for (int t = 0; t < T; t++) {
+                    const float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                    const float* d = dout + ((size_t)b * T + t) * C + h * hs;
+                    const float* q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                    float* dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                    float dot_ada = 0.0f;
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        const float* v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                        float* dv = dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                        float x = 0.0f;
+                        for (int i = 0; i < hs; i++) { x += d[i] * v[i]; dv[i] += a[t2] * d[i]; }
+                        da[t2] = x;
+                        dot_ada += a[t2] * x;
+                    }
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        float ds = a[t2] * (da[t2] - dot_ada) * scale;
+                        const float* k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                        float* dk = dqkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                        for (int i = 0; i < hs; i++) { dq[i] += ds * k[i]; dk[i] += ds * q[i]; }
+                    }
+                }
+            }
+        }
+        free(da);
+    }
+}
+
+// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Built without fast-math
+// (llm.c's issue #19: fast-math once broke its GELU backward).
+#define GELU_SCALING_FACTOR 0.7978845608028654f
+static void gelu_forward(float* out, const float* inp, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cube = 0.044715f * x * x * x;
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
+    }
+}
+// d/dx = 0.5 (1 + tanh(u)) + 0.5 x sech^2(u) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  u = sqrt(2/pi)(x + 0.044715 x^3)
+static inline float gelu_grad(float x) {
+    float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
+    float th = tanhf(u);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+}
+static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+}
+
+// out = a + b, elementwise over n. Its backward is the identity to both inputs, written inline.
+static void residual_forward(float* out, const float* a, const float* b, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// Cross-entropy over the first V of Vp logits. logits (N,Vp); lse (N) = logsumexp of each row,
+// cached; losses (N) = lse - logit[target]. Returns the mean loss.
+static float crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets,
+                                  int N, int V, int Vp) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = logits + (size_t)n * Vp;
+        float m = -INFINITY;
+        for (int v = 0; v < V; v++) if (x[v] > m) m = x[v];
+        float s = 0.0f;
+        for (int v = 0; v < V; v++) s += expf(x[v] - m);
+        lse[n] = m + logf(s);
+        losses[n] = lse[n] - x[targets[n]];
+    }
+    double total = 0.0;
+    for (int n = 0; n < N; n++) total += losses[n];
+    return (float)(total / N);
+}
+// d(loss)/d(logit_v) = dloss * (softmax_v - [v == target]) for v < V, and 0 for the padding.
+// Written in place over the logits (the forward's logits are not needed afterwards).
+static void crossentropy_backward_inplace(float* logits, const float* lse, const int* targets,
+                                          float dloss, int N, int V, int Vp) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* x = logits + (size_t)n * Vp;
+        for (int v = 0; v < V; v++) x[v] = dloss * expf(x[v] - lse[n]);
+        x[targets[n]] -= dloss;
+        for (int v = V; v < Vp; v++) x[v] = 0.0f;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// routers (SPEC §3). Per token: raw logits l = W_g x (E values). A router turns them into the K
+// experts that run, in ascending expert order, and their weights alpha.
+
+// The K largest of sel (E values), ties toward the lower index; written ascending into expert_index.
+static void topk_indices(const float* sel, int E, int K, int* expert_index) {
+    uint64_t taken[4] = {0};  // E <= 256
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            if (taken[e >> 6] >> (e & 63) & 1) continue;
+            if (best < 0 || sel[e] > sel[best]) best = e;  // strict '>' keeps the lower index on a tie
+        }
+        taken[best >> 6] |= 1ULL << (best & 63);
+    }
+    int k = 0;
+    for (int e = 0; e < E && k < K; e++) if (taken[e >> 6] >> (e & 63) & 1) expert_index[k++] = e;
+}
+
+// softmax of x (n values) into out; returns logsumexp.
+static float softmax_lse(float* out, const float* x, int n) {
+    float m = x[0];
+    for (int i = 1; i < n; i++) if (x[i] > m) m = x[i];
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) { out[i] = expf(x[i] - m); s += out[i]; }
+    float inv = 1.0f / s;
+    for (int i = 0; i < n; i++) out[i] *= inv;
+    return m + logf(s);
+}
+
+// GatePro (arXiv 2510.13079, Eq. 5-9), applied to one token's logits. sibling[i] = j*(i), the
+// expert whose router row is most similar to row i. Expert i loses when l_i < l_{j*(i)} (a tie is
+// no loss); a loser's logit is lowered by lambda. Each expert is penalised at most once. The
+// penalty is piecewise constant, so its Jacobian is the identity (no gradient into S or j*).
+static void gatepro_penalize(float* sel, const float* logits, const int* sibling, float lambda, int E) {
+    for (int i = 0; i < E; i++) sel[i] = logits[i] < logits[sibling[i]] ? logits[i] - lambda : logits[i];
+}
+
+// Weights of the selected experts from the selection logits sel (E), by --gate-norm:
+//   topk_softmax: alpha_i = exp(sel_i) / sum_{j in T_k} exp(sel_j)        (GatePro Eq. 3, Mixtral)
+//   softmax_topk: alpha_i = softmax(sel)_i over all E, not renormalised  (GShard, Switch, OLMoE)
+static void gate_weights(float* gate, const float* sel, const int* expert_index, int E, int K, int gate_norm) {
+    if (gate_norm == GATE_TOPK_SOFTMAX) {
+        float m = sel[expert_index[0]];
+        for (int k = 1; k < K; k++) if (sel[expert_index[k]] > m) m = sel[expert_index[k]];
+        float s = 0.0f;
+        for (int k = 0; k < K; k++) { gate[k] = expf(sel[expert_index[k]] - m); s += gate[k]; }
+        for (int k = 0; k < K; k++) gate[k] /= s;
+    } else {
+        float m = sel[0];
+        for (int e = 1; e < E; e++) if (sel[e] > m) m = sel[e];
+        float s = 0.0f;
+        for (int e = 0; e < E; e++) s += expf(sel[e] - m);
+        for (int k = 0; k < K; k++) gate[k] = expf(sel[expert_index[k]] - m) / s;
+    }
+}
+
+// Backward of gate_weights: dgate (K) -> dsel (E, accumulated). With alpha as above:
+//   topk_softmax: dsel_i = alpha_i (dalpha_i - sum_k alpha_k dalpha_k) for i in T_k, 0 elsewhere
+//   softmax_topk: dsel_j = p_j ([j in T_k] dalpha_j - sum_k alpha_k dalpha_k) for every j, p = softmax(sel)
+static void gate_weights_backward(float* dsel, const float* dgate, const float* gate, const float* sel,
+                                  const int* expert_index, int E, int K, int gate_norm) {
+    float dot = 0.0f;
+    for (int k = 0; k < K; k++) dot += gate[k] * dgate[k];
+    if (gate_norm == GATE_TOPK_SOFTMAX) {
+        for (int k = 0; k < K; k++) dsel[expert_index[k]] += gate[k] * (dgate[k] - dot);
+    } else {
+        float p[256];
+        softmax_lse(p, sel, E);
+        for (int e = 0; e < E; e++) dsel[e] -= p[e] * dot;
+        for (int k = 0; k < K; k++) dsel[expert_index[k]] += p[expert_index[k]] * dgate[k];
+    }
+}
+
+// Cosine similarity of router rows (F.normalize convention: a zero row gives 0) and each
+// expert's nearest sibling j*(i) = argmax_{j != i} S_ij, ties toward the lower j. Once per layer
+// per forward pass. w (E,C) -> S (E,E), sibling (E).
+static void router_similarity(float* S, int* sibling, const float* w, int E, int C) {
+    float norm[256];
+    for (int i = 0; i < E; i++) {
+        float s = 0.0f;
+        for (int c = 0; c < C; c++) s += w[(size_t)i * C + c] * w[(size_t)i * C + c];
+        norm[i] = fmaxf(sqrtf(s), 1e-12f);
+    }
+    for (int i = 0; i < E; i++) {
+        for (int j = 0; j < E; j++) {
+            float d = 0.0f;
+            for (int c = 0; c < C; c++) d += w[(size_t)i * C + c] * w[(size_t)j * C + c];
+            S[i * E + j] = d / (norm[i] * norm[j]);
+        }
+    }
+    for (int i = 0; i < E; i++) {
+        int best = -1;
+        for (int j = 0; j < E; j++) {
+            if (j == i) continue;
+            if (best < 0 || S[i * E + j] > S[i * E + best]) best = j;
+        }
+        sibling[i] = best < 0 ? i : best;  // E == 1: its own sibling, never used
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the model: one parameter buffer carved into tensors by a table of sizes (SPEC §2.1 order)
+
+#define NUM_PARAMETER_TENSORS 17
+typedef struct {
+    float* wte;       // (Vp, C) token embedding, tied with the classifier
+    float* wpe;       // (maxT, C) position embedding
+    float* ln1w;      // (L, C)
+    float* ln1b;      // (L, C)
+    float* qkvw;      // (L, 3C, C)
+    float* qkvb;      // (L, 3C)
+    float* attprojw;  // (L, C, C)
+    float* attprojb;  // (L, C)
+    float* ln2w;      // (L, C)
+    float* ln2b;      // (L, C)
+    float* routerw;   // (L, E, C) router W_g, no bias
+    float* fcw;       // (L, E, H, C) expert up-projection W1
+    float* fcb;       // (L, E, H)
+    float* fcprojw;   // (L, E, C, H) expert down-projection W2
+    float* fcprojb;   // (L, E, C)
+    float* lnfw;      // (C)
+    float* lnfb;      // (C)
+} ParameterTensors;
+
+static const char* PARAM_NAMES[NUM_PARAMETER_TENSORS] = {
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+    "routerw", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};
+// AdamW weight decay applies to matrices and embeddings, not to biases or LayerNorm (SPEC §4).
+static const int PARAM_DECAY[NUM_PARAMETER_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0};
+
+static void fill_param_sizes(size_t* sizes, const MoEConfig* c) {
+    size_t Vp = c->padded_vocab_size, C = c->channels, L = c->num_layers, maxT = c->max_seq_len;
+    size_t E = c->n_expert, H = c->expert_hidden;
+    sizes[0] = Vp * C;        sizes[1] = maxT * C;
+    sizes[2] = L * C;         sizes[3] = L * C;
+    sizes[4] = L * 3 * C * C; sizes[5] = L * 3 * C;
+    sizes[6] = L * C * C;     sizes[7] = L * C;
+    sizes[8] = L * C;         sizes[9] = L * C;
+    sizes[10] = L * E * C;
+    sizes[11] = L * E * H * C; sizes[12] = L * E * H;
+    sizes[13] = L * E * C * H; sizes[14] = L * E * C;
+    sizes[15] = C;            sizes[16] = C;
+}
+
+static void point_parameters(ParameterTensors* p, float* memory, const size_t* sizes) {
+    float** ptrs[NUM_PARAMETER_TENSORS] = {
+        &p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->qkvw, &p->qkvb, &p->attprojw, &p->attprojb,
+        &p->ln2w, &p->ln2b, &p->routerw, &p->fcw, &p->fcb, &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb};
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { *ptrs[i] = memory; memory += sizes[i]; }
+}
+
+// Activations of one forward pass for a (B,T) batch. Carved from one float buffer and one int
+// buffer. Everything backward needs is kept; the rest is scratch.
+typedef struct {
+    float* encoded;       // (N, C) embedding output
+    float* ln1;           // (L, N, C)
+    float* ln1_mean;      // (L, N)
+    float* ln1_rstd;      // (L, N)
+    float* qkv;           // (L, N, 3C)
+    float* atty;          // (L, N, C) attention output before the projection
+    float* att;           // (L, B, NH, T, T) attention probabilities
+    float* residual2;     // (L, N, C) after the attention residual
+    float* ln2;           // (L, N, C) MoE input x
+    float* ln2_mean;      // (L, N)
+    float* ln2_rstd;      // (L, N)
+    float* router_logits; // (L, N, E) raw l = W_g x
+    float* router_select; // (L, N, E) logits the selection and weights came from (GatePro: penalised)
+    float* router_probs;  // (L, N, E) softmax(l) over all E (load-balance P)
+    float* router_lse;    // (L, N) logsumexp(l) (z-loss)
+    float* router_sim;    // (L, E, E) cosine similarity of router rows
+    float* gate;          // (L, N, K) alpha of each selected expert
+    float* expert_input;  // (L, N*K, C) x gathered into contiguous per-expert blocks
+    float* expert_fch;    // (L, N*K, H) W1 x + b1
+    float* expert_gelu;   // (L, N*K, H) gelu of it
+    float* expert_out;    // (L, N*K, C) E_i(x), before the gate weight
+    float* residual3;     // (L, N, C) after the MoE residual
+    float* lnf;           // (N, C)
+    float* lnf_mean;      // (N)
+    float* lnf_rstd;      // (N)
+    float* logits;        // (N, Vp); turned into dlogits in place by backward
+    float* losses;        // (N) per-token cross-entropy
+    float* logits_lse;    // (N)
+} ActivationTensors;
+#define NUM_ACTIVATION_TENSORS 28
+
+typedef struct {
+    int* expert_index;       // (L, N, K) selected experts of each token, ascending
+    int* router_sibling;     // (L, E) j*(i)
+    int* expert_offsets;     // (L, E+1) expert e's block is slots [offsets[e], offsets[e+1])
+    int* expert_token_index; // (L, N*K) slot -> token it holds
+    int* token_slot;         // (L, N, K) (token, k) -> slot
+} ActivationIndex;
+#define NUM_ACTIVATION_INDEX 5
+
+// Scratch for backward, one layer at a time (gradients of activations are not kept per layer).
+typedef struct {
+    float* dresidual;   // (N, C) gradient flowing down the residual stream
+    float* dln;         // (N, C) gradient into a LayerNorm's output
+    float* dbig;        // (N, max(3C, Vp-free)) dqkv (N,3C) and datty (N,C)
+    float* dexpert_out; // (N*K, C)
+    float* dexpert_h;   // (N*K, H)
+    float* dexpert_in;  // (N*K, C)
+    float* drouter;     // (N, E) gradient into the raw router logits
+    float* dgate;       // (N, K)
+} BackwardScratch;
+
+typedef struct {
+    MoEConfig config;
+    RouterConfig router;
+    ParameterTensors params;
+    size_t param_sizes[NUM_PARAMETER_TENSORS];
+    float* params_memory;
+    size_t num_parameters;
+    ParameterTensors grads;
+    float* grads_memory;
+    float* m_memory;  // AdamW first moment
+    float* v_memory;  // AdamW second moment
+    // activations, sized for batch_size x seq_len
+    int batch_size, seq_len;
+    ActivationTensors acts;
+    ActivationIndex idx;
+    BackwardScratch scratch;
+    float* acts_memory;
+    int* idx_memory;
+    float* scratch_memory;
+    const int* inputs;   // the last forward's (B,T) inputs and targets (caller-owned)
+    const int* targets;
+    // results of the last forward
+    float mean_loss;     // LM cross-entropy, nats (-1 if no targets)
+    float aux_loss;      // load-balance loss summed over layers
+    float z_loss;        // router z-loss summed over layers
+    int gatepro_active;  // set by the caller per step: is the GatePro penalty on?
+} MoEModel;
+
+static void moe_build(MoEModel* m, const MoEConfig* config) {
+    memset(m, 0, sizeof(*m));
+    m->config = *config;
+    fill_param_sizes(m->param_sizes, config);
+    m->num_parameters = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) m->num_parameters += m->param_sizes[i];
+    m->params_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
+    m->grads_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
+    point_parameters(&m->params, m->params_memory, m->param_sizes);
+    point_parameters(&m->grads, m->grads_memory, m->param_sizes);
+    m->router = (RouterConfig){ROUTER_TOPK, GATE_TOPK_SOFTMAX, 0.01f, 0.0f, 1e-4f, 0, -1};
+    m->mean_loss = -1.0f;
+}
+
+// GPT-2's initialisation (SPEC §2.1), drawn from one generator in parameter order.
+static void moe_init_params(MoEModel* m, uint64_t seed, float router_init_std) {
+    const MoEConfig* c = &m->config;
+    uint64_t rng = derive_seed(seed, STREAM_INIT);
+    float std = 0.02f, resid_std = 0.02f / sqrtf(2.0f * c->num_layers);
+    memset(m->params_memory, 0, m->num_parameters * sizeof(float));
+    ParameterTensors* p = &m->params;
+    for (size_t i = 0; i < (size_t)c->vocab_size * c->channels; i++) p->wte[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[1]; i++) p->wpe[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[2]; i++) p->ln1w[i] = 1.0f;
+    for (size_t i = 0; i < m->param_sizes[4]; i++) p->qkvw[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[6]; i++) p->attprojw[i] = resid_std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[8]; i++) p->ln2w[i] = 1.0f;
+    for (size_t i = 0; i < m->param_sizes[10]; i++) p->routerw[i] = router_init_std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[11]; i++) p->fcw[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[13]; i++) p->fcprojw[i] = resid_std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[15]; i++) p->lnfw[i] = 1.0f;
+}
+
+static void moe_alloc_activations(MoEModel* m, int B, int T) {
+    const MoEConfig* c = &m->config;
+    size_t L = c->num_layers, C = c->channels, NH = c->num_heads, E = c->n_expert, K = c->top_k;
+    size_t H = c->expert_hidden, Vp = c->padded_vocab_size, N = (size_t)B * T, NK = N * K;
+    size_t sizes[NUM_ACTIVATION_TENSORS] = {
+        N * C, L * N * C, L * N, L * N, L * N * 3 * C, L * N * C, L * B * NH * T * T,
+        L * N * C, L * N * C, L * N, L * N,
+        L * N * E, L * N * E, L * N * E, L * N, L * E * E, L * N * K,
+        L * NK * C, L * NK * H, L * NK * H, L * NK * C,
+        L * N * C, N * C, N, N, N * Vp, N, N};
+    size_t total = 0;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) total += sizes[i];
+    free(m->acts_memory);
+    m->acts_memory = (float*)callocCheck(total, sizeof(float));
+    float** ptrs[NUM_ACTIVATION_TENSORS] = {
+        &m->acts.encoded, &m->acts.ln1, &m->acts.ln1_mean, &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty,
+        &m->acts.att, &m->acts.residual2, &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd,
+        &m->acts.router_logits, &m->acts.router_select, &m->acts.router_probs, &m->acts.router_lse,
+        &m->acts.router_sim, &m->acts.gate, &m->acts.expert_input, &m->acts.expert_fch,
+        &m->acts.expert_gelu, &m->acts.expert_out, &m->acts.residual3, &m->acts.lnf, &m->acts.lnf_mean,
+        &m->acts.lnf_rstd, &m->acts.logits, &m->acts.losses, &m->acts.logits_lse};
+    float* p = m->acts_memory;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { *ptrs[i] = p; p += sizes[i]; }
+
+    size_t isizes[NUM_ACTIVATION_INDEX] = {L * N * K, L * E, L * (E + 1), L * NK, L * N * K};
+    int** iptrs[NUM_ACTIVATION_INDEX] = {&m->idx.expert_index, &m->idx.router_sibling, &m->idx.expert_offsets,
+                                         &m->idx.expert_token_index, &m->idx.token_slot};
+    total = 0;
+    for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) total += isizes[i];
+    free(m->idx_memory);
+    m->idx_memory = (int*)callocCheck(total, sizeof(int));
+    int* q = m->idx_memory;
+    for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) { *iptrs[i] = q; q += isizes[i]; }
+
+    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * H, NK * C, N * E, N * K};
+    float** sptrs[8] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
+                        &m->scratch.dexpert_h, &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate};
+    total = 0;
+    for (int i = 0; i < 8; i++) total += ssizes[i];
+    free(m->scratch_memory);
+    m->scratch_memory = (float*)callocCheck(total, sizeof(float));
+    p = m->scratch_memory;
+    for (int i = 0; i < 8; i++) { *sptrs[i] = p; p += ssizes[i]; }
+    m->batch_size = B;
+    m->seq_len = T;
+}
+
+// ----------------------------------------------------------------------------
+// The MoE layer: route, dispatch, run the selected experts, combine.
+
+// Routing of one layer for N tokens: raw logits, softmax and logsumexp (for the aux losses), the
+// selection logits (GatePro penalty if active), the K experts and their weights.
+static void moe_route(MoEModel* m, int l, int N) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
+    ActivationTensors* a = &m->acts;
+    const float* x = a->ln2 + (size_t)l * N * C;
+    float* logits = a->router_logits + (size_t)l * N * E;
+    float* select = a->router_select + (size_t)l * N * E;
+    float* probs = a->router_probs + (size_t)l * N * E;
+    float* lse = a->router_lse + (size_t)l * N;
+    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    float* gate = a->gate + (size_t)l * N * K;
+    int* sibling = m->idx.router_sibling + (size_t)l * E;
+    const float* wg = m->params.routerw + (size_t)l * E * C;
+    if (E == 1) {  // dense MLP: no router, weight 1
+        for (int n = 0; n < N; n++) { expert_index[n] = 0; gate[n] = 1.0f; }
+        return;
+    }
+    router_similarity(a->router_sim + (size_t)l * E * E, sibling, wg, E, C);
+    matmul_forward(logits, x, wg, NULL, N, C, E);
+    int penalize = m->router.router == ROUTER_GATEPRO && m->gatepro_active;
+    float lambda = m->router.gatepro_lambda;
+    int gate_norm = m->router.gate_norm;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* ln = logits + (size_t)n * E;
+        float* sel = select + (size_t)n * E;
+        lse[n] = softmax_lse(probs + (size_t)n * E, ln, E);
+        if (penalize) gatepro_penalize(sel, ln, sibling, lambda, E);
+        else memcpy(sel, ln, E * sizeof(float));
+        topk_indices(sel, E, K, expert_index + (size_t)n * K);
+        gate_weights(gate + (size_t)n * K, sel, expert_index + (size_t)n * K, E, K, gate_norm);
+    }
+}
+
+// Switch load balance a*E*sum_i f_i P_i and z-loss z*mean(lse^2) of one layer (forward values).
+static void router_aux_losses(const MoEModel* m, int l, int N, float* aux, float* zl) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k;
+    *aux = 0.0f; *zl = 0.0f;
+    if (E == 1) return;
+    const float* probs = m->acts.router_probs + (size_t)l * N * E;
+    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    const float* lse = m->acts.router_lse + (size_t)l * N;
+    double f[256] = {0}, P[256] = {0}, z = 0.0;
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++) f[expert_index[n * K + k]] += 1.0;
+        for (int e = 0; e < E; e++) P[e] += probs[(size_t)n * E + e];
+        z += (double)lse[n] * lse[n];
+    }
+    double s = 0.0;
+    for (int e = 0; e < E; e++) s += (f[e] / ((double)N * K)) * (P[e] / N);
+    *aux = (float)(m->router.aux_loss_coef * E * s);
+    *zl = (float)(m->router.z_loss_coef * z / N);
+}
+
+// Group the layer's (token, k) pairs by expert: expert e's tokens occupy slots
+// [expert_offsets[e], expert_offsets[e+1]) in token order, so each expert runs on one contiguous
+// block. Then copy the tokens' inputs into those blocks.
+static void moe_dispatch(MoEModel* m, int l, int N) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
+    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
+    int* expert_token_index = m->idx.expert_token_index + (size_t)l * N * K;
+    int* token_slot = m->idx.token_slot + (size_t)l * N * K;
+    for (int e = 0; e <= E; e++) offsets[e] = 0;
+    for (int i = 0; i < N * K; i++) offsets[expert_index[i] + 1]++;
+    for (int e = 0; e < E; e++) offsets[e + 1] += offsets[e];
+    int fill[257];
+    for (int e = 0; e < E; e++) fill[e] = offsets[e];
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++) {
+            int slot = fill[expert_index[n * K + k]]++;
+            expert_token_index[slot] = n;
+            token_slot[n * K + k] = slot;
+        }
+    }
+    const float* x = m->acts.ln2 + (size_t)l * N * C;
+    float* xin = m->acts.expert_input + (size_t)l * N * K * C;
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < N * K; s++) memcpy(xin + (size_t)s * C, x + (size_t)expert_token_index[s] * C, C * sizeof(float));
+}
+
+// Each expert on its own block of tokens: out = W2 gelu(W1 x + b1) + b2. Only selected experts run.
+static void experts_forward(MoEModel* m, int l, int N) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    const int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
+    size_t NK = (size_t)N * K;
+    for (int e = 0; e < E; e++) {
+        int n_e = offsets[e + 1] - offsets[e];
+        if (n_e == 0) continue;
+        size_t s0 = (size_t)offsets[e], le = (size_t)l * E + e;
+        const float* xin = m->acts.expert_input + (size_t)l * NK * C + s0 * C;
+        float* fch = m->acts.expert_fch + (size_t)l * NK * H + s0 * H;
+        float* gel = m->acts.expert_gelu + (size_t)l * NK * H + s0 * H;
+        float* out = m->acts.expert_out + (size_t)l * NK * C + s0 * C;
+        matmul_forward(fch, xin, m->params.fcw + le * H * C, m->params.fcb + le * H, n_e, C, H);
+        gelu_forward(gel, fch, (size_t)n_e * H);
+        matmul_forward(out, gel, m->params.fcprojw + le * C * H, m->params.fcprojb + le * C, n_e, H, C);
+    }
+}
+
+// y_t = sum_k alpha_{t,k} E_{i_k}(x_t), summed in ascending expert order (deterministic).
+static void moe_combine(MoEModel* m, int l, int N, float* y) {
+    const MoEConfig* c = &m->config;
+    int K = c->top_k, C = c->channels;
+    const float* gate = m->acts.gate + (size_t)l * N * K;
+    const int* token_slot = m->idx.token_slot + (size_t)l * N * K;
+    const float* out = m->acts.expert_out + (size_t)l * N * K * C;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* yn = y + (size_t)n * C;
+        for (int i = 0; i < C; i++) yn[i] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float* o = out + (size_t)token_slot[n * K + k] * C;
+            float g = gate[n * K + k];
+            for (int i = 0; i < C; i++) yn[i] += g * o[i];
+        }
+    }
+}
+
+static void moe_layer_forward(MoEModel* m, int l, int N, float* y) {
+    moe_route(m, l, N);
+    moe_dispatch(m, l, N);
+    experts_forward(m, l, N);
+    moe_combine(m, l, N, y);
+}
+
+// Backward of the MoE layer. dy (N,C) is the gradient of its output; dx (N,C) receives the
+// gradient of its input (accumulated), through the experts and through the router.
+//   y = sum_k alpha_k o_k  =>  do_k = alpha_k dy,  dalpha_k = <dy, o_k>
+//   router: dalpha -> dsel (gate_weights_backward) -> dl (GatePro's penalty has identity Jacobian)
+//   aux:    d/dl_t [a E sum_i f_i P_i] = p_t * (g - <p_t, g>) with g_i = a E f_i / N (f constant)
+//   z-loss: d/dl_t [z mean (lse_t)^2] = (2 z lse_t / N) p_t
+static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float* dx, float loss_scale) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    size_t NK = (size_t)N * K;
+    BackwardScratch* s = &m->scratch;
+    const float* gate = m->acts.gate + (size_t)l * N * K;
+    const int* token_slot = m->idx.token_slot + (size_t)l * NK;
+    const int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
+    const float* out = m->acts.expert_out + (size_t)l * NK * C;
+
+    // combine backward
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* d = dy + (size_t)n * C;
+        for (int k = 0; k < K; k++) {
+            int slot = token_slot[n * K + k];
+            const float* o = out + (size_t)slot * C;
+            float* dout = s->dexpert_out + (size_t)slot * C;
+            float g = gate[n * K + k], dot = 0.0f;
+            for (int i = 0; i < C; i++) { dout[i] = g * d[i]; dot += d[i] * o[i]; }
+            s->dgate[n * K + k] = dot;
+        }
+    }
+    // experts backward, each on its block
+    for (int e = 0; e < E; e++) {
+        int n_e = offsets[e + 1] - offsets[e];
+        if (n_e == 0) continue;
+        size_t s0 = (size_t)offsets[e], le = (size_t)l * E + e;
+        const float* xin = m->acts.expert_input + (size_t)l * NK * C + s0 * C;
+        const float* fch = m->acts.expert_fch + (size_t)l * NK * H + s0 * H;
+        const float* gel = m->acts.expert_gelu + (size_t)l * NK * H + s0 * H;
+        const float* dout = s->dexpert_out + s0 * C;
+        float* dh = s->dexpert_h + s0 * H;
+        float* din = s->dexpert_in + s0 * C;
+        // dh (n_e,H) = dout . W2, first as the gradient of gelu's output; dW2 += dout^T . gelu; db2 += sum dout
+        sgemm(0, 0, n_e, H, C, dout, C, m->params.fcprojw + le * C * H, H, dh, H, 0);
+        sgemm(1, 0, C, H, n_e, dout, C, gel, H, m->grads.fcprojw + le * C * H, H, 1);
+        bias_backward(m->grads.fcprojb + le * C, dout, n_e, C);
+        // then through gelu, in place
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)n_e * H; i++) dh[i] *= gelu_grad(fch[i]);
+        // din (n_e,C) = dh . W1 ; dW1 += dh^T . xin ; db1 += sum dh
+        sgemm(0, 0, n_e, C, H, dh, H, m->params.fcw + le * H * C, C, din, C, 0);
+        sgemm(1, 0, H, C, n_e, dh, H, xin, C, m->grads.fcw + le * H * C, C, 1);
+        bias_backward(m->grads.fcb + le * H, dh, n_e, H);
+    }
+    // scatter back to tokens in ascending expert order
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* d = dx + (size_t)n * C;
+        for (int k = 0; k < K; k++) {
+            const float* g = s->dexpert_in + (size_t)token_slot[n * K + k] * C;
+            for (int i = 0; i < C; i++) d[i] += g[i];
+        }
+    }
+    if (E == 1) return;
+
+    // router backward
+    const float* select = m->acts.router_select + (size_t)l * N * E;
+    const float* probs = m->acts.router_probs + (size_t)l * N * E;
+    const float* lse = m->acts.router_lse + (size_t)l * N;
+    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    double f[256] = {0};
+    for (size_t i = 0; i < NK; i++) f[expert_index[i]] += 1.0;
+    float g_aux[256];
+    for (int e = 0; e < E; e++)
+        g_aux[e] = (float)(m->router.aux_loss_coef * E * (f[e] / ((double)N * K)) / N) * loss_scale;
+    float zc = 2.0f * m->router.z_loss_coef / N * loss_scale;
+    int gate_norm = m->router.gate_norm;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* dl = s->drouter + (size_t)n * E;
+        const float* p = probs + (size_t)n * E;
+        for (int e = 0; e < E; e++) dl[e] = 0.0f;
+        gate_weights_backward(dl, s->dgate + (size_t)n * K, gate + (size_t)n * K, select + (size_t)n * E,
+                              expert_index + (size_t)n * K, E, K, gate_norm);
+        float pg = 0.0f;
+        for (int e = 0; e < E; e++) pg += p[e] * g_aux[e];
+        for (int e = 0; e < E; e++) dl[e] += p[e] * (g_aux[e] - pg) + zc * lse[n] * p[e];
+    }
+    const float* x = m->acts.ln2 + (size_t)l * N * C;
+    matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, s->drouter, x,
+                    m->params.routerw + (size_t)l * E * C, N, C, E);
+}
+
+// ----------------------------------------------------------------------------
+// forward and backward of the whole model
+
+// inputs (B,T) token ids; targets (B,T) or NULL (then no loss). Both must stay valid until backward.
+static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int B, int T) {
+    const MoEConfig* c = &m->config;
+    int L = c->num_layers, C = c->channels, NH = c->num_heads, V = c->vocab_size, Vp = c->padded_vocab_size;
+    if (T > c->max_seq_len) die("sequence length T=%d exceeds the model's maxT=%d", T, c->max_seq_len);
+    for (int i = 0; i < B * T; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V) die("input token %d at position %d is outside [0, V=%d)", inputs[i], i, V);
+        if (targets != NULL && (targets[i] < 0 || targets[i] >= V))
+            die("target token %d at position %d is outside [0, V=%d)", targets[i], i, V);
+    }
+    if (m->acts_memory == NULL || B * T > m->batch_size * m->seq_len || B != m->batch_size || T != m->seq_len)
+        moe_alloc_activations(m, B, T);
+    m->inputs = inputs;
+    m->targets = targets;
+    int N = B * T;
+    ParameterTensors* p = &m->params;
+    ActivationTensors* a = &m->acts;
+    encoder_forward(a->encoded, inputs, p->wte, p->wpe, B, T, C);
+    m->aux_loss = 0.0f;
+    m->z_loss = 0.0f;
+    for (int l = 0; l < L; l++) {
+        const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
+        size_t NC = (size_t)N * C;
+        float* ln1 = a->ln1 + l * NC;
+        float* qkv = a->qkv + l * NC * 3;
+        float* atty = a->atty + l * NC;
+        float* residual2 = a->residual2 + l * NC;
+        float* ln2 = a->ln2 + l * NC;
+        float* residual3 = a->residual3 + l * NC;
+        layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, residual,
+                          p->ln1w + l * C, p->ln1b + l * C, N, C);
+        matmul_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * C * C, p->qkvb + (size_t)l * 3 * C, N, C, 3 * C);
+        attention_forward(atty, a->att + (size_t)l * B * NH * T * T, qkv, B, T, C, NH);
+        matmul_forward(residual2, atty, p->attprojw + (size_t)l * C * C, p->attprojb + l * C, N, C, C);
+        residual_forward(residual2, residual2, residual, NC);
+        layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, residual2,
+                          p->ln2w + l * C, p->ln2b + l * C, N, C);
+        moe_layer_forward(m, l, N, residual3);
+        residual_forward(residual3, residual3, residual2, NC);
+        float aux, zl;
+        router_aux_losses(m, l, N, &aux, &zl);
+        m->aux_loss += aux;
+        m->z_loss += zl;
+    }
+    const float* last = a->residual3 + (size_t)(L - 1) * N * C;
+    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, last, p->lnfw, p->lnfb, N, C);
+    matmul_forward(a->logits, a->lnf, p->wte, NULL, N, C, Vp);
+    m->mean_loss = targets != NULL ? crossentropy_forward(a->losses, a->logits_lse, a->logits, targets, N, V, Vp) : -1.0f;
+}
+
+static void moe_zero_grad(MoEModel* m) { memset(m->grads_memory, 0, m->num_parameters * sizeof(float)); }
+
+// Accumulates into m->grads the gradient of loss_scale * (LM loss + aux losses) of the last
+// forward. loss_scale is 1/(number of micro-batches) under gradient accumulation.
+static void moe_backward(MoEModel* m, float loss_scale) {
+    if (m->mean_loss < 0.0f) die("moe_backward: the forward pass had no targets");
+    const MoEConfig* c = &m->config;
+    int B = m->batch_size, T = m->seq_len, N = B * T;
+    int L = c->num_layers, C = c->channels, NH = c->num_heads, V = c->vocab_size, Vp = c->padded_vocab_size;
+    size_t NC = (size_t)N * C;
+    ParameterTensors* p = &m->params;
+    ParameterTensors* g = &m->grads;
+    ActivationTensors* a = &m->acts;
+    BackwardScratch* s = &m->scratch;
+
+    crossentropy_backward_inplace(a->logits, a->logits_lse, m->targets, loss_scale / N, N, V, Vp);
+    memset(s->dln, 0, NC * sizeof(float));
+    matmul_backward(s->dln, g->wte, NULL, a->logits, a->lnf, p->wte, N, C, Vp);
+    memset(s->dresidual, 0, NC * sizeof(float));
+    layernorm_backward(s->dresidual, g->lnfw, g->lnfb, s->dln, a->residual3 + (size_t)(L - 1) * NC, p->lnfw,
+                       a->lnf_mean, a->lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * NC;
+        // residual3 = residual2 + moe(ln2(residual2))
+        memset(s->dln, 0, NC * sizeof(float));
+        moe_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
+        layernorm_backward(s->dresidual, g->ln2w + l * C, g->ln2b + l * C, s->dln, a->residual2 + l * NC,
+                           p->ln2w + l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C);
+        // residual2 = residual + attproj(attention(qkv(ln1(residual))))
+        float* datty = s->dbig + NC * 3;
+        float* dqkv = s->dbig;
+        memset(s->dbig, 0, NC * 4 * sizeof(float));
+        matmul_backward(datty, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
+                        a->atty + l * NC, p->attprojw + (size_t)l * C * C, N, C, C);
+        attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH);
+        memset(s->dln, 0, NC * sizeof(float));
+        matmul_backward(s->dln, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
+                        a->ln1 + l * NC, p->qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
+        layernorm_backward(s->dresidual, g->ln1w + l * C, g->ln1b + l * C, s->dln, residual, p->ln1w + l * C,
+                           a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, N, C);
+    }
+    encoder_backward(g->wte, g->wpe, s->dresidual, m->inputs, B, T, C);
+    m->mean_loss = -1.0f;  // the logits are now gradients; a second backward needs a new forward
+}
+
+// ----------------------------------------------------------------------------
+// AdamW with global-norm clipping (SPEC §4)
+
+// ||g||_2 over all parameters, summed in 256 fixed chunks in double: the same bits for any number
+// of threads.
+static float grad_global_norm(const MoEModel* m) {
+    enum { CHUNKS = 256 };
+    double partial[CHUNKS];
+    size_t n = m->num_parameters, chunk = (n + CHUNKS - 1) / CHUNKS;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < CHUNKS; i++) {
+        size_t lo = (size_t)i * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        double s = 0.0;
+        for (size_t j = lo; j < hi; j++) s += (double)m->grads_memory[j] * m->grads_memory[j];
+        partial[i] = s;
+    }
+    double total = 0.0;
+    for (int i = 0; i < CHUNKS; i++) total += partial[i];
+    return (float)sqrt(total);
+}
+
+// One AdamW step; t >= 1 is the update number. Grads are multiplied by clip_scale first.
+// p <- p - lr * (mhat / (sqrt(vhat) + eps) + wd * p), decay only where PARAM_DECAY says.
+static void moe_adamw_update(MoEModel* m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float clip_scale, int t) {
+    if (m->m_memory == NULL) {
+        m->m_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
+        m->v_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
+    }
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    size_t offset = 0;
+    for (int ti = 0; ti < NUM_PARAMETER_TENSORS; ti++) {
+        size_t n = m->param_sizes[ti];
+        float wd = PARAM_DECAY[ti] ? weight_decay : 0.0f;
+        float* p = m->params_memory + offset;
+        const float* g = m->grads_memory + offset;
+        float* mm = m->m_memory + offset;
+        float* vv = m->v_memory + offset;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float grad = g[i] * clip_scale;
+            mm[i] = beta1 * mm[i] + (1.0f - beta1) * grad;
+            vv[i] = beta2 * vv[i] + (1.0f - beta2) * grad * grad;
+            float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+            p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+        }
+        offset += n;
+    }
+}
+
+// Learning rate at 0-based step s of S: linear warmup over W steps, then cosine to lr * final_frac.
+static float lr_schedule(float lr, int s, int W, int S, float final_frac) {
+    if (s < W) return lr * (float)(s + 1) / (float)W;
+    float lr_min = lr * final_frac;
+    int span = S - W > 1 ? S - W : 1;
+    float progress = (float)(s - W) / (float)span;
+    if (progress > 1.0f) progress = 1.0f;
+    return lr_min + 0.5f * (lr - lr_min) * (1.0f + cosf((float)M_PI * progress));
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints (SPEC §5.3)
+//
+// int32 header[256]:
+//   [0] 20261122 magic  [1] 1 version  [2] maxT  [3] V  [4] Vp  [5] L  [6] NH  [7] C  [8] E  [9] K  [10] H
+//   [11] router (0 topk, 1 gatepro, 2 compete)  [12] gate-norm (0 topk_softmax, 1 softmax_topk)
+//   [13] 1 if optimizer state follows  [14] updates applied (= step in the file name)
+//   [15] float32 bits of the GatePro lambda  [16] gatepro-start  [17] gatepro-stop  [18] seed
+//   [19] float32 bits of --aux-loss  [20] float32 bits of --z-loss  [21] total steps of the run (-x)
+//   [22..29] CompeteSMoE settings (see the compete router), the rest 0.
+// Then the parameters, float32, in the §2.1 order. Then, if [13]: AdamW m (all parameters), AdamW
+// v (all parameters), then the train state below (TRAIN_STATE_BYTES bytes). Last: uint32 zlib
+// crc32 (initial value 0) of every byte before it. Written to a temp file, fsync'd, renamed.
+//
+// Train state, little-endian int64 each: data epoch, data shard position, data sample position
+// (the training DataLoader's resumable position), the sampling RNG state (uint64), 4 reserved (0).
+#define CHECKPOINT_MAGIC 20261122
+#define CHECKPOINT_VERSION 1
+enum {
+    HDR_MAGIC = 0, HDR_VERSION, HDR_T, HDR_V, HDR_VP, HDR_L, HDR_NH, HDR_C, HDR_E, HDR_K, HDR_H,
+    HDR_ROUTER, HDR_GATE_NORM, HDR_HAS_OPT, HDR_STEP, HDR_GATEPRO_LAMBDA, HDR_GATEPRO_START,
+    HDR_GATEPRO_STOP, HDR_SEED, HDR_AUX_COEF, HDR_Z_COEF, HDR_TOTAL_STEPS
+};
+typedef struct {
+    int64_t data_epoch, data_shard_pos, data_sample_pos;
+    uint64_t sample_rng;
+    int64_t reserved[4];
+} TrainState;
+#define TRAIN_STATE_BYTES 64
+
+typedef struct {  // what a checkpoint says besides the weights
+    int has_optimizer;
+    int step;
+    uint64_t seed;
+    int total_steps;
+    int header[256];
+} CheckpointInfo;
+
+// zlib's crc32 takes uInt lengths: feed it in 1 GiB pieces.
+static uLong crc32_big(uLong crc, const unsigned char* p, size_t n) {
+    while (n > 0) {
+        size_t piece = n < (1u << 30) ? n : (1u << 30);
+        crc = crc32(crc, p, (uInt)piece);
+        p += piece;
+        n -= piece;
+    }
+    return crc;
+}
+
+static int write_all(FILE* f, const void* buf, size_t n, uLong* crc) {
+    const unsigned char* p = (const unsigned char*)buf;
+    size_t left = n;
+    while (left > 0) {
+        size_t piece = left < (1u << 30) ? left : (1u << 30);
+        *crc = crc32_big(*crc, p, piece);
+        if (fwrite(p, 1, piece, f) != piece) return -1;
+        p += piece;
+        left -= piece;
+    }
+    return 0;
+}
+
+// Saves the model (and, when with_optimizer, AdamW state and ts) atomically. 0 or -1 with err.
+static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_optimizer, int step, uint64_t seed,
+                               int total_steps, const TrainState* ts, char* err, size_t errlen) {
+    const MoEConfig* c = &m->config;
+    int header[256] = {0};
+    header[HDR_MAGIC] = CHECKPOINT_MAGIC; header[HDR_VERSION] = CHECKPOINT_VERSION;
+    header[HDR_T] = c->max_seq_len; header[HDR_V] = c->vocab_size; header[HDR_VP] = c->padded_vocab_size;
+    header[HDR_L] = c->num_layers; header[HDR_NH] = c->num_heads; header[HDR_C] = c->channels;
+    header[HDR_E] = c->n_expert; header[HDR_K] = c->top_k; header[HDR_H] = c->expert_hidden;
+    header[HDR_ROUTER] = m->router.router; header[HDR_GATE_NORM] = m->router.gate_norm;
+    header[HDR_HAS_OPT] = with_optimizer && m->m_memory != NULL;
+    header[HDR_STEP] = step;
+    header[HDR_GATEPRO_LAMBDA] = (int)float_bits(m->router.gatepro_lambda);
+    header[HDR_GATEPRO_START] = m->router.gatepro_start; header[HDR_GATEPRO_STOP] = m->router.gatepro_stop;
+    header[HDR_SEED] = (int)(uint32_t)seed;
+    header[HDR_AUX_COEF] = (int)float_bits(m->router.aux_loss_coef);
+    header[HDR_Z_COEF] = (int)float_bits(m->router.z_loss_coef);
+    header[HDR_TOTAL_STEPS] = total_steps;
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
+    FILE* f = fopen(tmp, "wb");
+    if (f == NULL) return set_err(err, errlen, "checkpoint %s: cannot create temp file %s: %s", path, tmp, strerror(errno));
+    uLong crc = crc32(0L, Z_NULL, 0);
+    int bad = write_all(f, header, sizeof(header), &crc);
+    bad |= write_all(f, m->params_memory, m->num_parameters * sizeof(float), &crc);
+    if (header[HDR_HAS_OPT]) {
+        unsigned char state[TRAIN_STATE_BYTES] = {0};
+        TrainState zero = {0};
+        memcpy(state, ts != NULL ? ts : &zero, sizeof(TrainState));
+        bad |= write_all(f, m->m_memory, m->num_parameters * sizeof(float), &crc);
+        bad |= write_all(f, m->v_memory, m->num_parameters * sizeof(float), &crc);
+        bad |= write_all(f, state, sizeof(state), &crc);
+    }
+    uint32_t crc32v = (uint32_t)crc;
+    if (!bad) bad = fwrite(&crc32v, 4, 1, f) != 1;
+    if (!bad) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (fclose(f) != 0) bad = 1;
+    if (bad) { remove(tmp); return set_err(err, errlen, "checkpoint %s: write failed: %s", path, strerror(errno)); }
+    if (rename(tmp, path) != 0) {
+        remove(tmp);
+        return set_err(err, errlen, "checkpoint %s: rename from %s failed: %s", path, tmp, strerror(errno));
+    }
+    return 0;
+}
+
+// Loads a checkpoint into m. If m has no parameters yet it is built from the header; otherwise
+// the header's config must equal m's. The whole file is read and its crc checked before anything
+// is copied, so a bad file never half-loads. 0, or -1 with the reason in err.
+static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* info, TrainState* ts,
+                               char* err, size_t errlen) {
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) return set_err(err, errlen, "checkpoint %s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return set_err(err, errlen, "checkpoint %s: cannot seek", path); }
+    long fsize = ftell(f);
+    rewind(f);
+    if (fsize < 1024 + 4) {
+        fclose(f);
+        return set_err(err, errlen, "checkpoint %s: file is %ld bytes, smaller than the 1028-byte minimum (truncated?)", path, fsize);
+    }
+    unsigned char* buf = (unsigned char*)mallocCheck((size_t)fsize);
+    size_t got = fread(buf, 1, (size_t)fsize, f);
+    fclose(f);
+    if (got != (size_t)fsize) { free(buf); return set_err(err, errlen, "checkpoint %s: short read", path); }
+    int header[256];
+    memcpy(header, buf, sizeof(header));
+    int rc = 0;
+    if (header[HDR_MAGIC] != CHECKPOINT_MAGIC) {
+        rc = set_err(err, errlen, "checkpoint %s: bad magic %d (expected %d): not a moe.c checkpoint", path,
+                     header[HDR_MAGIC], CHECKPOINT_MAGIC);
+        goto done;
+    }
+    if (header[HDR_VERSION] != CHECKPOINT_VERSION) {
+        rc = set_err(err, errlen, "checkpoint %s: version %d, this build reads version %d", path, header[HDR_VERSION], CHECKPOINT_VERSION);
+        goto done;
+    }
+    MoEConfig cfg = {header[HDR_T], header[HDR_V], header[HDR_VP], header[HDR_L], header[HDR_NH],
+                     header[HDR_C], header[HDR_E], header[HDR_K], header[HDR_H]};
+    char why[256];
+    if (config_check(&cfg, why, sizeof(why)) != 0 || cfg.n_expert > 256) {
+        rc = set_err(err, errlen, "checkpoint %s: header holds an invalid model: %s", path,
+                     cfg.n_expert > 256 ? "more than 256 experts" : why);
+        goto done;
+    }
+    if (header[HDR_ROUTER] < 0 || header[HDR_ROUTER] > 2 || header[HDR_GATE_NORM] < 0 || header[HDR_GATE_NORM] > 1 ||
+        (header[HDR_HAS_OPT] != 0 && header[HDR_HAS_OPT] != 1) || header[HDR_STEP] < 0) {
+        rc = set_err(err, errlen, "checkpoint %s: header has an invalid router/gate-norm/optimizer/step field", path);
+        goto done;
+    }
+    size_t sizes[NUM_PARAMETER_TENSORS], nparams = 0;
+    fill_param_sizes(sizes, &cfg);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) nparams += sizes[i];
+    size_t expect = 1024 + nparams * 4 + (header[HDR_HAS_OPT] ? 2 * nparams * 4 + TRAIN_STATE_BYTES : 0) + 4;
+    if ((size_t)fsize != expect) {
+        rc = set_err(err, errlen, "checkpoint %s: header describes %zu bytes, file holds %ld (truncated or corrupt)",
+                     path, expect, fsize);
+        goto done;
+    }
+    uint32_t stored;
+    memcpy(&stored, buf + fsize - 4, 4);
+    uint32_t actual = (uint32_t)crc32_big(crc32(0L, Z_NULL, 0), buf, (size_t)fsize - 4);
+    if (stored != actual) {
+        rc = set_err(err, errlen, "checkpoint %s: crc32 mismatch (stored %08x, computed %08x): the file is corrupt",
+                     path, stored, actual);
+        goto done;
+    }
+    if (m->params_memory == NULL) {
+        moe_build(m, &cfg);
+    } else if (memcmp(&m->config, &cfg, sizeof(cfg)) != 0) {
+        rc = set_err(err, errlen, "checkpoint %s: model shape differs from the one in memory", path);
+        goto done;
+    }
+    memcpy(m->params_memory, buf + 1024, nparams * 4);
+    m->router.router = header[HDR_ROUTER];
+    m->router.gate_norm = header[HDR_GATE_NORM];
+    m->router.gatepro_lambda = bits_float((uint32_t)header[HDR_GATEPRO_LAMBDA]);
+    m->router.gatepro_start = header[HDR_GATEPRO_START];
+    m->router.gatepro_stop = header[HDR_GATEPRO_STOP];
+    m->router.aux_loss_coef = bits_float((uint32_t)header[HDR_AUX_COEF]);
+    m->router.z_loss_coef = bits_float((uint32_t)header[HDR_Z_COEF]);
+    if (header[HDR_HAS_OPT]) {
+        if (m->m_memory == NULL) {
+            m->m_memory = (float*)callocCheck(nparams, sizeof(float));
+            m->v_memory = (float*)callocCheck(nparams, sizeof(float));
+        }
+        memcpy(m->m_memory, buf + 1024 + nparams * 4, nparams * 4);
+        memcpy(m->v_memory, buf + 1024 + 2 * nparams * 4, nparams * 4);
+        if (ts != NULL) memcpy(ts, buf + 1024 + 3 * nparams * 4, sizeof(TrainState));
+    }
+    if (info != NULL) {
+        info->has_optimizer = header[HDR_HAS_OPT];
+        info->step = header[HDR_STEP];
+        info->seed = (uint32_t)header[HDR_SEED];
+        info->total_steps = header[HDR_TOTAL_STEPS];
+        memcpy(info->header, header, sizeof(header));
+    }
+done:
+    free(buf);
+    return rc;
+}
+
+static void moe_free(MoEModel* m) {
+    free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
+    free(m->acts_memory); free(m->idx_memory); free(m->scratch_memory);
+    memset(m, 0, sizeof(*m));
+}
+
+#endif // MOE_H

@@ -7,18 +7,23 @@
 //   backward     dinp(BT,C) += dout(BT,OC) · W      sgemm(0,0, BT,C,OC,  dout,OC, W,C,   dinp,C, 1)
 //   weight grad  dW(OC,C)   += doutᵀ · inp          sgemm(1,0, OC,C,BT,  dout,OC, inp,C, dW,C,   1)
 //
-// How it works (the five loops of BLIS, read top to bottom below):
-//   for jc over N in steps of SGEMM_NC                    columns of C whose B panel is packed at once
-//     for pc over K in steps of SGEMM_KC                  one K block: pack B[pc:pc+kc, jc:jc+nc]
-//       parallel for over output tiles (rows × columns)   each thread packs its A block, then
-//         for jr over the tile's 16-wide B slivers          (B sliver stays in L1)
-//           for ir over the tile's 6-tall A panels           (A block stays in L2)
-//             micro-kernel: a 6×16 block of C += A panel · B sliver, kc steps of rank-1 updates
+// How it works. C is cut into one rectangle per thread (whole 6×16 micro-tiles, split by columns
+// when that balances as well as splitting by rows, since then each thread reads only its own part
+// of B). Each thread then runs the classic BLIS loops on its rectangle, with private buffers:
+//   for jc over its columns in steps of SGEMM_NC
+//     for pc over K in steps of SGEMM_KC          pack B[pc:pc+kc, jc:jc+nc]  -> B panel  (L2)
+//       for ic over its rows in steps of SGEMM_MC pack A[ic:ic+mc, pc:pc+kc]  -> A block  (L2)
+//         for jr over the 16-wide B slivers        (one sliver stays in L1 ...)
+//           for ir over the 6-tall A panels        (... while the A panels stream past it)
+//             micro-kernel: 6×16 block of C (+)= A panel · B sliver, kc rank-1 updates
+// Threads never share an output cache line (column cuts fall on 16-float boundaries) and never
+// wait for each other.
 //
 // Determinism: every C element is computed the same way whatever the thread count. K is cut at
 // fixed multiples of SGEMM_KC; inside a block the micro-kernel sums p = 0..kc-1 in order into a
-// register, then adds that register to C once; blocks are added in increasing pc. A thread only
-// decides *which* tiles it computes, never how a tile is summed, and threads never split K.
+// register, then adds that register to C once; blocks are added in increasing pc. Threads only
+// decide *which* elements they compute, never how, and never split K. (MC, NC and the thread
+// rectangles change only speed; KC is part of the numerical result.)
 //
 // Not thread safe: the packing buffers are static, so call sgemm from serial code (it runs its own
 // OpenMP team). Each program that includes this header gets its own buffers.
@@ -35,12 +40,11 @@
 #endif
 
 // ----------------------------------------------------------------------------
-// Blocking sizes. KC is part of the numerical contract (it fixes where K is cut), the rest only
-// change speed. Sized for 48 KiB L1d / 2 MiB L2 per core:
-//   B sliver  KC×NR = 256×16 floats = 16 KiB  -> L1, reused by every A panel of the tile
-//   A panel   MR×KC = 6×256 floats  =  6 KiB  -> L1, streamed
-//   A block   MC×KC = 96×256 floats = 96 KiB  -> L2, reused by every B sliver of the tile
-//   B panel   KC×NC = 256×2048      =  2 MiB  -> L2/L3, shared by the threads
+// Blocking sizes, per thread, for a 48 KiB L1d / 2 MiB L2 per core:
+//   B sliver  KC×NR = 256×16 floats   =  16 KiB  -> L1, reused by every A panel of the A block
+//   A panel   MR×KC = 6×256 floats    =   6 KiB  -> L1, streamed
+//   A block   MC×KC = 96×256 floats   =  96 KiB  -> L2, reused by every sliver of the B panel
+//   B panel   KC×NC = 256×1024 floats =   1 MiB  -> L2, reused by every A block
 
 #define SGEMM_MR 6      // micro-tile rows    (6×16 uses 12 of the 16 ymm registers as accumulators)
 #define SGEMM_NR 16     // micro-tile columns (two 8-float ymm vectors)
@@ -48,13 +52,10 @@
 #define SGEMM_KC 256
 #endif
 #ifndef SGEMM_MC
-#define SGEMM_MC 96     // max rows of a tile (16 A panels), a multiple of MR
-#endif
-#ifndef SGEMM_NT
-#define SGEMM_NT 256    // preferred columns of a tile (16 B slivers), a multiple of NR
+#define SGEMM_MC 96     // a multiple of MR
 #endif
 #ifndef SGEMM_NC
-#define SGEMM_NC 2048
+#define SGEMM_NC 1024   // a multiple of NR
 #endif
 // Below this many multiply-adds, packing costs more than it saves: use the plain loops.
 #ifndef SGEMM_SMALL
@@ -162,61 +163,92 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 // ----------------------------------------------------------------------------
 // Packing: copy a block of op(A) / op(B) into the order the micro-kernel reads, zero-padding the
 // ragged last panel, so the kernel streams both operands contiguously whatever the transposes.
+// Loops run along the source's contiguous direction, so the copy reads whole cache lines.
 
-// A rows [i0, i0+mc) × columns [pc, pc+kc) of op(A) -> ceil(mc/6) panels of kc×6 floats
+// A block: rows [i0, i0+mc) × columns [pc, pc+kc) of op(A) -> ceil(mc/6) panels of kc×6 floats,
+// panel q at dst + q*kc*6, element (i0 + q*6 + r, pc + p) at [p*6 + r]
 static void sgemm_pack_A(int transA, const float* A, int lda, int i0, int mc, int pc, int kc,
                          float* dst) {
-    for (int ir = 0; ir < mc; ir += SGEMM_MR) {
-        int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
-        size_t i = (size_t)(i0 + ir);
+    for (int q = 0; q * SGEMM_MR < mc; q++) {
+        int mr = mc - q * SGEMM_MR < SGEMM_MR ? mc - q * SGEMM_MR : SGEMM_MR;
+        size_t i = (size_t)i0 + (size_t)q * SGEMM_MR;
+        float* panel = dst + (size_t)q * kc * SGEMM_MR;
         if (transA) {   // stored K×M: the panel's 6 values for one p are contiguous
             for (int p = 0; p < kc; p++) {
                 const float* src = A + (size_t)(pc + p) * lda + i;
-                for (int r = 0; r < SGEMM_MR; r++) dst[p * SGEMM_MR + r] = r < mr ? src[r] : 0.0f;
+                for (int r = 0; r < SGEMM_MR; r++) panel[p * SGEMM_MR + r] = r < mr ? src[r] : 0.0f;
             }
         } else {        // stored M×K: each of the panel's rows is contiguous in p
             for (int r = 0; r < SGEMM_MR; r++) {
                 const float* row = A + (i + r) * lda + pc;
-                for (int p = 0; p < kc; p++) dst[p * SGEMM_MR + r] = r < mr ? row[p] : 0.0f;
+                for (int p = 0; p < kc; p++) panel[p * SGEMM_MR + r] = r < mr ? row[p] : 0.0f;
             }
         }
-        dst += (size_t)SGEMM_MR * kc;
     }
 }
 
-// one 16-wide sliver: rows [pc, pc+kc) × columns [j0, j0+nr) of op(B), nr <= 16 -> kc×16 floats
-static void sgemm_pack_B(int transB, const float* B, int ldb, int pc, int kc, int j0, int nr,
+// B panel: rows [pc, pc+kc) × columns [j0, j0+nc) of op(B) -> ceil(nc/16) slivers of kc×16
+// floats, sliver s at dst + s*kc*16, element (pc + p, j0 + s*16 + col) at [p*16 + col]
+static void sgemm_pack_B(int transB, const float* B, int ldb, int pc, int kc, int j0, int nc,
                          float* dst) {
-    if (!transB && nr == SGEMM_NR) {    // stored K×N: each row of the sliver is 16 contiguous floats
-        for (int p = 0; p < kc; p++) {
-            memcpy(dst + p * SGEMM_NR, B + (size_t)(pc + p) * ldb + j0, SGEMM_NR * sizeof(float));
-        }
-        return;
-    }
-    for (int col = 0; col < SGEMM_NR; col++) {
-        if (col < nr) {
-            size_t j = (size_t)(j0 + col);
-            if (transB) {   // stored N×K: column j of op(B) is contiguous in p
-                const float* src = B + j * ldb + pc;
-                for (int p = 0; p < kc; p++) dst[p * SGEMM_NR + col] = src[p];
-            } else {
-                for (int p = 0; p < kc; p++) dst[p * SGEMM_NR + col] = B[(size_t)(pc + p) * ldb + j];
+    for (int s = 0; s * SGEMM_NR < nc; s++) {
+        int nr = nc - s * SGEMM_NR < SGEMM_NR ? nc - s * SGEMM_NR : SGEMM_NR;
+        size_t j = (size_t)j0 + (size_t)s * SGEMM_NR;
+        float* sliver = dst + (size_t)s * kc * SGEMM_NR;
+        if (transB) {   // stored N×K: each of the sliver's columns is contiguous in p
+            for (int col = 0; col < SGEMM_NR; col++) {
+                const float* src = B + (j + col) * ldb + pc;
+                for (int p = 0; p < kc; p++) sliver[p * SGEMM_NR + col] = col < nr ? src[p] : 0.0f;
             }
-        } else {
-            for (int p = 0; p < kc; p++) dst[p * SGEMM_NR + col] = 0.0f;
+        } else {        // stored K×N: the sliver's 16 values for one p are contiguous
+            for (int p = 0; p < kc; p++) {
+                const float* src = B + (size_t)(pc + p) * ldb + j;
+                for (int col = 0; col < SGEMM_NR; col++) sliver[p * SGEMM_NR + col] = col < nr ? src[col] : 0.0f;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Macro-kernel: C[mc, nc] (+)= packed A block · packed B panel, one micro-tile at a time.
+// Ragged edge tiles are computed whole into a scratch tile and then the valid part is copied or
+// added: c + acc is the same single rounding the kernel does in place, so edges sum exactly like
+// interior tiles.
+
+static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const float* bpack,
+                               float* C, int ldc, int add) {
+    for (int jr = 0; jr < nc; jr += SGEMM_NR) {
+        int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
+        const float* b = bpack + (size_t)(jr / SGEMM_NR) * kc * SGEMM_NR;
+        for (int ir = 0; ir < mc; ir += SGEMM_MR) {
+            int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
+            const float* a = apack + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR;
+            float* c = C + (size_t)ir * ldc + jr;
+            if (mr == SGEMM_MR && nr == SGEMM_NR) {
+                sgemm_kernel(kc, a, b, c, ldc, add);
+            } else {
+                float tile[SGEMM_MR * SGEMM_NR];
+                sgemm_kernel(kc, a, b, tile, SGEMM_NR, 0);
+                for (int r = 0; r < mr; r++) {
+                    for (int col = 0; col < nr; col++) {
+                        float* cc = c + (size_t)r * ldc + col;
+                        float t = tile[r * SGEMM_NR + col];
+                        *cc = add ? *cc + t : t;
+                    }
+                }
+            }
         }
     }
 }
 
 // ----------------------------------------------------------------------------
 // Packing buffers: allocated on first use and grown only, never freed, so that steady-state calls
-// do not allocate. One shared B panel; one A block per thread (separate 64-byte aligned
-// allocations, so threads never write the same cache line).
+// do not allocate. Each thread has its own A block and B panel, separate 64-byte aligned
+// allocations, so threads never write the same cache line.
 
-static float*  sgemm_bpack = NULL;     // KC × round_up(NC, NR) floats at most
-static size_t  sgemm_bpack_floats = 0;
-static float** sgemm_apack = NULL;     // sgemm_apack[thread]: MC × KC floats
-static int     sgemm_apack_count = 0;
+static float** sgemm_apack = NULL;   // sgemm_apack[thread]: MC × KC floats
+static float** sgemm_bpack = NULL;   // sgemm_bpack[thread]: KC × NC floats
+static int     sgemm_nbuffers = 0;
 
 static float* sgemm_alloc(size_t floats) {
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
@@ -228,28 +260,24 @@ static float* sgemm_alloc(size_t floats) {
     return p;
 }
 
-static void sgemm_reserve(int nthreads, size_t bpack_floats) {
-    if (bpack_floats > sgemm_bpack_floats) {
-        free(sgemm_bpack);
-        sgemm_bpack = sgemm_alloc(bpack_floats);
-        sgemm_bpack_floats = bpack_floats;
+static void sgemm_reserve(int nthreads) {
+    if (nthreads <= sgemm_nbuffers) return;
+    float** a = (float**)realloc(sgemm_apack, (size_t)nthreads * sizeof(float*));
+    if (a == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
+    sgemm_apack = a;
+    float** b = (float**)realloc(sgemm_bpack, (size_t)nthreads * sizeof(float*));
+    if (b == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
+    sgemm_bpack = b;
+    for (int t = sgemm_nbuffers; t < nthreads; t++) {
+        sgemm_apack[t] = sgemm_alloc((size_t)SGEMM_MC * SGEMM_KC);
+        sgemm_bpack[t] = sgemm_alloc((size_t)SGEMM_KC * SGEMM_NC);
     }
-    if (nthreads > sgemm_apack_count) {
-        float** grown = (float**)realloc(sgemm_apack, (size_t)nthreads * sizeof(float*));
-        if (grown == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
-        sgemm_apack = grown;
-        for (int t = sgemm_apack_count; t < nthreads; t++) {
-            sgemm_apack[t] = sgemm_alloc((size_t)SGEMM_MC * SGEMM_KC);
-        }
-        sgemm_apack_count = nthreads;
-    }
+    sgemm_nbuffers = nthreads;
 }
 
 // ----------------------------------------------------------------------------
 // The blocked, packed, parallel path. Same contract as sgemm_scalar (the test calls it directly so
 // that tiny edge shapes exercise the packing and edge-tile code too).
-
-static int sgemm_ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 static void sgemm_blocked(int transA, int transB, int M, int N, int K,
                           const float* A, int lda, const float* B, int ldb,
@@ -265,88 +293,47 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
 #endif
-    int nc_max = N < SGEMM_NC ? N : SGEMM_NC;
-    int kc_max = K < SGEMM_KC ? K : SGEMM_KC;
-    sgemm_reserve(nthreads, (size_t)kc_max * sgemm_ceil_div(nc_max, SGEMM_NR) * SGEMM_NR);
-    float* bpack = sgemm_bpack;
-    float** apack = sgemm_apack;
+    sgemm_reserve(nthreads);
 
-    #pragma omp parallel num_threads(nthreads)
-    {
+    // Thread grid: row_groups × col_groups = nthreads rectangles of whole micro-tiles. Pick the
+    // grid with the fewest micro-tiles in the largest rectangle; on a tie, more column groups
+    // (each thread then packs and reads only its own columns of B).
+    int m_panels = (M + SGEMM_MR - 1) / SGEMM_MR, n_panels = (N + SGEMM_NR - 1) / SGEMM_NR;
+    int row_groups = nthreads, col_groups = 1;
+    long long best = -1;
+    for (int cg = 1; cg <= nthreads; cg++) {
+        if (nthreads % cg != 0) continue;
+        int rg = nthreads / cg;
+        long long largest = (long long)((m_panels + rg - 1) / rg) * ((n_panels + cg - 1) / cg);
+        if (best < 0 || largest <= best) { best = largest; row_groups = rg; col_groups = cg; }
+    }
+
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; t++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float* my_apack = apack[tid];
-        for (int jc = 0; jc < N; jc += SGEMM_NC) {
-            int nc = N - jc < SGEMM_NC ? N - jc : SGEMM_NC;
-            // Cut the M×nc block of C into tiles of whole micro-tiles: at most MC rows, about NT
-            // columns, panels shared out evenly. Then make the tile count a multiple of the thread
-            // count where possible so the static schedule is balanced. (Only speed depends on this.)
-            int m_panels = sgemm_ceil_div(M, SGEMM_MR);
-            int n_panels = sgemm_ceil_div(nc, SGEMM_NR);
-            int m_tiles = sgemm_ceil_div(m_panels, SGEMM_MC / SGEMM_MR);
-            int n_tiles = sgemm_ceil_div(n_panels, SGEMM_NT / SGEMM_NR);
-            while ((m_tiles * n_tiles) % nthreads != 0 || m_tiles * n_tiles < nthreads) {
-                if (n_tiles < n_panels) n_tiles++;
-                else if (m_tiles < m_panels) m_tiles++;
-                else break;
-            }
-            int n_tiles_total = m_tiles * n_tiles;
+        float* apack = sgemm_apack[tid];
+        float* bpack = sgemm_bpack[tid];
+        // this thread's rectangle: rows [m0, m1) × columns [n0, n1), cut at micro-tile bounds
+        int rg = t / col_groups, cg = t % col_groups;
+        int m0 = rg * m_panels / row_groups * SGEMM_MR, m1 = (rg + 1) * m_panels / row_groups * SGEMM_MR;
+        int n0 = cg * n_panels / col_groups * SGEMM_NR, n1 = (cg + 1) * n_panels / col_groups * SGEMM_NR;
+        if (m1 > M) m1 = M;
+        if (n1 > N) n1 = N;
 
+        for (int jc = n0; jc < n1; jc += SGEMM_NC) {
+            int nc = n1 - jc < SGEMM_NC ? n1 - jc : SGEMM_NC;
             for (int pc = 0; pc < K; pc += SGEMM_KC) {
                 int kc = K - pc < SGEMM_KC ? K - pc : SGEMM_KC;
                 int add = accumulate || pc > 0;   // the first K block overwrites C unless accumulating
-
-                // all threads pack the shared B panel, one 16-wide sliver at a time
-                #pragma omp for schedule(static)
-                for (int s = 0; s < n_panels; s++) {
-                    int nr = nc - s * SGEMM_NR < SGEMM_NR ? nc - s * SGEMM_NR : SGEMM_NR;
-                    sgemm_pack_B(transB, B, ldb, pc, kc, jc + s * SGEMM_NR, nr,
-                                 bpack + (size_t)s * kc * SGEMM_NR);
+                sgemm_pack_B(transB, B, ldb, pc, kc, jc, nc, bpack);
+                for (int ic = m0; ic < m1; ic += SGEMM_MC) {
+                    int mc = m1 - ic < SGEMM_MC ? m1 - ic : SGEMM_MC;
+                    sgemm_pack_A(transA, A, lda, ic, mc, pc, kc, apack);
+                    sgemm_macro_kernel(mc, nc, kc, apack, bpack, C + (size_t)ic * ldc + jc, ldc, add);
                 }
-                // (implicit barrier: the B panel is complete)
-
-                int packed_tm = -1;   // which tile row this thread's A block holds for this pc
-                #pragma omp for schedule(static)
-                for (int t = 0; t < n_tiles_total; t++) {
-                    int tm = t / n_tiles, tn = t % n_tiles;
-                    int pm0 = tm * m_panels / m_tiles, pm1 = (tm + 1) * m_panels / m_tiles;
-                    int pn0 = tn * n_panels / n_tiles, pn1 = (tn + 1) * n_panels / n_tiles;
-                    int i0 = pm0 * SGEMM_MR;
-                    int i1 = pm1 * SGEMM_MR < M ? pm1 * SGEMM_MR : M;
-                    if (tm != packed_tm) {   // consecutive tiles of a thread often share the A block
-                        sgemm_pack_A(transA, A, lda, i0, i1 - i0, pc, kc, my_apack);
-                        packed_tm = tm;
-                    }
-                    for (int jr = pn0; jr < pn1; jr++) {
-                        const float* b = bpack + (size_t)jr * kc * SGEMM_NR;
-                        int j = jc + jr * SGEMM_NR;
-                        int nr = N - j < SGEMM_NR ? N - j : SGEMM_NR;
-                        for (int ir = pm0; ir < pm1; ir++) {
-                            const float* a = my_apack + (size_t)(ir - pm0) * kc * SGEMM_MR;
-                            int i = ir * SGEMM_MR;
-                            int mr = M - i < SGEMM_MR ? M - i : SGEMM_MR;
-                            float* c = C + (size_t)i * ldc + j;
-                            if (mr == SGEMM_MR && nr == SGEMM_NR) {
-                                sgemm_kernel(kc, a, b, c, ldc, add);
-                            } else {
-                                // edge tile: compute the full 6×16 into a scratch tile, then
-                                // add/copy the valid part. c + acc is the same single rounding
-                                // the kernel does in place, so edges sum exactly like interiors.
-                                float tile[SGEMM_MR * SGEMM_NR];
-                                sgemm_kernel(kc, a, b, tile, SGEMM_NR, 0);
-                                for (int r = 0; r < mr; r++) {
-                                    for (int col = 0; col < nr; col++) {
-                                        float* cc = c + (size_t)r * ldc + col;
-                                        *cc = add ? *cc + tile[r * SGEMM_NR + col] : tile[r * SGEMM_NR + col];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                // (implicit barrier: nobody repacks B while another thread still reads it)
             }
         }
     }

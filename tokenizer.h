@@ -25,9 +25,10 @@ Encoding (SPEC §5.2):
  2. Each byte becomes the id of the length-1 token holding it.
  3. Within a pre-token, repeatedly merge the adjacent pair with the lowest merge rank, leftmost
     first. A file without merges (M = 0, e.g. llm.c's own) falls back to merging the adjacent pair
-    whose concatenation is the lowest-id token: this is APPROXIMATE (GPT-2's real ranks are not
-    its ids), so use a version-2 file with merges for exact GPT-2 ids. End-of-text is never the
-    result of a merge.
+    whose concatenation is the lowest-id token. That is APPROXIMATE: it equals rank merging when
+    ids follow merge order (GPT-2's do: id = 256 + rank) except where a pair spells a token by
+    another split than the merge that made it. (On tinyshakespeare and the hard strings of
+    dev/gpt2_tokenizer/ it still gives GPT-2's ids exactly.) End-of-text is never a merge result.
 */
 #ifndef TOKENIZER_H
 #define TOKENIZER_H
@@ -37,6 +38,7 @@ Encoding (SPEC §5.2):
 #include <stdint.h>
 #include <string.h>
 #include <errno.h>
+#include <stdarg.h>
 #include "data/unicode_tables.h"
 
 #define TOKENIZER_MAGIC 20240328
@@ -44,6 +46,15 @@ Encoding (SPEC §5.2):
 #define TOKENIZER_MAX_TOKEN_BYTES 255
 #define TOKENIZER_NONE 0xFFFFFFFFu
 #define TOKENIZER_EOT_TEXT "<|endoftext|>"
+
+// every failure fills err (errlen bytes) with one line naming the file or the position at fault
+__attribute__((format(printf, 3, 4)))
+static void tokenizer_error(char* err, size_t errlen, const char* format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(err, errlen, format, args);
+    va_end(args);
+}
 
 // ----------------------------------------------------------------------------
 // Two small open-addressing hash maps (linear probing, power-of-two capacity).
@@ -315,12 +326,12 @@ static inline int tokenizer_build_lookups(Tokenizer* t, const char* name, char* 
     for (uint32_t r = 0; r < M; r++) {
         uint32_t left = t->merges[2 * r], right = t->merges[2 * r + 1];
         if (left >= V || right >= V) {
-            snprintf(err, errlen, "tokenizer %s: merge %u is (%u, %u) but the vocabulary has %u tokens",
+            tokenizer_error(err, errlen, "tokenizer %s: merge %u is (%u, %u) but the vocabulary has %u tokens",
                      name, r, left, right, V);
             return -1;
         }
         if (left == t->eot_token || right == t->eot_token) {
-            snprintf(err, errlen, "tokenizer %s: merge %u (%u, %u) uses the end-of-text token %u",
+            tokenizer_error(err, errlen, "tokenizer %s: merge %u (%u, %u) uses the end-of-text token %u",
                      name, r, left, right, t->eot_token);
             return -1;
         }
@@ -341,7 +352,7 @@ static inline int tokenizer_build_lookups(Tokenizer* t, const char* name, char* 
             else result = bytesmap_get(&t->token_index, buf, llen + rlen);
         }
         if (result == TOKENIZER_NONE) {
-            snprintf(err, errlen, "tokenizer %s: merge %u (%u, %u): their concatenation is not a token",
+            tokenizer_error(err, errlen, "tokenizer %s: merge %u (%u, %u): their concatenation is not a token",
                      name, r, left, right);
             return -1;
         }
@@ -350,7 +361,7 @@ static inline int tokenizer_build_lookups(Tokenizer* t, const char* name, char* 
     }
     return 0;
 oom:
-    snprintf(err, errlen, "tokenizer %s: out of memory", name);
+    tokenizer_error(err, errlen, "tokenizer %s: out of memory", name);
     return -1;
 }
 
@@ -359,14 +370,14 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
                            char* err, size_t errlen) {
     memset(t, 0, sizeof(*t));
     if (size < TOKENIZER_HEADER_BYTES) {
-        snprintf(err, errlen, "tokenizer %s: truncated: %zu bytes, the header alone is %d", name, size,
+        tokenizer_error(err, errlen, "tokenizer %s: truncated: %zu bytes, the header alone is %d", name, size,
                  TOKENIZER_HEADER_BYTES);
         return -1;
     }
     uint32_t header[256];
     memcpy(header, data, sizeof(header));
     if (header[0] != TOKENIZER_MAGIC) {
-        snprintf(err, errlen, "tokenizer %s: bad magic %u (an llm.c tokenizer file starts with %d)",
+        tokenizer_error(err, errlen, "tokenizer %s: bad magic %u (an llm.c tokenizer file starts with %d)",
                  name, header[0], TOKENIZER_MAGIC);
         return -1;
     }
@@ -374,7 +385,7 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
     t->version = (int)header[1];
     if (t->version == 1) {
         if (V != 50257) {
-            snprintf(err, errlen, "tokenizer %s: version 1 means GPT-2's 50257 tokens, header says %u", name, V);
+            tokenizer_error(err, errlen, "tokenizer %s: version 1 means GPT-2's 50257 tokens, header says %u", name, V);
             return -1;
         }
         t->eot_token = 50256;
@@ -382,17 +393,17 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
         t->eot_token = header[3];
         t->n_merges = header[4];
     } else {
-        snprintf(err, errlen, "tokenizer %s: unknown version %u (known: 1, 2)", name, header[1]);
+        tokenizer_error(err, errlen, "tokenizer %s: unknown version %u (known: 1, 2)", name, header[1]);
         return -1;
     }
     size_t left = size - TOKENIZER_HEADER_BYTES;
     if (V == 0 || V > left / 2) {  // every token takes at least 2 bytes (length and one byte)
-        snprintf(err, errlen, "tokenizer %s: header says %u tokens but the file holds %zu bytes after the header%s",
+        tokenizer_error(err, errlen, "tokenizer %s: header says %u tokens but the file holds %zu bytes after the header%s",
                  name, V, left, V == 0 ? "" : " (truncated?)");
         return -1;
     }
     if (t->eot_token >= V) {
-        snprintf(err, errlen, "tokenizer %s: end-of-text id %u is not below the vocabulary size %u",
+        tokenizer_error(err, errlen, "tokenizer %s: end-of-text id %u is not below the vocabulary size %u",
                  name, t->eot_token, V);
         return -1;
     }
@@ -400,25 +411,25 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
     t->token_offset = (uint32_t*)malloc(((size_t)V + 1) * sizeof(uint32_t));
     t->token_data = (unsigned char*)malloc(left);  // token bytes take less than the rest of the file
     if (t->token_offset == NULL || t->token_data == NULL) {
-        snprintf(err, errlen, "tokenizer %s: out of memory for %u tokens", name, V);
+        tokenizer_error(err, errlen, "tokenizer %s: out of memory for %u tokens", name, V);
         tokenizer_free(t);
         return -1;
     }
     size_t pos = TOKENIZER_HEADER_BYTES, out = 0;
     for (uint32_t id = 0; id < V; id++) {
         if (pos >= size) {
-            snprintf(err, errlen, "tokenizer %s: truncated in the token table at token %u of %u", name, id, V);
+            tokenizer_error(err, errlen, "tokenizer %s: truncated in the token table at token %u of %u", name, id, V);
             tokenizer_free(t);
             return -1;
         }
         size_t len = data[pos++];
         if (len == 0) {
-            snprintf(err, errlen, "tokenizer %s: token %u has length 0", name, id);
+            tokenizer_error(err, errlen, "tokenizer %s: token %u has length 0", name, id);
             tokenizer_free(t);
             return -1;
         }
         if (pos + len > size) {
-            snprintf(err, errlen, "tokenizer %s: truncated in the token table at token %u of %u "
+            tokenizer_error(err, errlen, "tokenizer %s: truncated in the token table at token %u of %u "
                      "(length %zu, %zu bytes left)", name, id, V, len, size - pos);
             tokenizer_free(t);
             return -1;
@@ -430,20 +441,20 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
     t->token_offset[V] = (uint32_t)out;
     uint32_t M = t->n_merges;
     if ((size - pos) / 8 < M) {
-        snprintf(err, errlen, "tokenizer %s: truncated: header says %u merges (%llu bytes), only %zu bytes follow "
+        tokenizer_error(err, errlen, "tokenizer %s: truncated: header says %u merges (%llu bytes), only %zu bytes follow "
                  "the token table", name, M, 8ULL * M, size - pos);
         tokenizer_free(t);
         return -1;
     }
     if (size - pos != 8 * (size_t)M) {
-        snprintf(err, errlen, "tokenizer %s: %zu unexpected bytes after the %s", name,
+        tokenizer_error(err, errlen, "tokenizer %s: %zu unexpected bytes after the %s", name,
                  size - pos - 8 * (size_t)M, M > 0 ? "merges" : "token table");
         tokenizer_free(t);
         return -1;
     }
     t->merges = (uint32_t*)malloc(((size_t)M + 1) * 2 * sizeof(uint32_t));
     if (t->merges == NULL) {
-        snprintf(err, errlen, "tokenizer %s: out of memory for %u merges", name, M);
+        tokenizer_error(err, errlen, "tokenizer %s: out of memory for %u merges", name, M);
         tokenizer_free(t);
         return -1;
     }
@@ -457,7 +468,7 @@ static inline int tokenizer_load(Tokenizer* t, const char* path, char* err, size
     memset(t, 0, sizeof(*t));
     FILE* f = fopen(path, "rb");
     if (f == NULL) {
-        snprintf(err, errlen, "tokenizer %s: cannot open (%s)", path, strerror(errno));
+        tokenizer_error(err, errlen, "tokenizer %s: cannot open (%s)", path, strerror(errno));
         return -1;
     }
     size_t cap = 1 << 20, size = 0, got;
@@ -473,7 +484,7 @@ static inline int tokenizer_load(Tokenizer* t, const char* path, char* err, size
     int read_error = ferror(f);
     fclose(f);
     if (data == NULL || read_error) {
-        snprintf(err, errlen, "tokenizer %s: %s", path, data == NULL ? "out of memory" : "read error");
+        tokenizer_error(err, errlen, "tokenizer %s: %s", path, data == NULL ? "out of memory" : "read error");
         free(data);
         return -1;
     }
@@ -486,11 +497,11 @@ static inline int tokenizer_load(Tokenizer* t, const char* path, char* err, size
 static inline int tokenizer_write(const Tokenizer* t, const char* path, char* err, size_t errlen) {
     size_t tmplen = strlen(path) + 8;
     char* tmp = (char*)malloc(tmplen);
-    if (tmp == NULL) { snprintf(err, errlen, "tokenizer %s: out of memory", path); return -1; }
+    if (tmp == NULL) { tokenizer_error(err, errlen, "tokenizer %s: out of memory", path); return -1; }
     snprintf(tmp, tmplen, "%s.tmp", path);
     FILE* f = fopen(tmp, "wb");
     if (f == NULL) {
-        snprintf(err, errlen, "tokenizer %s: cannot create %s (%s)", path, tmp, strerror(errno));
+        tokenizer_error(err, errlen, "tokenizer %s: cannot create %s (%s)", path, tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -507,7 +518,7 @@ static inline int tokenizer_write(const Tokenizer* t, const char* path, char* er
     if (ok && t->n_merges > 0) ok = fwrite(t->merges, 8, t->n_merges, f) == t->n_merges;
     if (fclose(f) != 0) ok = 0;
     if (!ok || rename(tmp, path) != 0) {
-        snprintf(err, errlen, "tokenizer %s: write failed (%s)", path, strerror(errno));
+        tokenizer_error(err, errlen, "tokenizer %s: write failed (%s)", path, strerror(errno));
         remove(tmp);
         free(tmp);
         return -1;
@@ -527,14 +538,14 @@ static inline int tokenizer_decode(const Tokenizer* t, const uint32_t* ids, size
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] >= t->vocab_size) {
-            snprintf(err, errlen, "decode: id %u at position %zu is not in the vocabulary (V = %u)",
+            tokenizer_error(err, errlen, "decode: id %u at position %zu is not in the vocabulary (V = %u)",
                      ids[i], i, t->vocab_size);
             return -1;
         }
         total += t->token_offset[ids[i] + 1] - t->token_offset[ids[i]];
     }
     unsigned char* buf = (unsigned char*)malloc(total + 1);
-    if (buf == NULL) { snprintf(err, errlen, "decode: out of memory for %zu bytes", total); return -1; }
+    if (buf == NULL) { tokenizer_error(err, errlen, "decode: out of memory for %zu bytes", total); return -1; }
     size_t pos = 0;
     for (size_t i = 0; i < n; i++) {
         size_t len;
@@ -654,7 +665,7 @@ static inline int tokenizer_encode(const Tokenizer* t, const unsigned char* text
         for (size_t k = 0; k < n; k++) {
             s.id[k] = t->byte_token[text[i + k]];
             if (s.id[k] == TOKENIZER_NONE) {
-                snprintf(err, errlen, "encode: byte 0x%02x at offset %zu has no single-byte token in the vocabulary",
+                tokenizer_error(err, errlen, "encode: byte 0x%02x at offset %zu has no single-byte token in the vocabulary",
                          text[i + k], i + k);
                 free(out); free(s.id); free(s.prev); free(s.next); free(s.heap);
                 return -1;
@@ -668,7 +679,7 @@ static inline int tokenizer_encode(const Tokenizer* t, const unsigned char* text
     *ids = out; *n_ids = n_out;
     return 0;
 oom:
-    snprintf(err, errlen, "encode: out of memory for %zu bytes of text", len);
+    tokenizer_error(err, errlen, "encode: out of memory for %zu bytes of text", len);
     free(out); free(s.id); free(s.prev); free(s.next); free(s.heap);
     return -1;
 }
@@ -847,7 +858,7 @@ static inline int tokenizer_train(Tokenizer* t, const unsigned char* text, size_
                            char* err, size_t errlen) {
     memset(t, 0, sizeof(*t));
     if (vocab_size < 257 || vocab_size > (1u << 30)) {
-        snprintf(err, errlen, "bpe: vocabulary size %u must be between 257 (bytes and end-of-text) and 2^30", vocab_size);
+        tokenizer_error(err, errlen, "bpe: vocabulary size %u must be between 257 (bytes and end-of-text) and 2^30", vocab_size);
         return -1;
     }
     uint32_t n_merges = vocab_size - 257;
@@ -921,7 +932,7 @@ static inline int tokenizer_train(Tokenizer* t, const unsigned char* text, size_
             break;
         }
         if (p == TOKENIZER_NONE) {
-            snprintf(err, errlen, "bpe: the text (%zu bytes) has no pairs left to merge after %u merges; "
+            tokenizer_error(err, errlen, "bpe: the text (%zu bytes) has no pairs left to merge after %u merges; "
                      "vocabulary size %u needs %u (use a smaller vocabulary or more text)",
                      len, r, vocab_size, n_merges);
             goto fail;
@@ -974,7 +985,7 @@ static inline int tokenizer_train(Tokenizer* t, const unsigned char* text, size_
     if (tokenizer_build_lookups(t, "(trained)", err, errlen) != 0) { tokenizer_free(t); return -1; }
     return 0;
 oom:
-    snprintf(err, errlen, "bpe: out of memory training on %zu bytes", len);
+    tokenizer_error(err, errlen, "bpe: out of memory training on %zu bytes", len);
 fail:
     bytesmap_free(&words);
     trainer_free(&bt);

@@ -272,9 +272,9 @@ int main(int argc, char** argv) {
     }
     double t1 = now_seconds();
     // counts exclude the end-of-text that starts each shard
-    printf("tokens: train %zu (%.4f tokens/byte), val %zu (%.4f tokens/byte); encoded in %.2fs\n",
-           n_train - 1, cut ? (double)(n_train - 1) / cut : 0.0,
-           n_val ? n_val - 1 : 0, n_val ? (double)(n_val - 1) / (n_text - cut) : 0.0, t1 - t0);
+    printf("tokens: train %zu (%.4f tokens/byte)", n_train - 1, cut ? (double)(n_train - 1) / cut : 0.0);
+    if (n_val > 0) printf(", val %zu (%.4f tokens/byte)", n_val - 1, (double)(n_val - 1) / (n_text - cut));
+    printf("; encoded in %.2fs\n", t1 - t0);
     free(text);
     tokenizer_free(&t);
     return 0;

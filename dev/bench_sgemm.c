@@ -126,8 +126,8 @@ int main(int argc, char** argv) {
     }
     double peak1 = fma_peak_gflops(1), peak2 = fma_peak_gflops(2);
     printf("fp32 AVX2 FMA peak: %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on 2 threads\n", peak1, peak2);
-    printf("blocking: MR=%d NR=%d KC=%d MC=%d NT=%d NC=%d\n\n",
-           SGEMM_MR, SGEMM_NR, SGEMM_KC, SGEMM_MC, SGEMM_NT, SGEMM_NC);
+    printf("blocking: MR=%d NR=%d KC=%d MC=%d NC=%d\n\n",
+           SGEMM_MR, SGEMM_NR, SGEMM_KC, SGEMM_MC, SGEMM_NC);
 
     struct { const char* what; int M, N, K; } shapes[] = {
         // the goal: expert FFN blocks (each also run as all three transpose uses below)

@@ -154,10 +154,10 @@ int main(void) {
                     check_case("blocked", sgemm_blocked, t >> 1, t & 1, edge[a], edge[b], ks[k], acc, pad);
                 }
 
-    // shapes that cross the tile (MC=96, NT=256), B panel (NC=2048) and K block boundaries, and
+    // shapes that cross the tile (MC=96), B panel (NC=1024) and K block boundaries, and
     // model-like shapes (expert blocks of uneven size), through the public entry point
     const int shapes[][3] = {
-        {97, 257, 33}, {200, 300, 513}, {6, 16, 256}, {1, 2050, 40}, {97, 2049, 300},
+        {97, 257, 33}, {200, 300, 513}, {6, 16, 256}, {1, 2050, 40}, {97, 2049, 300}, {193, 1040, 20},
         {37, 1024, 256}, {600, 768, 64}, {130, 64, 600}, {513, 17, 129}, {3, 5, 7},
         {64, 64, 64}, {1, 768, 256}, {768, 256, 1}, {300, 1, 300},
     };

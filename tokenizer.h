@@ -262,12 +262,12 @@ static inline size_t tokenizer_pretoken_end(const unsigned char* s, size_t n, si
     }
     int len;
     int cls = class_at(s, n, i, &len);
-    if (s[i] == ' ' && i + 1 < n) {
+    if (s[i] == ' ' && i + 1 < n) {  // the ' ?' of the three run alternatives
         int next = class_at(s, n, i + 1, &len);
         if (next != CP_SPACE) return run_end(s, n, i + 1, next);
     }
     if (cls != CP_SPACE) return run_end(s, n, i, cls);
-    // a whitespace run: find its end and where its last code point starts
+    // \s+(?!\S) or \s+: find the run's end and where its last code point starts
     size_t j = i, last = i;
     int count = 0;
     while (j < n && class_at(s, n, j, &len) == CP_SPACE) { last = j; j += (size_t)len; count++; }
@@ -372,6 +372,10 @@ static inline int tokenizer_parse(Tokenizer* t, const unsigned char* data, size_
     if (size < TOKENIZER_HEADER_BYTES) {
         tokenizer_error(err, errlen, "tokenizer %s: truncated: %zu bytes, the header alone is %d", name, size,
                  TOKENIZER_HEADER_BYTES);
+        return -1;
+    }
+    if (size > UINT32_MAX) {  // token offsets are uint32
+        tokenizer_error(err, errlen, "tokenizer %s: %zu bytes is too large for a tokenizer file", name, size);
         return -1;
     }
     uint32_t header[256];

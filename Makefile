@@ -12,9 +12,9 @@ else
   $(warning OpenMP not found: building single-threaded)
 endif
 
-HEADERS = moe.h matmul.h dataloader.h tokenizer.h
+HEADERS = moe.h matmul.h dataloader.h tokenizer.h data/unicode_tables.h
 
-all: train_moe test_moe
+all: train_moe test_moe data/prepare_text
 
 train_moe: train_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
@@ -22,10 +22,13 @@ train_moe: train_moe.c $(HEADERS)
 test_moe: test_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-test: test_moe
+data/prepare_text: data/prepare_text.c $(HEADERS)
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+test: train_moe test_moe data/prepare_text
 	./test_moe
 
 clean:
-	rm -f train_moe test_moe
+	rm -f train_moe test_moe data/prepare_text
 
 .PHONY: all test clean

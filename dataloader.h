@@ -46,6 +46,7 @@ without unused-function warnings.
 #include <string.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <math.h>
 #include <glob.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -882,7 +883,7 @@ static double synth_stream(uint32_t* tokens, uint8_t* domains, size_t n, const u
     return nll;
 }
 
-static void synthetic_corpus_generate(SyntheticCorpus* c, size_t train_len, size_t val_len, uint64_t seed) {
+static inline void synthetic_corpus_generate(SyntheticCorpus* c, size_t train_len, size_t val_len, uint64_t seed) {
     memset(c, 0, sizeof(*c));
     const int V = SYNTH_VOCAB, D = SYNTH_DOMAINS, block = (SYNTH_VOCAB - 1 - SYNTH_SHARED) / SYNTH_DOMAINS;
     c->vocab_size = V;
@@ -919,7 +920,7 @@ static void synthetic_corpus_generate(SyntheticCorpus* c, size_t train_len, size
     free(succ);
 }
 
-static void synthetic_corpus_free(SyntheticCorpus* c) {
+static inline void synthetic_corpus_free(SyntheticCorpus* c) {
     free(c->train_tokens); free(c->train_domains); free(c->val_tokens); free(c->val_domains);
     memset(c, 0, sizeof(*c));
 }

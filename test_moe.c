@@ -620,6 +620,7 @@ static void test_trainer_refusals(void) {
 // ----------------------------------------------------------------------------
 
 #include "dev/wip_dataloader_tests.c"
+#include "dev/wip_tokenizer_tests.c"
 
 int main(void) {
     char tmpl[] = "/tmp/test_moe_XXXXXX";
@@ -649,6 +650,8 @@ int main(void) {
     test_trainer_refusals();
     printf("[data loader]\n");
     test_dataloader();
+    printf("[tokenizer]\n");
+    test_tokenizer();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", test_dir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", test_dir);

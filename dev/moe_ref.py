@@ -106,13 +106,16 @@ STEP_MARGIN_MIN = 1e-3                 # near-tie guard on each training step (1
 # configuration and the parameter table (SPEC §2.1)
 
 class Config:
-    def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0):
+    def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0, gatepro_lambda=0.0):
         self.maxT, self.V, self.L, self.NH, self.C = maxT, V, L, NH, C
         self.E, self.K, self.H = E, K, H
         self.Vp = 128 * ((V + 127) // 128)       # llm.c's padding rule
-        self.router = router                     # 0 = topk (the only router the reference has)
+        self.router = router                     # 0 = topk, 1 = gatepro (penalty on at every forward)
         self.gate_norm = gate_norm               # 0 topk_softmax, 1 softmax_topk
-        assert C % NH == 0 and 1 <= K <= E
+        # GatePro's lambda as the C reads it (float32); only used when router == 1
+        self.gatepro_lambda = bits_f32(f32_bits(gatepro_lambda))
+        assert C % NH == 0 and 1 <= K <= E and router in (0, 1)
+        assert router == 0 or E >= 2             # SPEC §3.2: --router gatepro requires E >= 2
 
     def param_shapes(self):
         """(name, shape) in the §2.1 order; the flat buffer is these, row-major, back to back."""
@@ -225,28 +228,82 @@ def routing_margin(logits, K):
     return (s[:, K - 1] - s[:, K]).min().item()
 
 
+def gatepro_siblings(routerw):
+    """SPEC §3.2 steps 1-2, from the current router weights (E,C), no gradient:
+    S_ij = <w_i,w_j> / (max(|w_i|,1e-12) max(|w_j|,1e-12)) (F.normalize's convention), and
+    j*(i) = argmax_{j != i} S_ij, ties toward the lower j (torch.argmax returns the first maximum).
+    Returns (sibling (E,) long, the smallest gap between a row's best and second-best S_ij)."""
+    w = routerw.detach()
+    wn = torch.nn.functional.normalize(w, dim=-1, eps=1e-12)
+    S = wn @ wn.T
+    E = S.shape[0]
+    off = S.masked_fill(torch.eye(E, dtype=torch.bool), -math.inf)   # exclude j == i
+    sibling = off.argmax(dim=-1)
+    if E <= 2:
+        return sibling, math.inf                   # one candidate per row: j* cannot flip
+    top2 = torch.sort(off, dim=-1, descending=True).values[:, :2]
+    return sibling, (top2[:, 0] - top2[:, 1]).min().item()
+
+
+def selection_margin(sel, penalised, K):
+    """The near-tie margin (a) on the selection logits sel (N,E): min over rows of K-th largest minus
+    (K+1)-th largest, less the float32 rounding room when either of the two was penalised (the C
+    rounds l - lambda to float32; at lambda = 1e4 that spacing is ~1e-3, not negligible)."""
+    E = sel.shape[-1]
+    if E <= K:
+        return math.inf
+    order = torch.sort(sel.detach(), dim=-1, descending=True, stable=True)
+    s, idx = order.values, order.indices
+    gap = s[:, K - 1] - s[:, K]
+    pen = penalised.gather(1, idx[:, K - 1:K + 1]).any(dim=1)
+    mag = torch.maximum(s[:, K - 1].abs(), s[:, K].abs()).numpy().astype(np.float32)
+    room = torch.tensor(np.spacing(mag).astype(np.float64)) * pen
+    return (gap - room).min().item()
+
+
 def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
-    """x (N,C) -> y (N,C), plus this layer's aux loss, z-loss, selected experts (N,K), margin.
-    routerw (E,C), fcw (E,H,C), fcb (E,H), fcprojw (E,C,H), fcprojb (E,C)."""
+    """x (N,C) -> y (N,C), plus this layer's aux loss, z-loss, selected experts (N,K) and a dict of
+    near-tie diagnostics (see forward). routerw (E,C), fcw (E,H,C), fcb (E,H), fcprojw (E,C,H),
+    fcprojb (E,C)."""
     N, C = x.shape
     E, K = cfg.E, cfg.K
     zero = torch.zeros((), dtype=x.dtype)
+    diag = dict(margin=math.inf, loser_margin=math.inf, sim_gap=math.inf, topk_diff=0)
     if E == 1:
         # dense GPT-2 MLP: no router, weight 1, no aux losses
         selected = torch.zeros(N, 1, dtype=torch.long)
         gates = torch.ones(N, 1, dtype=x.dtype)
-        aux, z, margin = zero, zero, math.inf
+        aux, z = zero, zero
     else:
         logits = x @ routerw.T                                 # (N,E), no router bias
-        selected = topk_lower_index(logits, K)                 # not differentiable
-        margin = routing_margin(logits, K)
-        chosen = logits.gather(1, selected)                    # (N,K)
+        if cfg.router == 1:
+            # GatePro (SPEC §3.2): expert i loses when l_i < l_{j*(i)} (strict: a tie is no loss)
+            # and its logit drops by lambda. The mask is a constant (detached), so dl~/dl = I and no
+            # gradient reaches S or j*.
+            sibling, diag["sim_gap"] = gatepro_siblings(routerw)
+            ld = logits.detach()
+            loses = ld < ld[:, sibling]                        # (N,E) bool
+            sel = logits - cfg.gatepro_lambda * loses.to(logits.dtype)
+            diag["loser_margin"] = (ld - ld[:, sibling]).abs().min().item()
+            plain = torch.sort(topk_lower_index(logits, K), dim=-1).values
+        else:
+            loses = torch.zeros(logits.shape, dtype=torch.bool)
+            sel = logits
+        selected = topk_lower_index(sel, K)                    # top-k on l~, not differentiable
+        diag["margin"] = selection_margin(sel, loses, K) if cfg.router == 1 else routing_margin(logits, K)
+        if cfg.router == 1:
+            diag["topk_diff"] = int((torch.sort(selected, dim=-1).values != plain).any(dim=1).sum())
+        chosen = sel.gather(1, selected)                       # (N,K)
+        # the aux losses' P and the z-loss use the unpenalised logits l (SPEC §3.2 step 5).
+        # (Op order kept as before GatePro was added: autograd's accumulation order, and so the
+        # last bits of the topk cases' float64 gradients, depend on it.)
         probs = torch.softmax(logits, dim=-1)                  # over all E experts
-        if cfg.gate_norm == 0:      # topk_softmax: softmax over the selected logits only
+        if cfg.gate_norm == 0:      # topk_softmax: softmax over the selected l~ only
             gates = torch.softmax(chosen, dim=-1)
-        else:                       # softmax_topk: full softmax, keep selected, no renormalising
-            gates = probs.gather(1, selected)
-        # load balance (Switch): a * E * sum_i f_i P_i; f_i is a count, a constant for the gradient
+        else:                       # softmax_topk: softmax(l~) over all E, keep selected, no renormalising
+            gates = (probs if sel is logits else torch.softmax(sel, dim=-1)).gather(1, selected)
+        # load balance (Switch): a * E * sum_i f_i P_i; f_i is a count, a constant for the gradient.
+        # Under GatePro f counts the experts actually selected, T_k(l~) (SPEC's documented choice).
         counts = torch.zeros(E, dtype=x.dtype).index_add_(
             0, selected.reshape(-1), torch.ones(N * K, dtype=x.dtype))
         f = counts / (N * K)
@@ -264,36 +321,42 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
         h = gelu(x[token] @ fcw[e].T + fcb[e])                 # (n,H)
         out = h @ fcprojw[e].T + fcprojb[e]                    # (n,C)
         y = y.index_add(0, token, gates[token, slot].unsqueeze(1) * out)
-    return y, aux, z, selected, margin
+    return y, aux, z, selected, diag
 
 
 def forward(cfg, params, inputs, targets, aux_coef, z_coef):
     """inputs, targets (B,T) long. Returns a dict with logits (B,T,Vp), the losses, routing
-    (L,B,T,K) sorted ascending, and the smallest routing margin."""
+    (L,B,T,K) sorted ascending, and the near-tie diagnostics, each the worst over layers:
+      margin        (a) min (K-th - (K+1)-th) of the selection logits (l, or l~ under GatePro)
+      loser_margin  (b) GatePro: min over tokens and experts of |l_i - l_{j*(i)}| (a loser flips)
+      sim_gap       (c) GatePro: min over rows i of best S_ij - second-best S_ij (j* flips)
+      topk_diff     GatePro: token-layers whose selected set differs from plain top-k on l"""
     p = params
     B, T = inputs.shape
     x = p["wte"][inputs] + p["wpe"][:T]                        # (B,T,C)
     aux_total = torch.zeros((), dtype=DTYPE)
     z_total = torch.zeros((), dtype=DTYPE)
-    routing, margin = [], math.inf
+    routing = []
+    diag = dict(margin=math.inf, loser_margin=math.inf, sim_gap=math.inf, topk_diff=0)
     for l in range(cfg.L):
         x = x + attention(layernorm(x, p["ln1w"][l], p["ln1b"][l]),
                           p["qkvw"][l], p["qkvb"][l], p["attprojw"][l], p["attprojb"][l], cfg.NH)
         h = layernorm(x, p["ln2w"][l], p["ln2b"][l]).reshape(B * T, cfg.C)
-        y, aux, z, selected, m = moe_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
+        y, aux, z, selected, d = moe_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
                                            p["fcprojw"][l], p["fcprojb"][l], cfg, aux_coef, z_coef)
         x = x + y.view(B, T, cfg.C)
         aux_total = aux_total + aux
         z_total = z_total + z
         routing.append(torch.sort(selected, dim=-1).values.view(B, T, cfg.K))
-        margin = min(margin, m)
+        for key in diag:
+            diag[key] = diag[key] + d[key] if key == "topk_diff" else min(diag[key], d[key])
     x = layernorm(x, p["lnfw"], p["lnfb"])
     logits = x @ p["wte"].T                                    # (B,T,Vp), tied embedding
     # cross-entropy over the first V columns only
     lm_loss = torch.nn.functional.cross_entropy(
         logits[..., :cfg.V].reshape(B * T, cfg.V), targets.reshape(-1))
     return dict(logits=logits, lm_loss=lm_loss, aux=aux_total, z=z_total,
-                total=lm_loss + aux_total + z_total, routing=torch.stack(routing), margin=margin)
+                total=lm_loss + aux_total + z_total, routing=torch.stack(routing), **diag)
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,12 +391,16 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
     mask = decay_mask(cfg)
     m = torch.zeros_like(flat)
     v = torch.zeros_like(flat)
-    result = dict(lm_losses=[], total_losses=[], margins=[], norms=[])
+    result = dict(lm_losses=[], total_losses=[], margins=[], loser_margins=[], sim_gaps=[],
+                  topk_diffs=[], norms=[])
     for step in range(hp["nsteps"]):
         leaf = flat.clone().requires_grad_(True)
         out = forward(cfg, split_params(cfg, leaf), inputs, targets, hp["aux"], hp["z"])
         out["total"].backward()
         grad = leaf.grad.detach()
+        if not (torch.isfinite(out["logits"]).all() and torch.isfinite(out["total"])
+                and torch.isfinite(grad).all()):
+            sys.exit(f"step {step}: NaN/inf in the logits, loss or gradient")
         if step == 0:
             result.update(logits=out["logits"].detach(), lm_loss=out["lm_loss"].item(),
                           aux=out["aux"].item(), z=out["z"].item(),
@@ -341,12 +408,17 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
         result["lm_losses"].append(out["lm_loss"].item())
         result["total_losses"].append(out["total"].item())
         result["margins"].append(out["margin"])
+        result["loser_margins"].append(out["loser_margin"])
+        result["sim_gaps"].append(out["sim_gap"])
+        result["topk_diffs"].append(out["topk_diff"])
         norm = adamw_step(flat, grad, m, v, step, hp["lr"], hp["wd"], hp["clip"], mask)
         result["norms"].append(norm)
         if verbose:
             clipped = "clipped" if norm > hp["clip"] else ""
+            gp = (f"loser {out['loser_margin']:.3e}  S-gap {out['sim_gap']:.3e}  "
+                  f"vs-topk {out['topk_diff']}  " if cfg.router == 1 else "")
             print(f"  step {step:2d}: lm {out['lm_loss'].item():.6f} "
-                  f"total {out['total'].item():.6f}  margin {out['margin']:.3e}  "
+                  f"total {out['total'].item():.6f}  margin {out['margin']:.3e}  {gp}"
                   f"|g| {norm:.4f} {clipped}")
     return result
 
@@ -376,7 +448,9 @@ def write_with_crc(path, payload):
         f.write(struct.pack("<I", crc))
 
 
-def checkpoint_bytes(cfg, flat32, seed, gatepro_lambda=1e-4):
+def checkpoint_bytes(cfg, flat32, seed):
+    # topk cases carry the SPEC default lambda 1e-4 (unused by the topk router); gatepro its own
+    gatepro_lambda = cfg.gatepro_lambda if cfg.router == 1 else 1e-4
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:19] = [CHECKPOINT_MAGIC, 1, cfg.maxT, cfg.V, cfg.Vp, cfg.L, cfg.NH, cfg.C,
                    cfg.E, cfg.K, cfg.H, cfg.router, cfg.gate_norm, 0, 0,
@@ -387,7 +461,8 @@ def checkpoint_bytes(cfg, flat32, seed, gatepro_lambda=1e-4):
 def state_bytes(cfg, B, T, hp, inputs, targets, res):
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:16] = [STATE_MAGIC, 1, B, T, hp["nsteps"], f32_bits(hp["lr"]), f32_bits(hp["wd"]),
-                   f32_bits(hp["clip"]), f32_bits(hp["aux"]), f32_bits(hp["z"]), f32_bits(0.0),
+                   f32_bits(hp["clip"]), f32_bits(hp["aux"]), f32_bits(hp["z"]),
+                   f32_bits(cfg.gatepro_lambda if cfg.router == 1 else 0.0),
                    cfg.num_params(), cfg.K, cfg.L, cfg.router, cfg.gate_norm]
     parts = [
         header.tobytes(),
@@ -435,7 +510,9 @@ def read_checkpoint(path):
     if h[0] != CHECKPOINT_MAGIC or h[1] != 1:
         raise ValueError(f"{path}: bad magic/version {h[0]}/{h[1]}")
     cfg = Config(maxT=h[2], V=h[3], L=h[5], NH=h[6], C=h[7], E=h[8], K=h[9], H=h[10],
-                 gate_norm=h[12], router=h[11])
+                 gate_norm=h[12], router=h[11], gatepro_lambda=bits_f32(h[15]) if h[11] == 1 else 0.0)
+    if h[11] == 1 and (h[16] != 0 or h[17] != -1):
+        raise ValueError(f"{path}: gatepro start/stop {h[16]}/{h[17]}, the reference has 0/-1")
     if cfg.Vp != h[4]:
         raise ValueError(f"{path}: Vp {h[4]} but V {h[3]} gives {cfg.Vp}")
     if h[13] != 0:
@@ -453,6 +530,10 @@ def read_state(path, cfg):
     B, T, nsteps = int(h[2]), int(h[3]), int(h[4])
     if h[11] != cfg.num_params() or h[12] != cfg.K or h[13] != cfg.L:
         raise ValueError(f"{path}: header disagrees with the checkpoint (num_params/K/L)")
+    if h[14] != cfg.router or h[15] != cfg.gate_norm:
+        raise ValueError(f"{path}: header disagrees with the checkpoint (router/gate_norm)")
+    if cfg.router == 1 and bits_f32(h[10]) != cfg.gatepro_lambda:
+        raise ValueError(f"{path}: GatePro lambda {bits_f32(h[10])}, checkpoint {cfg.gatepro_lambda}")
     s = dict(B=B, T=T, nsteps=nsteps, lr=bits_f32(h[5]), wd=bits_f32(h[6]), clip=bits_f32(h[7]),
              aux_coef=bits_f32(h[8]), z_coef=bits_f32(h[9]))
     s["inputs"] = r.take("<i4", B * T).reshape(B, T)
@@ -481,7 +562,27 @@ CASES = [
     ("topk_ts", dict(E=4, K=2, gate_norm=0), dict(aux=0.01, z=0.001)),
     ("topk_st", dict(E=4, K=2, gate_norm=1), dict(aux=0.01, z=0.001)),
     ("dense",   dict(E=1, K=1, gate_norm=0), dict(aux=0.0, z=0.0)),
+    ("gatepro_ts",   dict(E=4, K=2, gate_norm=0, router=1, gatepro_lambda=0.3), dict(aux=0.01, z=0.001)),
+    ("gatepro_st",   dict(E=4, K=2, gate_norm=1, router=1, gatepro_lambda=0.3), dict(aux=0.01, z=0.001)),
+    ("gatepro_hard", dict(E=4, K=2, gate_norm=0, router=1, gatepro_lambda=1e4), dict(aux=0.01, z=0.001)),
 ]
+LOSER_MARGIN_MIN = 1e-3                # GatePro (b): |l_i - l_{j*(i)}|, first forward and every step
+SIM_GAP_MIN = 1e-4                     # GatePro (c): best minus second-best S_ij of every row
+
+
+def near_tie(cfg, res):
+    """Why this draw is rejected, or None. Every guard holds at the first forward and each step."""
+    first, worst = res["margins"][0], min(res["margins"])
+    if first < FIRST_MARGIN_MIN or worst < STEP_MARGIN_MIN:
+        return f"top-k margin: first forward {first:.3e}, worst step {worst:.3e}"
+    if cfg.router == 1:
+        if min(res["loser_margins"]) < LOSER_MARGIN_MIN:
+            return f"loser margin |l_i - l_j*| {min(res['loser_margins']):.3e}"
+        if min(res["sim_gaps"]) < SIM_GAP_MIN:
+            return f"sibling gap of S {min(res['sim_gaps']):.3e}"
+        if res["topk_diffs"][0] == 0:
+            return "the penalty changes no routing decision at the first forward"
+    return None
 
 
 def build_case(name, arch, coefs, outdir):
@@ -493,10 +594,10 @@ def build_case(name, arch, coefs, outdir):
         inputs, targets = make_batch(cfg, B, T, seed)
         print(f"[{name}] seed {seed}, {cfg.num_params()} params")
         res = run_case(cfg, flat32, inputs, targets, hp)
-        first, worst = res["margins"][0], min(res["margins"])
-        if first >= FIRST_MARGIN_MIN and worst >= STEP_MARGIN_MIN:
+        why = near_tie(cfg, res)
+        if why is None:
             break
-        print(f"[{name}] near tie (first margin {first:.3e}, worst step margin {worst:.3e}): redraw")
+        print(f"[{name}] rejected ({why}): redraw")
     else:
         sys.exit(f"[{name}] no seed without a routing near-tie in 100 tries")
     model_path = os.path.join(outdir, f"{name}_model.bin")
@@ -506,6 +607,11 @@ def build_case(name, arch, coefs, outdir):
     print(f"[{name}] margin first forward {res['margins'][0]:.3e}, min over steps "
           f"{min(res['margins']):.3e}; clipped at steps "
           f"{[s for s, n in enumerate(res['norms']) if n > hp['clip']]}")
+    if cfg.router == 1:
+        print(f"[{name}] GatePro lambda {cfg.gatepro_lambda:g}: loser margin min {min(res['loser_margins']):.3e}, "
+              f"S sibling gap min {min(res['sim_gaps']):.3e}; token-layer selections differing from "
+              f"plain top-k: {res['topk_diffs'][0]} of {cfg.L * B * T} at the first forward, "
+              f"per step {res['topk_diffs']}")
     print(f"[{name}] wrote {model_path} ({os.path.getsize(model_path)} B), "
           f"{state_path} ({os.path.getsize(state_path)} B)")
 
@@ -570,10 +676,12 @@ def check_case(name, outdir):
     fd_err = finite_difference_check(cfg, flat32, torch.tensor(s["inputs"], dtype=torch.long),
                                      torch.tensor(s["targets"], dtype=torch.long), hp,
                                      res["grads"].numpy())
-    ok = routing_ok and all(d < 1e-6 for d in diffs.values()) and fd_err <= 1.0
+    why = near_tie(cfg, res)
+    ok = routing_ok and all(d < 1e-6 for d in diffs.values()) and fd_err <= 1.0 and why is None
     print(f"[{name}] crc ok, sizes ok; seed {h[18]}; routing {'same' if routing_ok else 'DIFFERENT'}; "
           + ", ".join(f"{k} max|diff| {d:.1e}" for k, d in diffs.items())
-          + f"; finite differences worst err/tol {fd_err:.2f}" + ("" if ok else "  FAIL"))
+          + f"; finite differences worst err/tol {fd_err:.2f}"
+          + ("" if why is None else f"; near tie: {why}") + ("" if ok else "  FAIL"))
     return ok
 
 

@@ -95,8 +95,9 @@ static void sgemm_scalar(int transA, int transB, int M, int N, int K,
 //   a is a packed A panel: kc columns of 6 floats, a[p*6 + r]    = A(i0+r, pc+p)
 //   b is a packed B sliver: kc rows of 16 floats,  b[p*16 + col] = B(pc+p, j0+col)
 // The sum over p is done in registers starting from 0, then added to c once (so "add" never
-// changes the order of the sum over p). The scalar version is the definition; the AVX2 one must
-// compute exactly the same thing, one fused multiply-add per (p, r, col).
+// changes the order of the sum over p). The scalar version is the definition; the AVX2 one does
+// the same sums in the same order, with each multiply-add fused (as gcc also fuses a*b + c in the
+// scalar one under -march=native, so the two usually agree bit for bit).
 
 // (static inline: with AVX2 it is only the readers' and tests' version, so no unused warning)
 static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
@@ -168,49 +169,56 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 // ----------------------------------------------------------------------------
 // Packing: copy a block of op(A) / op(B) into the order the micro-kernel reads, zero-padding the
 // ragged last panel, so the kernel streams both operands contiguously whatever the transposes.
-// Loops run along the source's contiguous direction, so the copy reads whole cache lines.
+// A panel and a B sliver are the same thing with a different width w (6 or 16):
+//   dst[p*w + x] = src[x*x_stride + p*p_stride]   for x < n,   0 for n <= x < w,   p < kc
+// Either x_stride or p_stride is 1 (one of op()'s two directions is contiguous in memory).
 
-// A block: rows [i0, i0+mc) × columns [pc, pc+kc) of op(A) -> ceil(mc/6) panels of kc×6 floats,
-// panel q at dst + q*kc*6, element (i0 + q*6 + r, pc + p) at [p*6 + r]
-static void sgemm_pack_A(int transA, const float* A, int lda, int i0, int mc, int pc, int kc,
-                         float* dst) {
-    for (int q = 0; q * SGEMM_MR < mc; q++) {
-        int mr = mc - q * SGEMM_MR < SGEMM_MR ? mc - q * SGEMM_MR : SGEMM_MR;
-        size_t i = (size_t)i0 + (size_t)q * SGEMM_MR;
-        float* panel = dst + (size_t)q * kc * SGEMM_MR;
-        if (transA) {   // stored K×M: the panel's 6 values for one p are contiguous
-            for (int p = 0; p < kc; p++) {
-                const float* src = A + (size_t)(pc + p) * lda + i;
-                for (int r = 0; r < SGEMM_MR; r++) panel[p * SGEMM_MR + r] = r < mr ? src[r] : 0.0f;
-            }
-        } else {        // stored M×K: each of the panel's rows is contiguous in p
-            for (int r = 0; r < SGEMM_MR; r++) {
-                const float* row = A + (i + r) * lda + pc;
-                for (int p = 0; p < kc; p++) panel[p * SGEMM_MR + r] = r < mr ? row[p] : 0.0f;
-            }
+static inline void sgemm_pack_panel(const float* src, size_t x_stride, size_t p_stride,
+                                    int n, int w, int kc, float* dst) {
+    if (n == w && x_stride == 1) {          // each p's w values are contiguous: copy runs of w
+        for (size_t p = 0; p < (size_t)kc; p++) {
+            for (int x = 0; x < w; x++) dst[p * w + x] = src[p * p_stride + x];
+        }
+    } else if (n == w && p_stride == 1) {   // each x's values are contiguous in p: transpose,
+        size_t kc8 = (size_t)kc / 8 * 8;    // 8 p at a time through a small tile, so that
+        for (size_t p = 0; p < kc8; p += 8) {   // both the reads and the writes are runs
+            float tile[SGEMM_NR][8];
+            for (int x = 0; x < w; x++)
+                for (int q = 0; q < 8; q++) tile[x][q] = src[x * x_stride + p + q];
+            for (int q = 0; q < 8; q++)
+                for (int x = 0; x < w; x++) dst[(p + q) * w + x] = tile[x][q];
+        }
+        for (size_t p = kc8; p < (size_t)kc; p++) {
+            for (int x = 0; x < w; x++) dst[p * w + x] = src[x * x_stride + p];
+        }
+    } else {                                // ragged last panel (rare): the plain definition
+        for (size_t p = 0; p < (size_t)kc; p++) {
+            for (int x = 0; x < w; x++) dst[p * w + x] = x < n ? src[x * x_stride + p * p_stride] : 0.0f;
         }
     }
 }
 
+// A block: rows [i0, i0+mc) × columns [pc, pc+kc) of op(A) -> ceil(mc/6) panels of kc×6 floats,
+// panel q at dst + q*kc*6 holds (i0 + q*6 + r, pc + p) at [p*6 + r]
+static void sgemm_pack_A(int transA, const float* A, int lda, int i0, int mc, int pc, int kc,
+                         float* dst) {
+    size_t i_stride = transA ? 1 : (size_t)lda, p_stride = transA ? (size_t)lda : 1;
+    for (int ir = 0; ir < mc; ir += SGEMM_MR) {
+        int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
+        sgemm_pack_panel(A + (size_t)(i0 + ir) * i_stride + (size_t)pc * p_stride, i_stride,
+                         p_stride, mr, SGEMM_MR, kc, dst + (size_t)ir * kc);
+    }
+}
+
 // B panel: rows [pc, pc+kc) × columns [j0, j0+nc) of op(B) -> ceil(nc/16) slivers of kc×16
-// floats, sliver s at dst + s*kc*16, element (pc + p, j0 + s*16 + col) at [p*16 + col]
+// floats, sliver s at dst + s*kc*16 holds (pc + p, j0 + s*16 + col) at [p*16 + col]
 static void sgemm_pack_B(int transB, const float* B, int ldb, int pc, int kc, int j0, int nc,
                          float* dst) {
-    for (int s = 0; s * SGEMM_NR < nc; s++) {
-        int nr = nc - s * SGEMM_NR < SGEMM_NR ? nc - s * SGEMM_NR : SGEMM_NR;
-        size_t j = (size_t)j0 + (size_t)s * SGEMM_NR;
-        float* sliver = dst + (size_t)s * kc * SGEMM_NR;
-        if (transB) {   // stored N×K: each of the sliver's columns is contiguous in p
-            for (int col = 0; col < SGEMM_NR; col++) {
-                const float* src = B + (j + col) * ldb + pc;
-                for (int p = 0; p < kc; p++) sliver[p * SGEMM_NR + col] = col < nr ? src[p] : 0.0f;
-            }
-        } else {        // stored K×N: the sliver's 16 values for one p are contiguous
-            for (int p = 0; p < kc; p++) {
-                const float* src = B + (size_t)(pc + p) * ldb + j;
-                for (int col = 0; col < SGEMM_NR; col++) sliver[p * SGEMM_NR + col] = col < nr ? src[col] : 0.0f;
-            }
-        }
+    size_t j_stride = transB ? (size_t)ldb : 1, p_stride = transB ? 1 : (size_t)ldb;
+    for (int jr = 0; jr < nc; jr += SGEMM_NR) {
+        int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
+        sgemm_pack_panel(B + (size_t)(j0 + jr) * j_stride + (size_t)pc * p_stride, j_stride,
+                         p_stride, nr, SGEMM_NR, kc, dst + (size_t)jr * kc);
     }
 }
 
@@ -314,7 +322,9 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
         if (best < 0 || largest <= best) { best = largest; row_groups = rg; col_groups = cg; }
     }
 
+#ifdef _OPENMP
     #pragma omp parallel for schedule(static) num_threads(nthreads)
+#endif
     for (int t = 0; t < nthreads; t++) {
         int tid = 0;
 #ifdef _OPENMP

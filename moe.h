@@ -480,6 +480,11 @@ static void gate_weights_backward(float* dsel, const float* dgate, const float* 
     }
 }
 
+// Is the GatePro penalty on at 0-based step s? (--gatepro-start / --gatepro-stop)
+static int gatepro_active_at(const RouterConfig* rc, int step) {
+    return rc->gatepro_start <= step && (rc->gatepro_stop < 0 || step < rc->gatepro_stop);
+}
+
 // Cosine similarity of router rows (F.normalize convention: a zero row gives 0) and each
 // expert's nearest sibling j*(i) = argmax_{j != i} S_ij, ties toward the lower j. Once per layer
 // per forward pass. w (E,C) -> S (E,E), sibling (E).

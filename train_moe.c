@@ -174,15 +174,55 @@ static void format_eta(char* buf, size_t n, double seconds) {
 // ----------------------------------------------------------------------------
 // validation and sampling
 
-static float validate(MoEModel* model, DataLoader* val, int batches) {
+// Mean validation loss over the first `batches` batches. The first batch is the run's fixed probe:
+// on it, every expert runs on every token to measure expert-output similarity (SPEC §6), one
+// value per layer into probe_sim (L).
+static float validate(MoEModel* model, DataLoader* val, int batches, float* probe_sim) {
     dataloader_reset(val);
     double total = 0.0;
     for (int i = 0; i < batches; i++) {
         dataloader_next_batch(val);
         moe_forward(model, val->inputs, val->targets, val->B, val->T);
         total += model->mean_loss;
+        if (i == 0 && probe_sim != NULL)
+            for (int l = 0; l < model->config.num_layers; l++) probe_sim[l] = expert_output_similarity(model, l);
     }
     return (float)(total / batches);
+}
+
+// One line per layer of SPEC §6's metrics into metrics.tsv (header: METRICS_TSV_HEADER, README).
+#define METRICS_TSV_HEADER "step\tlayer\ttokens\tzero_experts\tload_cv\tload_max_mean\tload_entropy\t" \
+    "router_sim_abs\trouter_sim_angle\trouter_spectral_entropy\tsibling_coact\tsibling_coact_random\t" \
+    "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\n"
+static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEModel* model, const float* probe_sim) {
+    for (int l = 0; l < mm->L; l++) {
+        LayerMetrics lm;
+        moe_metrics_layer(mm, model, l, &lm);
+        fprintf(f, "%d\t%d\t%.0f\t%d\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\t", step, l, mm->tokens,
+                lm.zero_experts, lm.load_cv, lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean,
+                lm.spectral_entropy, lm.sibling_coact, lm.sibling_coact_random);
+        if (probe_sim != NULL) fprintf(f, "%.6f\t", probe_sim[l]); else fprintf(f, "nan\t");
+        if (lm.domain_mi >= 0) fprintf(f, "%.6f\t", lm.domain_mi); else fprintf(f, "nan\t");
+        for (int e = 0; e < mm->E; e++) fprintf(f, "%s%.0f", e ? "," : "", mm->counts[(size_t)l * mm->E + e]);
+        fprintf(f, "\t");
+        if (mm->num_domains == 0) fprintf(f, "-");
+        for (int i = 0; i < mm->E * mm->num_domains; i++)
+            fprintf(f, "%s%.0f", i ? "," : "", mm->domain_joint[(size_t)l * mm->E * mm->num_domains + i]);
+        fprintf(f, "\n");
+    }
+}
+
+static void print_layer_summary(const MoEMetrics* mm, const MoEModel* model, const float* probe_sim) {
+    for (int l = 0; l < mm->L; l++) {
+        LayerMetrics lm;
+        moe_metrics_layer(mm, model, l, &lm);
+        printf("  layer %d: zero-token %d, load cv %.3f, max/mean %.2f, entropy %.3f | router |S| %.3f angle %.3f "
+               "spectral %.3f | sibling co-act %.3f (random %.3f) | expert-out cos %.3f", l, lm.zero_experts, lm.load_cv,
+               lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
+               lm.sibling_coact, lm.sibling_coact_random, probe_sim ? probe_sim[l] : NAN);
+        if (lm.domain_mi >= 0) printf(" | MI(e;d)/H(d) %.3f", lm.domain_mi);
+        printf("\n");
+    }
 }
 
 // Samples gen_len tokens after an end-of-text token, at temperature 1, with its own model copy of
@@ -400,6 +440,15 @@ int main(int argc, char** argv) {
     snprintf(path, sizeof(path), "%s/main.log", outdir);
     FILE* logf = fopen(path, resuming ? "a" : "w");
     if (logf == NULL) die("cannot write %s: %s", path, strerror(errno));
+    snprintf(path, sizeof(path), "%s/metrics.tsv", outdir);
+    FILE* metf = fopen(path, resuming ? "a" : "w");
+    if (metf == NULL) die("cannot write %s: %s", path, strerror(errno));
+    if (!resuming) fputs(METRICS_TSV_HEADER, metf);
+    MoEMetrics metrics;
+    metrics_init(&metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, synthetic ? corpus.num_domains : 0);
+    float* probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
+    int have_probe = 0;
+    double metrics_seconds = 0.0, step_seconds = 0.0;
 
     size_t active_params = model.num_parameters -
         (size_t)cfg->num_layers * (cfg->n_expert - cfg->top_k) *
@@ -432,9 +481,14 @@ int main(int argc, char** argv) {
     int step = start_step;
     for (; step <= steps; step++) {
         int last = step == steps;
+        // GatePro's penalty is on at step s iff start <= s and (stop < 0 or s < stop), in every
+        // forward of that step: validation and samples included
+        model.gatepro_active = gatepro_active_at(&model.router, step);
         // validation and samples before the step (and once more at the end), as llm.c
         if (val_every > 0 && (step % val_every == 0 || last)) {
-            float val_loss = validate(&model, &val_loader, val_batches);
+            float val_loss = validate(&model, &val_loader, val_batches, probe_sim);
+            have_probe = 1;
+            if (step > start_step) print_layer_summary(&metrics, &model, probe_sim);  // the last step's routing
             printf("val loss %.6f (step %d)\n", val_loss, step);
             fprintf(logf, "s:%d tel:%.6f\n", step, val_loss);
             fflush(logf);
@@ -458,12 +512,15 @@ int main(int argc, char** argv) {
 
         // one optimizer step
         double t0 = now_seconds();
-        model.gatepro_active = model.router.gatepro_start <= step && (model.router.gatepro_stop < 0 || step < model.router.gatepro_stop);
         moe_zero_grad(&model);
-        double loss = 0.0, aux = 0.0, zl = 0.0;
+        metrics_reset(&metrics);
+        double loss = 0.0, aux = 0.0, zl = 0.0, tm = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
             dataloader_next_batch(&train_loader);
             moe_forward(&model, train_loader.inputs, train_loader.targets, B, T);
+            double tm0 = now_seconds();
+            metrics_accumulate(&metrics, &model, train_loader.input_domains);
+            tm += now_seconds() - tm0;
             loss += model.mean_loss / grad_accum;
             aux += model.aux_loss / grad_accum;
             zl += model.z_loss / grad_accum;
@@ -486,6 +543,11 @@ int main(int argc, char** argv) {
         float clip_scale = grad_clip > 0.0f && norm > grad_clip ? grad_clip / (norm + 1e-6f) : 1.0f;
         moe_adamw_update(&model, lr_t, 0.9f, 0.95f, 1e-8f, weight_decay, clip_scale, step + 1);
         double t2 = now_seconds();
+        write_metrics(metf, step, &metrics, &model, have_probe ? probe_sim : NULL);
+        double t3 = now_seconds();
+        metrics_seconds += tm + (t3 - t2);
+        step_seconds += t3 - t0;
+        have_probe = 0;
         double ms = (t2 - t0) * 1000.0;
         double tok_s = total_batch / (t2 - t0);
         char eta[32];
@@ -499,7 +561,12 @@ int main(int argc, char** argv) {
                 lr_t, norm, ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0);
     }
     fclose(logf);
-    printf("total time %.1f s\n", now_seconds() - t_start);
+    fclose(metf);
+    printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
+           "computed during validation and not counted here)\n", now_seconds() - t_start, metrics_seconds * 1000.0,
+           step_seconds > 0 ? 100.0 * metrics_seconds / step_seconds : 0.0);
+    metrics_free(&metrics);
+    free(probe_sim);
     dataloader_free(&train_loader);
     dataloader_free(&val_loader);
     if (have_tokenizer) tokenizer_free(&tokenizer);

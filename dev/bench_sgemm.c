@@ -1,11 +1,14 @@
 // Benchmark for matmul.h: the machine's fp32 FMA peak (AVX2, 1 and 2 threads), then sgemm's
-// GFLOP/s on the model's matmul shapes as a fraction of that peak. Every number is the median of
-// several repetitions; operands are reused between repetitions (warm caches, as in training where
-// the same weights are hit again and again).
+// GFLOP/s on the model's matmul shapes as a fraction of that peak. sgemm numbers are medians of
+// several repetitions (and the best repetition beside them); operands are reused between
+// repetitions (warm caches, as in training where the same weights are hit again and again).
 //
 // build: gcc -O3 -march=native -fopenmp -Wall -Wextra dev/bench_sgemm.c -o dev/bench_sgemm -lm
-// run:   ./dev/bench_sgemm            (OMP_NUM_THREADS is ignored: it measures 1 and 2 threads)
-//        ./dev/bench_sgemm M N K      (one shape, its three uses)
+// run:   OMP_PROC_BIND=true ./dev/bench_sgemm   (measures 1 and 2 threads; OMP_NUM_THREADS is
+//        ignored. Binding keeps the OS from stacking both threads on one core, which on the 2-vCPU
+//        VM sometimes made a 2-thread median 10× slower. Results are only meaningful on an
+//        otherwise idle machine: check `top` first.)
+//        OMP_PROC_BIND=true ./dev/bench_sgemm M N K      (one shape, its three uses)
 #include <stdint.h>
 #include <time.h>
 #include "../matmul.h"
@@ -33,7 +36,7 @@ static void set_threads(int n) {
 
 // ----------------------------------------------------------------------------
 // FMA peak: each thread runs 12 independent chains acc = acc*x + y (12 > latency 4 × 2 ports),
-// 8 floats per FMA, 2 flops per lane. Returns GFLOP/s summed over the threads.
+// 8 floats per FMA, 2 flops per lane. Returns the best of 7 runs' GFLOP/s, summed over threads.
 
 #if defined(__AVX2__) && defined(__FMA__)
 static float fma_chains(long iters) {
@@ -59,16 +62,21 @@ static double fma_peak_gflops(int nthreads) {
     volatile float sink = 0.0f;
     for (int rep = 0; rep < 7; rep++) {
         double t0 = now_sec();
+#ifdef _OPENMP
         #pragma omp parallel num_threads(nthreads)
+#endif
         {
             float r = fma_chains(iters);
-            #pragma omp atomic
+#ifdef _OPENMP
+            #pragma omp critical
+#endif
             sink += r;
         }
         t[rep] = now_sec() - t0;
     }
     (void)sink;
-    return nthreads * (double)iters * 12 * 8 * 2 / median(t, 7) / 1e9;
+    qsort(t, 7, sizeof(double), cmp_double);   // peak = the fastest run: an upper bound, not noise
+    return nthreads * (double)iters * 12 * 8 * 2 / t[0] / 1e9;
 #else
     (void)nthreads;
     return 0.0;
@@ -89,8 +97,7 @@ static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, dou
     for (size_t i = 0; i < nb; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
     memset(C, 0, nc * sizeof(float));
     set_threads(nthreads);
-    int accumulate = tA;   // the weight gradient (1,0) and dinp (0,0) accumulate in the model
-    if (!tA && !tB) accumulate = 1;
+    int accumulate = !(tA == 0 && tB == 1);   // as in the model: only the forward overwrites
     // warm up (allocates the packing buffers), and size the repetition count
     double t0 = now_sec();
     sgemm(tA, tB, M, N, K, A, a_cols, B, b_cols, C, N, accumulate);
@@ -125,7 +132,8 @@ int main(int argc, char** argv) {
         return 0;
     }
     double peak1 = fma_peak_gflops(1), peak2 = fma_peak_gflops(2);
-    printf("fp32 AVX2 FMA peak: %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on 2 threads\n", peak1, peak2);
+    printf("fp32 AVX2 FMA peak (best of 7): %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on 2 threads\n",
+           peak1, peak2);
     printf("blocking: MR=%d NR=%d KC=%d MC=%d NC=%d\n\n",
            SGEMM_MR, SGEMM_NR, SGEMM_KC, SGEMM_MC, SGEMM_NC);
 

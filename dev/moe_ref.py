@@ -1,7 +1,7 @@
 """
 moe_ref.py -- an independent PyTorch reference for moe.c (the role of llm.c's train_gpt2.py).
 
-Builds a small Mixture-of-Experts GPT-2 (SPEC §2, §3.1), computes in float64 with torch
+Builds a small Mixture-of-Experts GPT-2 (SPEC §2, §3.1, §3.2), computes in float64 with torch
 autograd (so the gradients do not share a line with moe.h's hand-written backward), and writes,
 for each test case, a moe.c checkpoint and a "debug state" that test_moe.c compares against:
 logits, losses, every parameter gradient, the routing decisions and 10 AdamW steps (SPEC §4).
@@ -14,6 +14,20 @@ Cases:
     topk_ts  router topk, gate_norm 0 (topk_softmax), aux a = 0.01, z = 0.001
     topk_st  router topk, gate_norm 1 (softmax_topk), aux a = 0.01, z = 0.001
     dense    E = 1, K = 1: no router, no aux losses (a dense GPT-2 MLP)
+    gatepro_ts    router gatepro, gate_norm 0, lambda 0.3, aux a = 0.01, z = 0.001
+    gatepro_st    router gatepro, gate_norm 1, lambda 0.3, aux a = 0.01, z = 0.001
+    gatepro_hard  router gatepro, gate_norm 0, lambda 1e4 (a hard mask: a loser's gate weight is
+                  exp(-1e4) = 0; at this seed layer 0 has tokens with a single non-loser, so the
+                  K-th selected expert is a loser that runs with weight 0), aux 0.01, z 0.001
+
+GatePro (SPEC §3.2), penalty active at every forward of the 10 steps (start 0, stop -1): per
+layer per forward, S_ij = cosine of router rows i,j (F.normalize's max(|w|,1e-12)), j*(i) =
+argmax_{j != i} S_ij (ties -> lower j), from the current weights and detached; per token expert i
+loses when l_i < l_{j*(i)} (strict) and l~_i = l_i - lambda, else l_i. Top-k (ties -> lower index)
+and the gate weights use l~ (gate_norm 0: softmax over the selected l~; 1: softmax(l~) over all E,
+not renormalised); dl~/dl = I (the mask is a constant). The load-balance P and the z-loss use the
+unpenalised l; f counts the experts actually selected, T_k(l~). The script prints, per step, how
+many token-layer selections differ from plain top-k on l, and requires > 0 at the first forward.
 
 Config (all cases): maxT=16 V=61 (Vp=128, so padded vocab columns are exercised) L=2 NH=3 C=24
 (hs=8) H=32, E=4 K=2 for the MoE cases; batch B=3 T=11 (T < maxT on purpose: wpe rows T..maxT-1
@@ -28,9 +42,10 @@ Checkpoint file <case>_model.bin (SPEC §5.3)
     int32   header[256]
               [0]  20261122 (magic)     [1]  1 (version)     [2]  maxT     [3]  V     [4]  Vp
               [5]  L    [6]  NH    [7]  C    [8]  E    [9]  K    [10] H
-              [11] router (0 = topk)    [12] gate_norm (0 topk_softmax, 1 softmax_topk)
+              [11] router (0 = topk, 1 = gatepro)    [12] gate_norm (0 topk_softmax, 1 softmax_topk)
               [13] 0 (no optimizer state)   [14] 0 (updates applied)
-              [15] float32 bits of the GatePro lambda (1e-4)   [16] 0 (gatepro-start)
+              [15] float32 bits of the GatePro lambda (the topk cases: 1e-4, the SPEC default,
+                   unused; gatepro cases: their lambda)   [16] 0 (gatepro-start)
               [17] -1 (gatepro-stop)    [18] seed actually used (after near-tie redraws)
               rest 0
     float32 params[num_params]        the §2.1 order:
@@ -47,9 +62,10 @@ Debug state file <case>_state.bin (read by test_moe.c)
               [0]  20261128 (magic)   [1]  1 (version)   [2]  B   [3]  T   [4]  nsteps (10)
               [5]  float32 bits of lr               [6]  float32 bits of weight decay
               [7]  float32 bits of grad clip        [8]  float32 bits of aux coef a
-              [9]  float32 bits of z-loss coef z    [10] float32 bits of GatePro lambda (0, unused)
+              [9]  float32 bits of z-loss coef z
+              [10] float32 bits of GatePro lambda (0 for topk/dense; = checkpoint [15] for gatepro)
               [11] num_params (total floats, = the checkpoint's)
-              [12] K   [13] L   [14] router (0 topk)   [15] gate_norm
+              [12] K   [13] L   [14] router (0 topk, 1 gatepro)   [15] gate_norm
               rest 0
     int32   inputs[B*T]                  token ids in [0,V)
     int32   targets[B*T]                 token ids in [0,V)
@@ -79,6 +95,14 @@ logits nearly tie could be routed differently by float32 C code. After the first
 minimum over layers and tokens of (K-th largest logit - (K+1)-th largest) must be >= 1e-3, and at
 each of the 10 steps also >= 1e-3 (float32 parameters drift from float64 ones over the steps,
 so the later margins get the same room); otherwise the init is redrawn with the next seed.
+GatePro cases add three more discontinuities, all guarded at the first forward and each step:
+  (a) the margin above is taken on l~ (the selection logits); when either of the two compared
+      values was penalised, the float32 spacing at their magnitude is subtracted first (the C
+      rounds l - lambda to float32: ~1e-3 at lambda = 1e4, ~2e-8 at 0.3);  >= 1e-3
+  (b) min over layers, tokens, experts of |l_i - l_{j*(i)}| (a loser flips);  >= 1e-3
+  (c) min over layers and rows i of best S_ij - second-best S_ij (j* flips);  >= 1e-4
+and the penalty must change at least one routing decision versus plain top-k at the first forward.
+A draw that gives NaN/inf anywhere (logits, loss, gradient) stops the script.
 """
 
 import argparse
@@ -619,7 +643,7 @@ def build_case(name, arch, coefs, outdir):
 def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h=1e-6,
                             atol=1e-8, rtol=1e-4):
     """Central differences of the total loss (float64) against the autograd gradient at `count`
-    coordinates: a few random ones plus the first of every parameter tensor. Routing does not
+    coordinates: a few random ones plus the first of every parameter tensor and all of routerw. Routing does not
     change under a 1e-6 step because the margins are >= 1e-3. Tolerance as numpy.allclose
     (|fd - g| <= atol + rtol*|g|; atol covers the float64 rounding of the differences, ~1e-10,
     on gradients that are 0 or tiny, e.g. the key bias, whose gradient is exactly 0).
@@ -628,8 +652,13 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
     gen = torch.Generator().manual_seed(0)
     coords = torch.randint(0, flat.numel(), (count,), generator=gen).tolist()
     offset = 0
-    for _, shape in cfg.param_shapes():
-        coords.append(offset)
+    for name, shape in cfg.param_shapes():
+        if name == "routerw" and cfg.E > 1:
+            # every router weight: the gradient path through the gates (and GatePro's l~) and the
+            # aux losses all end here
+            coords.extend(range(offset, offset + math.prod(shape)))
+        else:
+            coords.append(offset)
         offset += math.prod(shape)
 
     def loss_at(x):

@@ -106,8 +106,8 @@ static float random_normal(uint64_t* state) {  // Box-Muller, one value per call
 
 enum { ROUTER_TOPK = 0, ROUTER_GATEPRO = 1, ROUTER_COMPETE = 2 };
 enum { GATE_TOPK_SOFTMAX = 0, GATE_SOFTMAX_TOPK = 1 };
-static const char* ROUTER_NAMES[] = {"topk", "gatepro", "compete"};
-static const char* GATE_NORM_NAMES[] = {"topk_softmax", "softmax_topk"};
+static const char* const ROUTER_NAMES[] = {"topk", "gatepro", "compete"};
+static const char* const GATE_NORM_NAMES[] = {"topk_softmax", "softmax_topk"};
 
 typedef struct {
     int max_seq_len;        // maxT
@@ -131,7 +131,20 @@ typedef struct {
     float gatepro_lambda;   // GatePro logit penalty
     int gatepro_start;      // penalty active at step s iff start <= s and (stop < 0 or s < stop)
     int gatepro_stop;
+    // CompeteSMoE (COMPETESMOE.md): schedule and losses
+    float compete_rate;        // P(a (layer, step) after warm-up competes)
+    float compete_warmup;      // fraction of the total steps without competition
+    int compete_max_layers;    // at most this many layers compete in one step
+    int compete_weights;       // COMPETE_WEIGHTS_*: how winners' responses become weights
+    float compete_alpha;       // weight of the "hybrid" winners-only term of the router loss
+    float compete_router_coef; // router distillation loss L_D coefficient
+    float compete_div_coef;    // diversity loss L_div coefficient
+    float compete_bal_coef;    // competition balance loss coefficient
 } RouterConfig;
+enum { COMPETE_WEIGHTS_NORM = 0, COMPETE_WEIGHTS_SOFTMAX = 1 };
+static const char* const COMPETE_WEIGHTS_NAMES[] = {"norm", "softmax"};
+static const RouterConfig ROUTER_DEFAULTS = {ROUTER_TOPK, GATE_TOPK_SOFTMAX, 0.01f, 0.0f, 1e-4f, 0, -1,
+                                             0.05f, 0.05f, 3, COMPETE_WEIGHTS_NORM, 0.0f, 0.01f, 0.01f, 0.01f};
 
 static int pad_vocab(int V) { return ((V + 127) / 128) * 128; }
 
@@ -480,6 +493,14 @@ static void gate_weights_backward(float* dsel, const float* dgate, const float* 
     }
 }
 
+// A router config: the defaults with the first fields set (tests and tools).
+static RouterConfig router_config(int router, int gate_norm, float aux, float z, float lambda, int start, int stop) {
+    RouterConfig rc = ROUTER_DEFAULTS;
+    rc.router = router; rc.gate_norm = gate_norm; rc.aux_loss_coef = aux; rc.z_loss_coef = z;
+    rc.gatepro_lambda = lambda; rc.gatepro_start = start; rc.gatepro_stop = stop;
+    return rc;
+}
+
 // Is the GatePro penalty on at 0-based step s? (--gatepro-start / --gatepro-stop)
 static int gatepro_active_at(const RouterConfig* rc, int step) {
     return rc->gatepro_start <= step && (rc->gatepro_stop < 0 || step < rc->gatepro_stop);
@@ -618,6 +639,29 @@ typedef struct {
     float* dgate;       // (N, K)
 } BackwardScratch;
 
+// A competing layer runs every expert on every token, so it keeps E full-size expert activations.
+// Only `slots` layers can compete in one step (--compete-max-layers), so that many are allocated.
+typedef struct {
+    int slots, N;        // allocated for this many layers of N tokens
+    int* slot_of_layer;  // (L) slot of a competing layer in the last forward, -1 if it did not compete
+    float* fch;          // (slots, E, N, H) W1 x + b1 of every expert on every token
+    float* gelu;         // (slots, E, N, H)
+    float* out;          // (slots, E, N, C) o_i = E_i(x)
+    float* response;     // (slots, N, E) s_i = mean_c softplus(o_i,c)
+    float* response_p;   // (slots, N, E) p^C = softmax(s)
+    float* dout;         // (E, N, C) backward scratch: gradient of every o_i
+    float* memory;
+} CompeteBuffers;
+
+typedef struct {  // one layer's auxiliary losses in the last forward (unweighted), for the log
+    float aux, z;                  // router load balance and z-loss (0 on a competition step)
+    int competed;                  // 1 if the layer competed
+    float router_distill;          // L_D
+    float diversity;               // L_div
+    float compete_balance;         // Switch loss with f from I_C and P = mean p^C
+    float agreement;               // mean |I_C intersect T_k(l)| / K
+} LayerLosses;
+
 typedef struct {
     MoEConfig config;
     RouterConfig router;
@@ -644,6 +688,12 @@ typedef struct {
     float aux_loss;      // load-balance loss summed over layers
     float z_loss;        // router z-loss summed over layers
     int gatepro_active;  // set by the caller per step: is the GatePro penalty on?
+    // CompeteSMoE: the layers that compete in this forward (L flags, set by the trainer per step;
+    // NULL in evaluation, which never competes), and the buffers of the layers that do
+    const unsigned char* compete_layers;
+    CompeteBuffers compete;
+    float compete_loss;  // sum over competing layers of the weighted L_D + L_div + L_bal
+    LayerLosses* layer_stats;  // (L) per-layer losses of the last forward
 } MoEModel;
 
 static void moe_build(MoEModel* m, const MoEConfig* config) {
@@ -656,7 +706,8 @@ static void moe_build(MoEModel* m, const MoEConfig* config) {
     m->grads_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
     point_parameters(&m->params, m->params_memory, m->param_sizes);
     point_parameters(&m->grads, m->grads_memory, m->param_sizes);
-    m->router = (RouterConfig){ROUTER_TOPK, GATE_TOPK_SOFTMAX, 0.01f, 0.0f, 1e-4f, 0, -1};
+    m->router = ROUTER_DEFAULTS;
+    m->layer_stats = (LayerLosses*)callocCheck((size_t)config->num_layers, sizeof(LayerLosses));
     m->mean_loss = -1.0f;
 }
 
@@ -952,6 +1003,302 @@ static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float
 }
 
 // ----------------------------------------------------------------------------
+// CompeteSMoE (COMPETESMOE.md; Pham et al. arXiv 2402.02526, Nguyen et al. arXiv 2505.13380).
+// On a competition step of a layer, every expert runs on every token and the experts with the
+// strongest neural response win it; the router is trained to predict that outcome:
+//   o_i = E_i(x),  s_i = (1/C) sum_c softplus(o_i,c),  I_C = top-k of s
+//   w_i = s_i / sum_{j in I_C} s_j  (norm)  or softmax over the winners' s  (softmax)
+//   y = sum_{i in I_C} w_i o_i
+//   L_D = mean_{t,i} (p^R_i - p^C_i)^2 + alpha mean_t (1/K) sum_{j in I_C} (p^C_j - p^R_j)^2,
+//         p^R = softmax(l), p^C = softmax(s) held constant: the router's only gradient
+//   L_div = mean_t (1/K^2) sum_{i != j in I_C} cos(o_i, o_j)
+//   L_bal = E sum_i f_i P_i, f from I_C, P = mean_t p^C (gradient through p^C into the experts)
+// Router steps (and evaluation) are the plain topk router.
+
+// Does layer l compete in this forward? Only in training (compete_layers set) under --router compete.
+static int compete_now(const MoEModel* m, int l) {
+    return m->compete_layers != NULL && m->compete_layers[l] && m->router.router == ROUTER_COMPETE &&
+           m->config.n_expert > 1;
+}
+
+static inline float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void compete_alloc(MoEModel* m, int N) {
+    const MoEConfig* c = &m->config;
+    CompeteBuffers* cb = &m->compete;
+    int slots = m->router.compete_max_layers < c->num_layers ? m->router.compete_max_layers : c->num_layers;
+    if (slots < 1) slots = 1;
+    if (cb->memory != NULL && cb->slots >= slots && cb->N == N) return;
+    size_t E = c->n_expert, H = c->expert_hidden, C = c->channels, S = slots;
+    size_t total = S * E * N * H * 2 + S * E * N * C + S * N * E * 2 + E * N * C;
+    free(cb->memory);
+    free(cb->slot_of_layer);
+    cb->memory = (float*)callocCheck(total, sizeof(float));
+    cb->slot_of_layer = (int*)mallocCheck(sizeof(int) * c->num_layers);
+    cb->fch = cb->memory;
+    cb->gelu = cb->fch + S * E * N * H;
+    cb->out = cb->gelu + S * E * N * H;
+    cb->response = cb->out + S * E * N * C;
+    cb->response_p = cb->response + S * N * E;
+    cb->dout = cb->response_p + S * N * E;
+    cb->slots = slots;
+    cb->N = N;
+}
+
+// Forward of a competing layer l over N tokens; y (N,C) is its output. Also fills the layer's
+// expert_index and gate with I_C and w, so the MoE metrics see the winners.
+static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y) {
+    const MoEConfig* c = &m->config;
+    const RouterConfig* rc = &m->router;
+    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    CompeteBuffers* cb = &m->compete;
+    ActivationTensors* a = &m->acts;
+    const float* x = a->ln2 + (size_t)l * N * C;
+    float* logits = a->router_logits + (size_t)l * N * E;
+    float* probs = a->router_probs + (size_t)l * N * E;
+    float* lse = a->router_lse + (size_t)l * N;
+    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    float* gate = a->gate + (size_t)l * N * K;
+    size_t EN = (size_t)E * N;
+    float* fch = cb->fch + (size_t)slot * EN * H;
+    float* gel = cb->gelu + (size_t)slot * EN * H;
+    float* out = cb->out + (size_t)slot * EN * C;
+    float* resp = cb->response + (size_t)slot * N * E;
+    float* pc = cb->response_p + (size_t)slot * N * E;
+    const float* wg = m->params.routerw + (size_t)l * E * C;
+    router_similarity(a->router_sim + (size_t)l * E * E, m->idx.router_sibling + (size_t)l * E, wg, E, C);
+    matmul_forward(logits, x, wg, NULL, N, C, E);
+    // every expert on every token: one dense pass per expert over the whole block
+    for (int e = 0; e < E; e++) {
+        size_t le = (size_t)l * E + e;
+        float* h = fch + (size_t)e * N * H;
+        matmul_forward(h, x, m->params.fcw + le * H * C, m->params.fcb + le * H, N, C, H);
+        gelu_forward(gel + (size_t)e * N * H, h, (size_t)N * H);
+        matmul_forward(out + (size_t)e * N * C, gel + (size_t)e * N * H, m->params.fcprojw + le * C * H,
+                       m->params.fcprojb + le * C, N, H, C);
+    }
+    double ld = 0.0, div = 0.0, agree = 0.0;
+    float alpha = rc->compete_alpha;
+    int weights_mode = rc->compete_weights;
+    #pragma omp parallel for schedule(static) reduction(+ : ld, div, agree)
+    for (int n = 0; n < N; n++) {
+        float* s = resp + (size_t)n * E;
+        for (int e = 0; e < E; e++) {
+            const float* o = out + ((size_t)e * N + n) * C;
+            float acc = 0.0f;
+            for (int i = 0; i < C; i++) acc += softplus(o[i]);
+            s[e] = acc / C;
+        }
+        int* win = expert_index + (size_t)n * K;
+        float* w = gate + (size_t)n * K;
+        topk_indices(s, E, K, win);
+        if (weights_mode == COMPETE_WEIGHTS_NORM) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) sum += s[win[k]];
+            for (int k = 0; k < K; k++) w[k] = s[win[k]] / sum;
+        } else {
+            gate_weights(w, s, win, E, K, GATE_TOPK_SOFTMAX);
+        }
+        float* yn = y + (size_t)n * C;
+        for (int i = 0; i < C; i++) yn[i] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float* o = out + ((size_t)win[k] * N + n) * C;
+            for (int i = 0; i < C; i++) yn[i] += w[k] * o[i];
+        }
+        // router distillation: p^R = softmax(l), p^C = softmax(s)
+        float* pr = probs + (size_t)n * E;
+        float* pcn = pc + (size_t)n * E;
+        lse[n] = softmax_lse(pr, logits + (size_t)n * E, E);
+        softmax_lse(pcn, s, E);
+        double d1 = 0.0, d2 = 0.0;
+        for (int e = 0; e < E; e++) d1 += (double)(pr[e] - pcn[e]) * (pr[e] - pcn[e]);
+        for (int k = 0; k < K; k++) d2 += (double)(pcn[win[k]] - pr[win[k]]) * (pcn[win[k]] - pr[win[k]]);
+        ld += d1 / E + alpha * d2 / K;
+        // diversity: mean cosine over ordered pairs of distinct winners, divided by K^2
+        double cs = 0.0;
+        for (int i = 0; i < K; i++)
+            for (int j = i + 1; j < K; j++) {
+                const float* oi = out + ((size_t)win[i] * N + n) * C;
+                const float* oj = out + ((size_t)win[j] * N + n) * C;
+                double dij = 0.0, ni = 0.0, nj = 0.0;
+                for (int q = 0; q < C; q++) { dij += (double)oi[q] * oj[q]; ni += (double)oi[q] * oi[q]; nj += (double)oj[q] * oj[q]; }
+                cs += 2.0 * dij / (fmax(sqrt(ni), 1e-12) * fmax(sqrt(nj), 1e-12));
+            }
+        div += cs / ((double)K * K);
+        // agreement with the router's own top-k on its logits
+        int rk[256];
+        topk_indices(logits + (size_t)n * E, E, K, rk);
+        int common = 0;
+        for (int i = 0; i < K; i++) for (int j = 0; j < K; j++) common += win[i] == rk[j];
+        agree += (double)common / K;
+    }
+    // competition balance: E sum_i f_i P_i with f from the winners and P = mean p^C
+    double f[256] = {0}, P[256] = {0};
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++) f[expert_index[(size_t)n * K + k]] += 1.0;
+        for (int e = 0; e < E; e++) P[e] += pc[(size_t)n * E + e];
+    }
+    double bal = 0.0;
+    for (int e = 0; e < E; e++) bal += (f[e] / ((double)N * K)) * (P[e] / N);
+    LayerLosses* st = &m->layer_stats[l];
+    st->competed = 1;
+    st->aux = st->z = 0.0f;
+    st->router_distill = (float)(ld / N);
+    st->diversity = (float)(div / N);
+    st->compete_balance = (float)(E * bal);
+    st->agreement = (float)(agree / N);
+    m->compete_loss += rc->compete_router_coef * st->router_distill + rc->compete_div_coef * st->diversity +
+                       rc->compete_bal_coef * st->compete_balance;
+    (void)H;
+}
+
+// Backward of a competing layer: dy (N,C) -> dx (N,C) accumulated, and every expert's and the
+// router's parameter gradients. Per token:
+//   do_i  = w_i dy                                       (i in I_C; the output)
+//   dw_i  = <dy, o_i>  ->  ds   (norm: ds_j = (dw_j - sum_i w_i dw_i) / sum_{I_C} s;
+//                                softmax: ds_j = w_j (dw_j - sum_i w_i dw_i))
+//   ds   += p^C * (g - <p^C, g>),  g_i = c_bal E f_i / N  (balance, every expert)
+//   do_i += ds_i sigmoid(o_i) / C                        (every expert: s_i = mean softplus(o_i))
+//   do_i += c_div/(N K^2) sum_{j != i in I_C} 2 (o_j/(|o_i||o_j|) - cos_ij o_i/|o_i|^2)
+//   dp^R  = c_D [2 (p^R - p^C)/(N E) - [i in I_C] 2 alpha (p^C_i - p^R_i)/(N K)],  dl = p^R * (dp^R - <p^R, dp^R>)
+static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const float* dy, float* dx, float loss_scale) {
+    const MoEConfig* c = &m->config;
+    const RouterConfig* rc = &m->router;
+    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    CompeteBuffers* cb = &m->compete;
+    BackwardScratch* sc = &m->scratch;
+    size_t EN = (size_t)E * N;
+    const float* fch = cb->fch + (size_t)slot * EN * H;
+    const float* gel = cb->gelu + (size_t)slot * EN * H;
+    const float* out = cb->out + (size_t)slot * EN * C;
+    const float* resp = cb->response + (size_t)slot * N * E;
+    const float* pc = cb->response_p + (size_t)slot * N * E;
+    const float* probs = m->acts.router_probs + (size_t)l * N * E;
+    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    const float* gate = m->acts.gate + (size_t)l * N * K;
+    float* dout = cb->dout;
+    double f[256] = {0};
+    for (size_t i = 0; i < (size_t)N * K; i++) f[expert_index[i]] += 1.0;
+    float g_bal[256];
+    for (int e = 0; e < E; e++) g_bal[e] = (float)(rc->compete_bal_coef * E * (f[e] / ((double)N * K)) / N) * loss_scale;
+    float c_div = rc->compete_div_coef / ((float)N * K * K) * loss_scale;
+    float c_d = rc->compete_router_coef * loss_scale, alpha = rc->compete_alpha;
+    int weights_mode = rc->compete_weights;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* d = dy + (size_t)n * C;
+        const float* s = resp + (size_t)n * E;
+        const float* pcn = pc + (size_t)n * E;
+        const int* win = expert_index + (size_t)n * K;
+        const float* w = gate + (size_t)n * K;
+        float ds[256], dw[256];
+        for (int e = 0; e < E; e++) ds[e] = 0.0f;
+        float wdw = 0.0f, ssum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float* o = out + ((size_t)win[k] * N + n) * C;
+            float acc = 0.0f;
+            for (int i = 0; i < C; i++) acc += d[i] * o[i];
+            dw[k] = acc;
+            wdw += w[k] * acc;
+            ssum += s[win[k]];
+        }
+        for (int k = 0; k < K; k++)
+            ds[win[k]] += weights_mode == COMPETE_WEIGHTS_NORM ? (dw[k] - wdw) / ssum : w[k] * (dw[k] - wdw);
+        float pg = 0.0f;
+        for (int e = 0; e < E; e++) pg += pcn[e] * g_bal[e];
+        for (int e = 0; e < E; e++) ds[e] += pcn[e] * (g_bal[e] - pg);
+        // gradient of every expert's output at this token
+        for (int e = 0; e < E; e++) {
+            const float* o = out + ((size_t)e * N + n) * C;
+            float* doe = dout + ((size_t)e * N + n) * C;
+            float k_s = ds[e] / C;
+            for (int i = 0; i < C; i++) doe[i] = k_s * sigmoid(o[i]);
+        }
+        for (int k = 0; k < K; k++) {
+            float* doe = dout + ((size_t)win[k] * N + n) * C;
+            for (int i = 0; i < C; i++) doe[i] += w[k] * d[i];
+        }
+        if (c_div != 0.0f) {
+            for (int a = 0; a < K; a++) {
+                const float* oa = out + ((size_t)win[a] * N + n) * C;
+                float* doa = dout + ((size_t)win[a] * N + n) * C;
+                double na = 0.0;
+                for (int i = 0; i < C; i++) na += (double)oa[i] * oa[i];
+                float norm_a = (float)fmax(sqrt(na), 1e-12);
+                for (int b = 0; b < K; b++) {
+                    if (b == a) continue;
+                    const float* ob = out + ((size_t)win[b] * N + n) * C;
+                    double nb = 0.0, dab = 0.0;
+                    for (int i = 0; i < C; i++) { nb += (double)ob[i] * ob[i]; dab += (double)oa[i] * ob[i]; }
+                    float norm_b = (float)fmax(sqrt(nb), 1e-12);
+                    float cosab = (float)(dab / ((double)norm_a * norm_b));
+                    float u = 2.0f * c_div / (norm_a * norm_b), v = 2.0f * c_div * cosab / (norm_a * norm_a);
+                    for (int i = 0; i < C; i++) doa[i] += u * ob[i] - v * oa[i];
+                }
+            }
+        }
+        // router: distillation only
+        const float* pr = probs + (size_t)n * E;
+        float dpr[256], dot = 0.0f;
+        for (int e = 0; e < E; e++) dpr[e] = c_d * 2.0f * (pr[e] - pcn[e]) / ((float)N * E);
+        for (int k = 0; k < K; k++) dpr[win[k]] -= c_d * 2.0f * alpha * (pcn[win[k]] - pr[win[k]]) / ((float)N * K);
+        for (int e = 0; e < E; e++) dot += pr[e] * dpr[e];
+        float* dl = sc->drouter + (size_t)n * E;
+        for (int e = 0; e < E; e++) dl[e] = pr[e] * (dpr[e] - dot);
+    }
+    // every expert backward on the whole block; dx accumulates expert by expert (fixed order)
+    const float* x = m->acts.ln2 + (size_t)l * N * C;
+    float* dh = sc->dexpert_h;  // (N, H) fits: the scratch holds N*K*H
+    for (int e = 0; e < E; e++) {
+        size_t le = (size_t)l * E + e;
+        const float* doe = dout + (size_t)e * N * C;
+        sgemm(0, 0, N, H, C, doe, C, m->params.fcprojw + le * C * H, H, dh, H, 0);
+        sgemm(1, 0, C, H, N, doe, C, gel + (size_t)e * N * H, H, m->grads.fcprojw + le * C * H, H, 1);
+        bias_backward(m->grads.fcprojb + le * C, doe, N, C);
+        const float* h = fch + (size_t)e * N * H;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * H; i++) dh[i] *= gelu_grad(h[i]);
+        sgemm(0, 0, N, C, H, dh, H, m->params.fcw + le * H * C, C, dx, C, 1);
+        sgemm(1, 0, H, C, N, dh, H, x, C, m->grads.fcw + le * H * C, C, 1);
+        bias_backward(m->grads.fcb + le * H, dh, N, H);
+    }
+    matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, sc->drouter, x,
+                    m->params.routerw + (size_t)l * E * C, N, C, E);
+}
+
+// The competition schedule (COMPETESMOE.md §C), drawn once for a whole run: sched (S, L) gets 1
+// where layer l competes at step s. No competition in the first floor(warmup * S) steps; after
+// that one uniform draw per (layer, step), layers in order 0..L-1 and each layer's steps in
+// increasing order, succeeding with probability rate. A success at step i is placed at i if
+// fewer than max_layers layers are there and this layer is not; otherwise at the nearest earlier
+// step with room (i-1 down to the first post-warm-up step), else the nearest later one; else it
+// is dropped. Depends only on (seed, S, L, rate, warmup, max_layers). Returns the pairs placed.
+static long compete_schedule(unsigned char* sched, int S, int L, float rate, float warmup, int max_layers, uint64_t seed) {
+    memset(sched, 0, (size_t)S * L);
+    int W = (int)floor((double)warmup * S);
+    if (W > S) W = S;
+    int* count = (int*)callocCheck((size_t)(S > 0 ? S : 1), sizeof(int));
+    uint64_t rng = derive_seed(seed, STREAM_COMPETE);
+    long placed = 0;
+    for (int l = 0; l < L; l++) {
+        for (int i = W; i < S; i++) {
+            if (!(random_f32(&rng) < rate)) continue;
+            int at = -1;
+            if (count[i] < max_layers && !sched[(size_t)i * L + l]) at = i;
+            for (int j = i - 1; at < 0 && j >= W; j--) if (count[j] < max_layers && !sched[(size_t)j * L + l]) at = j;
+            for (int j = i + 1; at < 0 && j < S; j++) if (count[j] < max_layers && !sched[(size_t)j * L + l]) at = j;
+            if (at < 0) continue;
+            sched[(size_t)at * L + l] = 1;
+            count[at]++;
+            placed++;
+        }
+    }
+    free(count);
+    return placed;
+}
+
+// ----------------------------------------------------------------------------
 // forward and backward of the whole model
 
 // inputs (B,T) token ids; targets (B,T) or NULL (then no loss). Both must stay valid until backward.
@@ -974,6 +1321,12 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
     encoder_forward(a->encoded, inputs, p->wte, p->wpe, B, T, C);
     m->aux_loss = 0.0f;
     m->z_loss = 0.0f;
+    m->compete_loss = 0.0f;
+    if (m->compete_layers != NULL && m->router.router == ROUTER_COMPETE && c->n_expert > 1) {
+        compete_alloc(m, N);
+        int slot = 0;
+        for (int l = 0; l < L; l++) m->compete.slot_of_layer[l] = m->compete_layers[l] && slot < m->compete.slots ? slot++ : -1;
+    }
     for (int l = 0; l < L; l++) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
         size_t NC = (size_t)N * C;
@@ -991,12 +1344,18 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
         residual_forward(residual2, residual2, residual, NC);
         layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, residual2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C);
-        moe_layer_forward(m, l, N, residual3);
+        LayerLosses* st = &m->layer_stats[l];
+        memset(st, 0, sizeof(*st));
+        if (compete_now(m, l)) {
+            if (m->compete.slot_of_layer[l] < 0) die("more layers compete in one step than --compete-max-layers allows");
+            compete_layer_forward(m, l, m->compete.slot_of_layer[l], N, residual3);
+        } else {
+            moe_layer_forward(m, l, N, residual3);
+            router_aux_losses(m, l, N, &st->aux, &st->z);
+            m->aux_loss += st->aux;
+            m->z_loss += st->z;
+        }
         residual_forward(residual3, residual3, residual2, NC);
-        float aux, zl;
-        router_aux_losses(m, l, N, &aux, &zl);
-        m->aux_loss += aux;
-        m->z_loss += zl;
     }
     const float* last = a->residual3 + (size_t)(L - 1) * N * C;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, last, p->lnfw, p->lnfb, N, C);
@@ -1029,7 +1388,8 @@ static void moe_backward(MoEModel* m, float loss_scale) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * NC;
         // residual3 = residual2 + moe(ln2(residual2))
         memset(s->dln, 0, NC * sizeof(float));
-        moe_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
+        if (compete_now(m, l)) compete_layer_backward(m, l, m->compete.slot_of_layer[l], N, s->dresidual, s->dln, loss_scale);
+        else moe_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
         layernorm_backward(s->dresidual, g->ln2w + l * C, g->ln2b + l * C, s->dln, a->residual2 + l * NC,
                            p->ln2w + l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C);
         // residual2 = residual + attproj(attention(qkv(ln1(residual))))
@@ -1336,7 +1696,10 @@ static float expert_output_similarity(const MoEModel* m, int l) {
 //   [13] 1 if optimizer state follows  [14] updates applied (= step in the file name)
 //   [15] float32 bits of the GatePro lambda  [16] gatepro-start  [17] gatepro-stop  [18] seed
 //   [19] float32 bits of --aux-loss  [20] float32 bits of --z-loss  [21] total steps of the run (-x)
-//   [22..29] CompeteSMoE settings (see the compete router), the rest 0.
+//   [22] float32 bits of --compete-rate  [23] float32 bits of --compete-warmup  [24] --compete-max-layers
+//   [25] --compete-weights (0 norm, 1 softmax)  [26] float32 bits of --compete-alpha
+//   [27] float32 bits of --compete-router-coef  [28] float32 bits of --compete-div-coef
+//   [29] float32 bits of --compete-bal-coef; the rest 0.
 // Then the parameters, float32, in the §2.1 order. Then, if [13]: AdamW m (all parameters), AdamW
 // v (all parameters), then the train state below (TRAIN_STATE_BYTES bytes). Last: uint32 zlib
 // crc32 (initial value 0) of every byte before it. Written to a temp file, fsync'd, renamed.
@@ -1348,7 +1711,9 @@ static float expert_output_similarity(const MoEModel* m, int l) {
 enum {
     HDR_MAGIC = 0, HDR_VERSION, HDR_T, HDR_V, HDR_VP, HDR_L, HDR_NH, HDR_C, HDR_E, HDR_K, HDR_H,
     HDR_ROUTER, HDR_GATE_NORM, HDR_HAS_OPT, HDR_STEP, HDR_GATEPRO_LAMBDA, HDR_GATEPRO_START,
-    HDR_GATEPRO_STOP, HDR_SEED, HDR_AUX_COEF, HDR_Z_COEF, HDR_TOTAL_STEPS
+    HDR_GATEPRO_STOP, HDR_SEED, HDR_AUX_COEF, HDR_Z_COEF, HDR_TOTAL_STEPS, HDR_COMPETE_RATE, HDR_COMPETE_WARMUP,
+    HDR_COMPETE_MAX_LAYERS, HDR_COMPETE_WEIGHTS, HDR_COMPETE_ALPHA, HDR_COMPETE_ROUTER_COEF, HDR_COMPETE_DIV_COEF,
+    HDR_COMPETE_BAL_COEF
 };
 typedef struct {
     int64_t data_epoch, data_shard_pos, data_sample_pos;
@@ -1407,6 +1772,15 @@ static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_opt
     header[HDR_AUX_COEF] = (int)float_bits(m->router.aux_loss_coef);
     header[HDR_Z_COEF] = (int)float_bits(m->router.z_loss_coef);
     header[HDR_TOTAL_STEPS] = total_steps;
+    const RouterConfig* rc = &m->router;
+    header[HDR_COMPETE_RATE] = (int)float_bits(rc->compete_rate);
+    header[HDR_COMPETE_WARMUP] = (int)float_bits(rc->compete_warmup);
+    header[HDR_COMPETE_MAX_LAYERS] = rc->compete_max_layers;
+    header[HDR_COMPETE_WEIGHTS] = rc->compete_weights;
+    header[HDR_COMPETE_ALPHA] = (int)float_bits(rc->compete_alpha);
+    header[HDR_COMPETE_ROUTER_COEF] = (int)float_bits(rc->compete_router_coef);
+    header[HDR_COMPETE_DIV_COEF] = (int)float_bits(rc->compete_div_coef);
+    header[HDR_COMPETE_BAL_COEF] = (int)float_bits(rc->compete_bal_coef);
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
     FILE* f = fopen(tmp, "wb");
@@ -1508,6 +1882,16 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
     m->router.gatepro_stop = header[HDR_GATEPRO_STOP];
     m->router.aux_loss_coef = bits_float((uint32_t)header[HDR_AUX_COEF]);
     m->router.z_loss_coef = bits_float((uint32_t)header[HDR_Z_COEF]);
+    if (header[HDR_COMPETE_MAX_LAYERS] > 0) {  // files written without CompeteSMoE settings keep the defaults
+        m->router.compete_rate = bits_float((uint32_t)header[HDR_COMPETE_RATE]);
+        m->router.compete_warmup = bits_float((uint32_t)header[HDR_COMPETE_WARMUP]);
+        m->router.compete_max_layers = header[HDR_COMPETE_MAX_LAYERS];
+        m->router.compete_weights = header[HDR_COMPETE_WEIGHTS] == COMPETE_WEIGHTS_SOFTMAX;
+        m->router.compete_alpha = bits_float((uint32_t)header[HDR_COMPETE_ALPHA]);
+        m->router.compete_router_coef = bits_float((uint32_t)header[HDR_COMPETE_ROUTER_COEF]);
+        m->router.compete_div_coef = bits_float((uint32_t)header[HDR_COMPETE_DIV_COEF]);
+        m->router.compete_bal_coef = bits_float((uint32_t)header[HDR_COMPETE_BAL_COEF]);
+    }
     if (header[HDR_HAS_OPT]) {
         if (m->m_memory == NULL) {
             m->m_memory = (float*)callocCheck(nparams, sizeof(float));
@@ -1532,6 +1916,7 @@ done:
 static void moe_free(MoEModel* m) {
     free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     free(m->acts_memory); free(m->idx_memory); free(m->scratch_memory);
+    free(m->compete.memory); free(m->compete.slot_of_layer); free(m->layer_stats);
     memset(m, 0, sizeof(*m));
 }
 

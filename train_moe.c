@@ -22,7 +22,8 @@ typedef enum {
     F_STEPS, F_VAL_EVERY, F_VAL_BATCHES, F_SAMPLE_EVERY, F_GEN_LEN, F_CKPT_EVERY, F_INIT, F_WEIGHTS_ONLY,
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
-    F_GATEPRO_STOP, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_HELP, NUM_FLAGS
+    F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
+    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_HELP, NUM_FLAGS
 } FlagId;
 
 typedef struct {
@@ -68,6 +69,14 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_GATEPRO_LAMBDA] = {"gatepro-lambda", 0, 1, "1e-4", "GatePro penalty lambda (finite, >= 0)"},
     [F_GATEPRO_START]  = {"gatepro-start", 0, 1, "0", "GatePro penalty on from this 0-based step"},
     [F_GATEPRO_STOP]   = {"gatepro-stop", 0, 1, "-1", "GatePro penalty off from this step (-1 = never)"},
+    [F_COMPETE_RATE]   = {"compete-rate", 0, 1, "0.05", "CompeteSMoE: probability that a (layer, step) after warm-up competes"},
+    [F_COMPETE_WARMUP] = {"compete-warmup", 0, 1, "0.05", "CompeteSMoE: fraction of the steps before any competition"},
+    [F_COMPETE_MAX_LAYERS] = {"compete-max-layers", 0, 1, "3", "CompeteSMoE: at most this many layers compete in one step"},
+    [F_COMPETE_WEIGHTS] = {"compete-weights", 0, 1, "norm", "CompeteSMoE: winners' weights: norm (s_i / sum s) | softmax"},
+    [F_COMPETE_ALPHA]  = {"compete-alpha", 0, 1, "0", "CompeteSMoE: weight of the winners-only (hybrid) router-loss term"},
+    [F_COMPETE_ROUTER_COEF] = {"compete-router-coef", 0, 1, "0.01", "CompeteSMoE: router distillation loss coefficient"},
+    [F_COMPETE_DIV_COEF] = {"compete-div-coef", 0, 1, "0.01", "CompeteSMoE: expert-output diversity loss coefficient (0 = off)"},
+    [F_COMPETE_BAL_COEF] = {"compete-bal-coef", 0, 1, "0.01", "CompeteSMoE: competition balance loss coefficient"},
     [F_SEED]           = {"seed", 0, 1, "1337", "seed of every random stream (init, data order, sampling, corpus)"},
     [F_GRAD_CLIP]      = {"grad-clip", 0, 1, "1.0", "clip the global gradient norm to this (0 = off)"},
     [F_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file for samples (default: tokenizer.bin beside the train shards)"},
@@ -140,7 +149,7 @@ static float flag_float(const Flags* f, FlagId id, float lo, float hi) {
     if (v < lo || v > hi) die("--%s: %g is outside [%g, %g]", FLAGS[id].name, v, lo, hi);
     return v;
 }
-static int flag_choice(const Flags* f, FlagId id, const char** names, int n) {
+static int flag_choice(const Flags* f, FlagId id, const char* const* names, int n) {
     for (int i = 0; i < n; i++) if (strcmp(f->value[id], names[i]) == 0) return i;
     die("--%s: '%s' is not one of the choices (see --help)", FLAGS[id].name, f->value[id]);
     return -1;
@@ -193,7 +202,8 @@ static float validate(MoEModel* model, DataLoader* val, int batches, float* prob
 // One line per layer of SPEC §6's metrics into metrics.tsv (header: METRICS_TSV_HEADER, README).
 #define METRICS_TSV_HEADER "step\tlayer\ttokens\tzero_experts\tload_cv\tload_max_mean\tload_entropy\t" \
     "router_sim_abs\trouter_sim_angle\trouter_spectral_entropy\tsibling_coact\tsibling_coact_random\t" \
-    "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\n"
+    "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\tcompeted\tcompete_router_loss\tcompete_div_loss\t" \
+    "compete_bal_loss\tcompete_agreement\n"
 static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEModel* model, const float* probe_sim) {
     for (int l = 0; l < mm->L; l++) {
         LayerMetrics lm;
@@ -208,7 +218,9 @@ static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEMode
         if (mm->num_domains == 0) fprintf(f, "-");
         for (int i = 0; i < mm->E * mm->num_domains; i++)
             fprintf(f, "%s%.0f", i ? "," : "", mm->domain_joint[(size_t)l * mm->E * mm->num_domains + i]);
-        fprintf(f, "\n");
+        const LayerLosses* st = &model->layer_stats[l];  // the last micro-batch's (the decision is per step)
+        if (st->competed) fprintf(f, "\t1\t%.6f\t%.6f\t%.6f\t%.6f\n", st->router_distill, st->diversity, st->compete_balance, st->agreement);
+        else fprintf(f, "\t0\tnan\tnan\tnan\tnan\n");
     }
 }
 
@@ -228,9 +240,11 @@ static void print_layer_summary(const MoEMetrics* mm, const MoEModel* model, con
 // Samples gen_len tokens after an end-of-text token, at temperature 1, with its own model copy of
 // activations (shares the parameters) so the training buffers are untouched.
 static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eot, int gen_len, uint64_t* rng) {
-    MoEModel infer = *model;
+    MoEModel infer = *model;  // shares the parameters; its own activations; never competes
     infer.acts_memory = NULL; infer.idx_memory = NULL; infer.scratch_memory = NULL;
     infer.m_memory = NULL; infer.v_memory = NULL;
+    infer.compete_layers = NULL;
+    memset(&infer.compete, 0, sizeof(infer.compete));
     int T = model->config.max_seq_len < gen_len + 1 ? model->config.max_seq_len : gen_len + 1;
     int V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
     int* ctx = (int*)mallocCheck(sizeof(int) * (size_t)(gen_len + 1));
@@ -294,7 +308,7 @@ int main(int argc, char** argv) {
     int grad_accum = (int)(total_batch / ((long)B * T));
 
     // routers: flags given on the command line win over a checkpoint's settings
-    RouterConfig rc;
+    RouterConfig rc = ROUTER_DEFAULTS;
     rc.router = flag_choice(&flags, F_ROUTER, ROUTER_NAMES, 3);
     rc.gate_norm = flag_choice(&flags, F_GATE_NORM, GATE_NORM_NAMES, 2);
     rc.aux_loss_coef = flag_float(&flags, F_AUX_LOSS, 0.0f, 1e6f);
@@ -305,7 +319,16 @@ int main(int argc, char** argv) {
     if ((flags.given[F_GATEPRO_LAMBDA] || flags.given[F_GATEPRO_START] || flags.given[F_GATEPRO_STOP]) &&
         rc.router != ROUTER_GATEPRO)
         die("--gatepro-lambda/--gatepro-start/--gatepro-stop need --router gatepro");
-    if (rc.router == ROUTER_COMPETE) die("--router compete is not implemented yet");
+    rc.compete_rate = flag_float(&flags, F_COMPETE_RATE, 0.0f, 1.0f);
+    rc.compete_warmup = flag_float(&flags, F_COMPETE_WARMUP, 0.0f, 1.0f);
+    rc.compete_max_layers = (int)flag_int(&flags, F_COMPETE_MAX_LAYERS, 1, 1 << 16);
+    rc.compete_weights = flag_choice(&flags, F_COMPETE_WEIGHTS, COMPETE_WEIGHTS_NAMES, 2);
+    rc.compete_alpha = flag_float(&flags, F_COMPETE_ALPHA, 0.0f, 1e6f);
+    rc.compete_router_coef = flag_float(&flags, F_COMPETE_ROUTER_COEF, 0.0f, 1e6f);
+    rc.compete_div_coef = flag_float(&flags, F_COMPETE_DIV_COEF, 0.0f, 1e6f);
+    rc.compete_bal_coef = flag_float(&flags, F_COMPETE_BAL_COEF, 0.0f, 1e6f);
+    for (int i = F_COMPETE_RATE; i <= F_COMPETE_BAL_COEF; i++)
+        if (flags.given[i] && rc.router != ROUTER_COMPETE) die("--%s needs --router compete", FLAGS[i].name);
 
     // --- data: shards, or the built-in synthetic corpus
     int synthetic = flags.value[F_TRAIN][0] == '\0';
@@ -372,7 +395,15 @@ int main(int argc, char** argv) {
         if (flags.given[F_GATEPRO_LAMBDA]) model.router.gatepro_lambda = rc.gatepro_lambda;
         if (flags.given[F_GATEPRO_START]) model.router.gatepro_start = rc.gatepro_start;
         if (flags.given[F_GATEPRO_STOP]) model.router.gatepro_stop = rc.gatepro_stop;
-        if (model.router.router == ROUTER_COMPETE) die("the checkpoint uses --router compete, not implemented yet");
+        if (flags.given[F_COMPETE_RATE]) model.router.compete_rate = rc.compete_rate;
+        if (flags.given[F_COMPETE_WARMUP]) model.router.compete_warmup = rc.compete_warmup;
+        if (flags.given[F_COMPETE_MAX_LAYERS]) model.router.compete_max_layers = rc.compete_max_layers;
+        if (flags.given[F_COMPETE_WEIGHTS]) model.router.compete_weights = rc.compete_weights;
+        if (flags.given[F_COMPETE_ALPHA]) model.router.compete_alpha = rc.compete_alpha;
+        if (flags.given[F_COMPETE_ROUTER_COEF]) model.router.compete_router_coef = rc.compete_router_coef;
+        if (flags.given[F_COMPETE_DIV_COEF]) model.router.compete_div_coef = rc.compete_div_coef;
+        if (flags.given[F_COMPETE_BAL_COEF]) model.router.compete_bal_coef = rc.compete_bal_coef;
+        if (model.router.router == ROUTER_COMPETE && model.config.n_expert < 2) die("--router compete needs E >= 2");
     } else {
         MoEConfig cfg;
         cfg.num_layers = (int)flag_int(&flags, F_LAYERS, 1, 1 << 16);
@@ -389,6 +420,7 @@ int main(int argc, char** argv) {
         char err[256];
         if (config_check(&cfg, err, sizeof(err)) != 0) die("%s", err);
         if (rc.router == ROUTER_GATEPRO && cfg.n_expert < 2) die("--router gatepro needs E >= 2");
+        if (rc.router == ROUTER_COMPETE && cfg.n_expert < 2) die("--router compete needs E >= 2");
         moe_build(&model, &cfg);
         moe_init_params(&model, seed, router_init_std);
         model.router = rc;
@@ -413,6 +445,19 @@ int main(int argc, char** argv) {
     if (val_batches > dataloader_num_batches(&val_loader)) val_batches = (int)dataloader_num_batches(&val_loader);
     if (steps < 0) steps = (int)(dataloader_num_batches(&train_loader) / grad_accum);
     if (steps < 1) steps = 1;
+    // CompeteSMoE: the whole schedule, drawn once from the run's seed (a resumed run redraws the same)
+    unsigned char* schedule = NULL;
+    if (model.router.router == ROUTER_COMPETE) {
+        const RouterConfig* r = &model.router;
+        schedule = (unsigned char*)mallocCheck((size_t)steps * cfg->num_layers);
+        long placed = compete_schedule(schedule, steps, cfg->num_layers, r->compete_rate, r->compete_warmup,
+                                       r->compete_max_layers, seed);
+        long eligible = (long)cfg->num_layers * (steps - (int)floor((double)r->compete_warmup * steps));
+        printf("compete: %ld of %ld (layer, step) pairs after warm-up compete: realised rate %.4f (--compete-rate %g, "
+               "warm-up %d steps, at most %d layers per step)\n", placed, eligible,
+               eligible > 0 ? (double)placed / eligible : 0.0, r->compete_rate,
+               (int)floor((double)r->compete_warmup * steps), r->compete_max_layers);
+    }
     uint64_t sample_rng = derive_seed(seed, STREAM_SAMPLE);
     if (resuming) {
         char err[512];
@@ -514,7 +559,8 @@ int main(int argc, char** argv) {
         double t0 = now_seconds();
         moe_zero_grad(&model);
         metrics_reset(&metrics);
-        double loss = 0.0, aux = 0.0, zl = 0.0, tm = 0.0;
+        model.compete_layers = schedule != NULL ? schedule + (size_t)step * cfg->num_layers : NULL;
+        double loss = 0.0, aux = 0.0, zl = 0.0, comp = 0.0, tm = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
             dataloader_next_batch(&train_loader);
             moe_forward(&model, train_loader.inputs, train_loader.targets, B, T);
@@ -524,8 +570,10 @@ int main(int argc, char** argv) {
             loss += model.mean_loss / grad_accum;
             aux += model.aux_loss / grad_accum;
             zl += model.z_loss / grad_accum;
+            comp += model.compete_loss / grad_accum;
             moe_backward(&model, 1.0f / grad_accum);
         }
+        model.compete_layers = NULL;  // validation and samples never compete
         float norm = grad_global_norm(&model);
         double t1 = now_seconds();
         if (!isfinite(loss) || !isfinite(norm)) {
@@ -552,13 +600,15 @@ int main(int argc, char** argv) {
         double tok_s = total_batch / (t2 - t0);
         char eta[32];
         format_eta(eta, sizeof(eta), (t2 - t_start) / (step + 1 - start_step) * (steps - step - 1));
-        printf("step %4d/%d | loss %.4f | aux %.4f z %.4f | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
-               "%.0f tok/s | ETA %s\n", step + 1, steps, loss, aux, zl, lr_t, norm, ms, (t1 - t0) * 1000.0,
+        char compete_text[64] = "";
+        if (schedule != NULL) snprintf(compete_text, sizeof(compete_text), " compete %.4f", comp);
+        printf("step %4d/%d | loss %.4f | aux %.4f z %.4f%s | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
+               "%.0f tok/s | ETA %s\n", step + 1, steps, loss, aux, zl, compete_text, lr_t, norm, ms, (t1 - t0) * 1000.0,
                (t2 - t1) * 1000.0, tok_s, eta);
         fflush(stdout);
         fprintf(logf, "s:%d trl:%.6f\n", step, loss);
-        fprintf(logf, "s:%d aux:%.6f z:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step, aux, zl,
-                lr_t, norm, ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0);
+        fprintf(logf, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step, aux,
+                zl, comp, lr_t, norm, ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0);
     }
     fclose(logf);
     fclose(metf);
@@ -567,6 +617,7 @@ int main(int argc, char** argv) {
            step_seconds > 0 ? 100.0 * metrics_seconds / step_seconds : 0.0);
     metrics_free(&metrics);
     free(probe_sim);
+    free(schedule);
     dataloader_free(&train_loader);
     dataloader_free(&val_loader);
     if (have_tokenizer) tokenizer_free(&tokenizer);

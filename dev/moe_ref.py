@@ -130,15 +130,25 @@ STEP_MARGIN_MIN = 1e-3                 # near-tie guard on each training step (1
 # configuration and the parameter table (SPEC §2.1)
 
 class Config:
-    def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0, gatepro_lambda=0.0):
+    def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0, gatepro_lambda=0.0,
+                 compete=None):
         self.maxT, self.V, self.L, self.NH, self.C = maxT, V, L, NH, C
         self.E, self.K, self.H = E, K, H
         self.Vp = 128 * ((V + 127) // 128)       # llm.c's padding rule
-        self.router = router                     # 0 = topk, 1 = gatepro (penalty on at every forward)
+        self.router = router                     # 0 = topk, 1 = gatepro (penalty on at every forward),
+                                                 # 2 = compete (the layers in compete_mask compete)
         self.gate_norm = gate_norm               # 0 topk_softmax, 1 softmax_topk
         # GatePro's lambda as the C reads it (float32); only used when router == 1
         self.gatepro_lambda = bits_f32(f32_bits(gatepro_lambda))
-        assert C % NH == 0 and 1 <= K <= E and router in (0, 1)
+        # CompeteSMoE settings (router == 2), float ones as the C reads them (float32):
+        # rate, warmup, max_layers (checkpoint only: the schedule is not the reference's business),
+        # weights (0 norm, 1 softmax), alpha, router_coef, div_coef, bal_coef
+        self.compete = None
+        if router == 2:
+            self.compete = {k: (v if k in ("max_layers", "weights") else bits_f32(f32_bits(v)))
+                            for k, v in compete.items()}
+        self.compete_mask = 0                    # bit l set: layer l competes (every forward)
+        assert C % NH == 0 and 1 <= K <= E and router in (0, 1, 2)
         assert router == 0 or E >= 2             # SPEC §3.2: --router gatepro requires E >= 2
 
     def param_shapes(self):
@@ -175,11 +185,13 @@ def split_params(cfg, flat):
     return params
 
 
-def init_params(cfg, seed, router_std=0.5):
+def init_params(cfg, seed, router_std=0.5, expert_std=None):
     """GPT-2's init (SPEC §2.1) drawn from one seeded generator in the §2.1 order, except that
     the reference wants every gradient path exercised: biases N(0, 0.02) instead of 0,
     LayerNorm weights 1 + N(0, 0.1) instead of 1, and a large router std (0.5) so routing
-    decisions are well separated. wte rows V..Vp-1 are exactly 0. Returns float32 numpy."""
+    decisions are well separated. wte rows V..Vp-1 are exactly 0. expert_std (the CompeteSMoE
+    cases): fcw and fcprojw drawn with this std instead (the same draws, scaled), so the experts'
+    responses differ by token and the competition picks different winners. Returns float32 numpy."""
     gen = torch.Generator().manual_seed(seed)
     residual_std = 0.02 / math.sqrt(2 * cfg.L)
 
@@ -191,6 +203,8 @@ def init_params(cfg, seed, router_std=0.5):
         if name == "wte":
             real_rows = normal((cfg.V, cfg.C), 0.02)
             t = torch.cat([real_rows, torch.zeros(cfg.Vp - cfg.V, cfg.C, dtype=DTYPE)])
+        elif expert_std is not None and name in ("fcw", "fcprojw"):
+            t = normal(shape, expert_std)
         elif name in ("wpe", "qkvw", "fcw"):
             t = normal(shape, 0.02)
         elif name in ("attprojw", "fcprojw"):
@@ -348,13 +362,67 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
     return y, aux, z, selected, diag
 
 
+def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg):
+    """A competition step (COMPETESMOE.md §B) of one layer: x (N,C) -> y (N,C), this layer's
+    weighted competition loss router_coef*L_D + div_coef*L_div + bal_coef*L_bal, the winners I_C
+    (N,K) in rank order, and near-tie diagnostics. No Switch balance loss, no z-loss here."""
+    N, C = x.shape
+    E, K = cfg.E, cfg.K
+    cp = cfg.compete
+    # 1. every expert on every token: o (N,E,C)
+    outs = []
+    for e in range(E):
+        h = gelu(x @ fcw[e].T + fcb[e])                        # (N,H)
+        outs.append(h @ fcprojw[e].T + fcprojb[e])             # (N,C)
+    o = torch.stack(outs, dim=1)                               # (N,E,C)
+    # 2. neural response s_i = mean_c softplus(o_ic)
+    s = torch.nn.functional.softplus(o).mean(-1)               # (N,E)
+    # 3. winners: top-k of s, ties -> lower index, not differentiable
+    selected = topk_lower_index(s, K)                          # (N,K)
+    s_sel = s.gather(1, selected)                              # (N,K)
+    o_sel = o.gather(1, selected.unsqueeze(-1).expand(N, K, C))  # (N,K,C)
+    # 4. weights from the winners' responses (gradient through s into the experts)
+    if cp["weights"] == 0:      # norm: w_i = s_i / sum_{j in I_C} s_j
+        w = s_sel / s_sel.sum(-1, keepdim=True)
+    else:                       # softmax over the winners' responses
+        w = torch.softmax(s_sel, dim=-1)
+    # 5. output
+    y = (w.unsqueeze(-1) * o_sel).sum(1)                       # (N,C)
+    # 6. router distillation: p^R = softmax(l) over all E, p^C = softmax(s) over all E, detached.
+    # The router's only gradient here; x gets L_D's gradient through l as well.
+    logits = x @ routerw.T                                     # (N,E)
+    pR = torch.softmax(logits, dim=-1)
+    pC_live = torch.softmax(s, dim=-1)                         # not detached: the balance loss's P
+    pC = pC_live.detach()
+    L_D = ((pR - pC) ** 2).mean()
+    L_D = L_D + cp["alpha"] * ((pC.gather(1, selected) - pR.gather(1, selected)) ** 2).sum(-1).div(K).mean()
+    # 7. diversity: mean_t (1/K^2) sum_{i != j in I_C} cos(o_i, o_j), F.normalize's eps convention
+    on = o_sel / torch.clamp(o_sel.norm(dim=-1, keepdim=True), min=1e-12)
+    cos = on @ on.transpose(1, 2)                              # (N,K,K)
+    cos = cos * (1.0 - torch.eye(K, dtype=cos.dtype))         # diagonal zeroed
+    L_div = (cos.sum((1, 2)) / (K * K)).mean()
+    # 8. balance on the competition: E * sum_i f_i P_i, f from I_C (constant), P = mean_t p^C (live)
+    counts = torch.zeros(E, dtype=x.dtype).index_add_(
+        0, selected.reshape(-1), torch.ones(N * K, dtype=x.dtype))
+    f = counts / (N * K)
+    L_bal = E * (f * pC_live.mean(0)).sum()
+    loss = cp["router_coef"] * L_D + cp["div_coef"] * L_div + cp["bal_coef"] * L_bal
+    winner_sets = len(set(tuple(r) for r in torch.sort(selected, dim=-1).values.tolist()))
+    diag = dict(compete_margin=routing_margin(s, K), winner_sets=winner_sets,
+                L_D=L_D.item(), L_div=L_div.item(), L_bal=L_bal.item())
+    return y, loss, selected, diag
+
+
 def forward(cfg, params, inputs, targets, aux_coef, z_coef):
     """inputs, targets (B,T) long. Returns a dict with logits (B,T,Vp), the losses, routing
     (L,B,T,K) sorted ascending, and the near-tie diagnostics, each the worst over layers:
       margin        (a) min (K-th - (K+1)-th) of the selection logits (l, or l~ under GatePro)
       loser_margin  (b) GatePro: min over tokens and experts of |l_i - l_{j*(i)}| (a loser flips)
       sim_gap       (c) GatePro: min over rows i of best S_ij - second-best S_ij (j* flips)
-      topk_diff     GatePro: token-layers whose selected set differs from plain top-k on l"""
+      topk_diff     GatePro: token-layers whose selected set differs from plain top-k on l
+    CompeteSMoE (router 2): the layers in cfg.compete_mask compete (compete_layer); "compete" is
+    the sum of their weighted losses and is part of "total"; "compete_diag" lists their
+    diagnostics (compete_margin: min K-th - (K+1)-th response; winner_sets; L_D, L_div, L_bal)."""
     p = params
     B, T = inputs.shape
     x = p["wte"][inputs] + p["wpe"][:T]                        # (B,T,C)
@@ -362,10 +430,20 @@ def forward(cfg, params, inputs, targets, aux_coef, z_coef):
     z_total = torch.zeros((), dtype=DTYPE)
     routing = []
     diag = dict(margin=math.inf, loser_margin=math.inf, sim_gap=math.inf, topk_diff=0)
+    compete_total = torch.zeros((), dtype=DTYPE)
+    compete_diag = []
     for l in range(cfg.L):
         x = x + attention(layernorm(x, p["ln1w"][l], p["ln1b"][l]),
                           p["qkvw"][l], p["qkvb"][l], p["attprojw"][l], p["attprojb"][l], cfg.NH)
         h = layernorm(x, p["ln2w"][l], p["ln2b"][l]).reshape(B * T, cfg.C)
+        if cfg.router == 2 and (cfg.compete_mask >> l) & 1:
+            y, closs, selected, cd = compete_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
+                                                   p["fcprojw"][l], p["fcprojb"][l], cfg)
+            x = x + y.view(B, T, cfg.C)
+            compete_total = compete_total + closs
+            compete_diag.append(dict(cd, layer=l))
+            routing.append(torch.sort(selected, dim=-1).values.view(B, T, cfg.K))
+            continue
         y, aux, z, selected, d = moe_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
                                            p["fcprojw"][l], p["fcprojb"][l], cfg, aux_coef, z_coef)
         x = x + y.view(B, T, cfg.C)
@@ -379,8 +457,11 @@ def forward(cfg, params, inputs, targets, aux_coef, z_coef):
     # cross-entropy over the first V columns only
     lm_loss = torch.nn.functional.cross_entropy(
         logits[..., :cfg.V].reshape(B * T, cfg.V), targets.reshape(-1))
-    return dict(logits=logits, lm_loss=lm_loss, aux=aux_total, z=z_total,
-                total=lm_loss + aux_total + z_total, routing=torch.stack(routing), **diag)
+    total = lm_loss + aux_total + z_total
+    if cfg.router == 2:
+        total = total + compete_total
+    return dict(logits=logits, lm_loss=lm_loss, aux=aux_total, z=z_total, compete=compete_total,
+                total=total, routing=torch.stack(routing), compete_diag=compete_diag, **diag)
 
 
 # ------------------------------------------------------------------------------------------
@@ -416,7 +497,7 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
     m = torch.zeros_like(flat)
     v = torch.zeros_like(flat)
     result = dict(lm_losses=[], total_losses=[], margins=[], loser_margins=[], sim_gaps=[],
-                  topk_diffs=[], norms=[])
+                  topk_diffs=[], norms=[], compete_margins=[], winner_sets=[], compete_parts=[])
     for step in range(hp["nsteps"]):
         leaf = flat.clone().requires_grad_(True)
         out = forward(cfg, split_params(cfg, leaf), inputs, targets, hp["aux"], hp["z"])
@@ -427,7 +508,7 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
             sys.exit(f"step {step}: NaN/inf in the logits, loss or gradient")
         if step == 0:
             result.update(logits=out["logits"].detach(), lm_loss=out["lm_loss"].item(),
-                          aux=out["aux"].item(), z=out["z"].item(),
+                          aux=out["aux"].item(), z=out["z"].item(), compete=out["compete"].item(),
                           routing=out["routing"], grads=grad.clone())
         result["lm_losses"].append(out["lm_loss"].item())
         result["total_losses"].append(out["total"].item())
@@ -435,12 +516,21 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
         result["loser_margins"].append(out["loser_margin"])
         result["sim_gaps"].append(out["sim_gap"])
         result["topk_diffs"].append(out["topk_diff"])
+        cds = out["compete_diag"]
+        result["compete_margins"].append(min([cd["compete_margin"] for cd in cds], default=math.inf))
+        result["winner_sets"].append([cd["winner_sets"] for cd in cds])
+        result["compete_parts"].append([(cd["L_D"], cd["L_div"], cd["L_bal"]) for cd in cds])
         norm = adamw_step(flat, grad, m, v, step, hp["lr"], hp["wd"], hp["clip"], mask)
         result["norms"].append(norm)
         if verbose:
             clipped = "clipped" if norm > hp["clip"] else ""
             gp = (f"loser {out['loser_margin']:.3e}  S-gap {out['sim_gap']:.3e}  "
                   f"vs-topk {out['topk_diff']}  " if cfg.router == 1 else "")
+            if cfg.router == 2:
+                gp = (f"compete {out['compete'].item():.6f} (" + "; ".join(
+                    f"L{cd['layer']}: L_D {cd['L_D']:.3e} L_div {cd['L_div']:.4f} L_bal {cd['L_bal']:.4f} "
+                    f"margin {cd['compete_margin']:.3e} sets {cd['winner_sets']}"
+                    for cd in out["compete_diag"]) + ")  ")
             print(f"  step {step:2d}: lm {out['lm_loss'].item():.6f} "
                   f"total {out['total'].item():.6f}  margin {out['margin']:.3e}  {gp}"
                   f"|g| {norm:.4f} {clipped}")
@@ -479,6 +569,11 @@ def checkpoint_bytes(cfg, flat32, seed):
     header[:19] = [CHECKPOINT_MAGIC, 1, cfg.maxT, cfg.V, cfg.Vp, cfg.L, cfg.NH, cfg.C,
                    cfg.E, cfg.K, cfg.H, cfg.router, cfg.gate_norm, 0, 0,
                    f32_bits(gatepro_lambda), 0, -1, seed]
+    if cfg.router == 2:
+        cp = cfg.compete
+        header[22:30] = [f32_bits(cp["rate"]), f32_bits(cp["warmup"]), cp["max_layers"], cp["weights"],
+                         f32_bits(cp["alpha"]), f32_bits(cp["router_coef"]), f32_bits(cp["div_coef"]),
+                         f32_bits(cp["bal_coef"])]
     return header.tobytes() + np.asarray(flat32, dtype="<f4").tobytes()
 
 
@@ -488,6 +583,8 @@ def state_bytes(cfg, B, T, hp, inputs, targets, res):
                    f32_bits(hp["clip"]), f32_bits(hp["aux"]), f32_bits(hp["z"]),
                    f32_bits(cfg.gatepro_lambda if cfg.router == 1 else 0.0),
                    cfg.num_params(), cfg.K, cfg.L, cfg.router, cfg.gate_norm]
+    if cfg.router == 2:
+        header[16:18] = [cfg.compete_mask, f32_bits(res["compete"])]
     parts = [
         header.tobytes(),
         inputs.numpy().astype("<i4").tobytes(),
@@ -533,8 +630,16 @@ def read_checkpoint(path):
     h = r.take("<i4", HEADER_INTS)
     if h[0] != CHECKPOINT_MAGIC or h[1] != 1:
         raise ValueError(f"{path}: bad magic/version {h[0]}/{h[1]}")
+    compete = None
+    if h[11] == 2:
+        compete = dict(rate=bits_f32(h[22]), warmup=bits_f32(h[23]), max_layers=int(h[24]),
+                       weights=int(h[25]), alpha=bits_f32(h[26]), router_coef=bits_f32(h[27]),
+                       div_coef=bits_f32(h[28]), bal_coef=bits_f32(h[29]))
+        if compete["weights"] not in (0, 1):
+            raise ValueError(f"{path}: compete weights {h[25]}, expected 0 or 1")
     cfg = Config(maxT=h[2], V=h[3], L=h[5], NH=h[6], C=h[7], E=h[8], K=h[9], H=h[10],
-                 gate_norm=h[12], router=h[11], gatepro_lambda=bits_f32(h[15]) if h[11] == 1 else 0.0)
+                 gate_norm=h[12], router=h[11], gatepro_lambda=bits_f32(h[15]) if h[11] == 1 else 0.0,
+                 compete=compete)
     if h[11] == 1 and (h[16] != 0 or h[17] != -1):
         raise ValueError(f"{path}: gatepro start/stop {h[16]}/{h[17]}, the reference has 0/-1")
     if cfg.Vp != h[4]:
@@ -560,6 +665,8 @@ def read_state(path, cfg):
         raise ValueError(f"{path}: GatePro lambda {bits_f32(h[10])}, checkpoint {cfg.gatepro_lambda}")
     s = dict(B=B, T=T, nsteps=nsteps, lr=bits_f32(h[5]), wd=bits_f32(h[6]), clip=bits_f32(h[7]),
              aux_coef=bits_f32(h[8]), z_coef=bits_f32(h[9]))
+    if cfg.router == 2:
+        s["compete_mask"], s["compete"] = int(h[16]), bits_f32(h[17])
     s["inputs"] = r.take("<i4", B * T).reshape(B, T)
     s["targets"] = r.take("<i4", B * T).reshape(B, T)
     s["logits"] = r.take("<f4", B * T * cfg.Vp).reshape(B, T, cfg.Vp)

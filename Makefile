@@ -25,10 +25,13 @@ test_moe: test_moe.c $(HEADERS)
 data/prepare_text: data/prepare_text.c $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-test: train_moe test_moe data/prepare_text
-	./test_moe
+dev/test_sgemm: dev/test_sgemm.c matmul.h
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+test: train_moe test_moe data/prepare_text dev/test_sgemm
+	@sh dev/test_all.sh
 
 clean:
-	rm -f train_moe test_moe data/prepare_text
+	rm -f train_moe test_moe data/prepare_text dev/test_sgemm
 
 .PHONY: all test clean

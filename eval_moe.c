@@ -146,7 +146,7 @@ static float eval_flag_float(const EvalFlags* f, EvalFlagId id, float lo, float 
     if (v < lo || v > hi) die("--%s: %g is outside [%g, %g]", EVAL_FLAGS[id].name, v, lo, hi);
     return v;
 }
-static int eval_flag_choice(const EvalFlags* f, EvalFlagId id, const char** names, int n) {
+static int eval_flag_choice(const EvalFlags* f, EvalFlagId id, const char* const* names, int n) {
     for (int i = 0; i < n; i++) if (strcmp(f->value[id], names[i]) == 0) return i;
     die("--%s: '%s' is not one of the choices (see --help)", EVAL_FLAGS[id].name, f->value[id]);
     return -1;

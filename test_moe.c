@@ -713,27 +713,29 @@ static void read_train_losses(const char* log, char* out, size_t n) {
 
 static const char* SMALL_RUN = "./train_moe --synthetic-tokens 40000 --layers 2 --channels 32 --heads 2 --experts 4 -b 4 -t 16 -v 0";
 
-static void test_trainer_resume(void) {
+// A run interrupted at step 4 and resumed gives bit-identical losses and final checkpoint.
+static void test_trainer_resume(const char* name, const char* extra) {
     char cmd[2048], out[512], a[8192], b[8192], log[512];
     snprintf(out, sizeof(out), "%s/out.txt", test_dir);
-    snprintf(cmd, sizeof(cmd), "%s -x 8 -n 4 -o %s/full", SMALL_RUN, test_dir);
+    snprintf(cmd, sizeof(cmd), "%s %s -x 8 -n 4 -o %s/%s_full", SMALL_RUN, extra, test_dir, name);
     int rc = run_cmd(cmd, out);
-    CHECK(rc == 0, "train_moe small run exited %d (see %s)", rc, out);
-    snprintf(cmd, sizeof(cmd), "%s -x 8 -e %s/full/model_00000004.bin -o %s/resumed", SMALL_RUN, test_dir, test_dir);
+    CHECK(rc == 0, "train_moe %s: small run exited %d (see %s)", name, rc, out);
+    snprintf(cmd, sizeof(cmd), "%s %s -x 8 -e %s/%s_full/model_00000004.bin -o %s/%s_resumed", SMALL_RUN, extra, test_dir,
+             name, test_dir, name);
     rc = run_cmd(cmd, out);
-    CHECK(rc == 0, "train_moe resume exited %d (see %s)", rc, out);
-    snprintf(log, sizeof(log), "%s/full/main.log", test_dir);
+    CHECK(rc == 0, "train_moe %s: resume exited %d (see %s)", name, rc, out);
+    snprintf(log, sizeof(log), "%s/%s_full/main.log", test_dir, name);
     read_train_losses(log, a, sizeof(a));
-    snprintf(log, sizeof(log), "%s/resumed/main.log", test_dir);
+    snprintf(log, sizeof(log), "%s/%s_resumed/main.log", test_dir, name);
     read_train_losses(log, b, sizeof(b));
     const char* tail = strstr(a, "s:4 trl:");
-    CHECK(tail != NULL && strcmp(tail, b) == 0, "resume at step 4 is not bit-identical:\n--- full\n%s--- resumed\n%s", tail ? tail : a, b);
-    // the final checkpoints are byte-identical too
+    CHECK(tail != NULL && strcmp(tail, b) == 0, "%s: resume at step 4 is not bit-identical:\n--- full\n%s--- resumed\n%s",
+          name, tail ? tail : a, b);
     char p1[512], p2[512];
-    snprintf(p1, sizeof(p1), "%s/full/model_00000008.bin", test_dir);
-    snprintf(p2, sizeof(p2), "%s/resumed/model_00000008.bin", test_dir);
+    snprintf(p1, sizeof(p1), "%s/%s_full/model_00000008.bin", test_dir, name);
+    snprintf(p2, sizeof(p2), "%s/%s_resumed/model_00000008.bin", test_dir, name);
     snprintf(cmd, sizeof(cmd), "cmp -s %s %s", p1, p2);
-    CHECK(system(cmd) == 0, "final checkpoints of the full and resumed runs differ");
+    CHECK(system(cmd) == 0, "%s: final checkpoints of the full and resumed runs differ", name);
 }
 
 static void test_trainer_signal(void) {
@@ -878,7 +880,8 @@ int main(void) {
     test_determinism();
     test_checkpoint();
     printf("[train_moe: resume, signals, refusals]\n");
-    test_trainer_resume();
+    test_trainer_resume("topk", "");
+    test_trainer_resume("compete", "--router compete --compete-rate 0.5 --compete-max-layers 1");
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_refusals();

@@ -689,6 +689,15 @@ SEED = 1337
 # steps (clipping active) and falls below it later, so both branches of the clip are compared.
 HP = dict(lr=1e-2, wd=0.1, clip=1.0, nsteps=10)
 
+# CompeteSMoE: the schedule settings only go into the checkpoint (the reference applies a fixed
+# pattern: the layers in COMPETE_MASK compete at every forward); coefficients larger than the
+# defaults so every gradient path shows in the comparison.
+COMPETE_FILE = dict(rate=0.05, warmup=0.05, max_layers=3)
+COMPETE_COEFS = dict(router_coef=0.5, div_coef=0.3, bal_coef=0.2)
+COMPETE_MASK = 0b01                    # layer 0 competes, layer 1 is a plain topk router step
+COMPETE_EXPERT_STD = 0.5               # fcw/fcprojw init std for the compete cases (see init_params)
+COMPETE_MARGIN_MIN = 1e-4              # K-th minus (K+1)-th response s, first forward and every step
+
 CASES = [
     ("topk_ts", dict(E=4, K=2, gate_norm=0), dict(aux=0.01, z=0.001)),
     ("topk_st", dict(E=4, K=2, gate_norm=1), dict(aux=0.01, z=0.001)),
@@ -696,6 +705,12 @@ CASES = [
     ("gatepro_ts",   dict(E=4, K=2, gate_norm=0, router=1, gatepro_lambda=0.3), dict(aux=0.01, z=0.001)),
     ("gatepro_st",   dict(E=4, K=2, gate_norm=1, router=1, gatepro_lambda=0.3), dict(aux=0.01, z=0.001)),
     ("gatepro_hard", dict(E=4, K=2, gate_norm=0, router=1, gatepro_lambda=1e4), dict(aux=0.01, z=0.001)),
+    ("compete_norm", dict(E=4, K=2, gate_norm=0, router=2,
+                          compete=dict(COMPETE_FILE, weights=0, alpha=0.1, **COMPETE_COEFS)),
+     dict(aux=0.01, z=0.001)),
+    ("compete_softmax", dict(E=4, K=2, gate_norm=0, router=2,
+                             compete=dict(COMPETE_FILE, weights=1, alpha=0.0, **COMPETE_COEFS)),
+     dict(aux=0.01, z=0.001)),
 ]
 LOSER_MARGIN_MIN = 1e-3                # GatePro (b): |l_i - l_{j*(i)}|, first forward and every step
 SIM_GAP_MIN = 1e-4                     # GatePro (c): best minus second-best S_ij of every row
@@ -713,6 +728,12 @@ def near_tie(cfg, res):
             return f"sibling gap of S {min(res['sim_gaps']):.3e}"
         if res["topk_diffs"][0] == 0:
             return "the penalty changes no routing decision at the first forward"
+    if cfg.router == 2:
+        if min(res["compete_margins"]) < COMPETE_MARGIN_MIN:
+            return (f"competition margin: first forward {res['compete_margins'][0]:.3e}, "
+                    f"worst step {min(res['compete_margins']):.3e}")
+        if min(res["winner_sets"][0]) < 2:
+            return "the competition picks the same winners for every token at the first forward"
     return None
 
 
@@ -720,8 +741,10 @@ def build_case(name, arch, coefs, outdir):
     cfg = Config(**BASE, **arch)
     # the C reads the hyperparameters as float32, so the reference uses those same values
     hp = {k: (v if k == "nsteps" else bits_f32(f32_bits(v))) for k, v in dict(HP, **coefs).items()}
+    if cfg.router == 2:
+        cfg.compete_mask = COMPETE_MASK
     for seed in range(SEED, SEED + 100):
-        flat32 = init_params(cfg, seed)
+        flat32 = init_params(cfg, seed, expert_std=COMPETE_EXPERT_STD if cfg.router == 2 else None)
         inputs, targets = make_batch(cfg, B, T, seed)
         print(f"[{name}] seed {seed}, {cfg.num_params()} params")
         res = run_case(cfg, flat32, inputs, targets, hp)
@@ -743,6 +766,11 @@ def build_case(name, arch, coefs, outdir):
               f"S sibling gap min {min(res['sim_gaps']):.3e}; token-layer selections differing from "
               f"plain top-k: {res['topk_diffs'][0]} of {cfg.L * B * T} at the first forward, "
               f"per step {res['topk_diffs']}")
+    if cfg.router == 2:
+        print(f"[{name}] CompeteSMoE: layers mask {cfg.compete_mask:#b}, compete loss {res['compete']:.6f}; "
+              f"response margin first forward {res['compete_margins'][0]:.3e}, min over steps "
+              f"{min(res['compete_margins']):.3e}; distinct winner sets per step {res['winner_sets']} "
+              f"(of {B * T} tokens)")
     print(f"[{name}] wrote {model_path} ({os.path.getsize(model_path)} B), "
           f"{state_path} ({os.path.getsize(state_path)} B)")
 
@@ -763,6 +791,9 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
         if name == "routerw" and cfg.E > 1:
             # every router weight: the gradient path through the gates (and GatePro's l~) and the
             # aux losses all end here
+            coords.extend(range(offset, offset + math.prod(shape)))
+        elif name in ("fcprojb", "fcb") and cfg.router == 2:
+            # CompeteSMoE: every expert bias (the responses, weights, L_div and L_bal all end here)
             coords.extend(range(offset, offset + math.prod(shape)))
         else:
             coords.append(offset)
@@ -797,6 +828,8 @@ def check_case(name, outdir):
     assert os.path.getsize(state_path) == expect, f"{state_path}: size, expected {expect}"
     hp = dict(lr=s["lr"], wd=s["wd"], clip=s["clip"], aux=s["aux_coef"], z=s["z_coef"],
               nsteps=s["nsteps"])
+    if cfg.router == 2:
+        cfg.compete_mask = s["compete_mask"]
     res = run_case(cfg, flat32, torch.tensor(s["inputs"], dtype=torch.long),
                    torch.tensor(s["targets"], dtype=torch.long), hp, verbose=False)
 
@@ -804,7 +837,8 @@ def check_case(name, outdir):
         return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
     diffs = dict(logits=maxdiff(res["logits"].numpy(), s["logits"]),
-                 losses=maxdiff([res["lm_loss"], res["aux"], res["z"]], [s["lm_loss"], s["aux"], s["z"]]),
+                 losses=maxdiff([res["lm_loss"], res["aux"], res["z"]] + ([res["compete"]] if cfg.router == 2 else []),
+                                [s["lm_loss"], s["aux"], s["z"]] + ([s["compete"]] if cfg.router == 2 else [])),
                  grads=maxdiff(res["grads"].numpy(), s["grads"]),
                  steps=maxdiff(res["lm_losses"] + res["total_losses"],
                                np.concatenate([s["lm_losses"], s["total_losses"]])))

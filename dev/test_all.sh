@@ -1,0 +1,33 @@
+#!/bin/sh
+# Every test suite of moe.c, then one combined "N passed, N failed" line (what `make test` runs):
+#   test_moe             ops, model, PyTorch reference, routers, checkpoints, trainer, data, tokenizer
+#   dev/test_sgemm       the matmul kernel against its scalar definition, and thread-count bit-identity
+#   gpt2_tokenizer/check.sh   tokenizer.h against the npm gpt-3-encoder package (needs node + npm);
+#                        also on tinyshakespeare when ../shared/data/tinyshakespeare.txt exists
+passed=0
+failed=0
+count() {  # count LOGFILE: add the suite's closing "N passed, N failed"
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
+    if [ -z "$line" ]; then failed=$((failed + 1)); echo "(no result line: counted as 1 failure)"; return; fi
+    passed=$((passed + $(echo "$line" | cut -d' ' -f1)))
+    failed=$((failed + $(echo "$line" | cut -d' ' -f3)))
+}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+echo "== test_moe"
+./test_moe > "$log" 2>&1; cat "$log"; count "$log"
+echo "== dev/test_sgemm"
+./dev/test_sgemm > "$log" 2>&1; tail -3 "$log"; count "$log"
+echo "== GPT-2 tokenizer compatibility (npm gpt-3-encoder)"
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    text=../shared/data/tinyshakespeare.txt
+    sh dev/gpt2_tokenizer/check.sh $( [ -f "$text" ] && echo "$text" ) > "$log" 2>&1
+    cat "$log"
+    passed=$((passed + $(grep -c '^PASS' "$log")))
+    failed=$((failed + $(grep -c '^FAIL' "$log")))
+else
+    echo "SKIP: node and npm are not installed (apt-get install nodejs npm)"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -14,12 +14,18 @@ endif
 
 HEADERS = moe.h matmul.h dataloader.h tokenizer.h data/unicode_tables.h
 
-all: train_moe test_moe data/prepare_text
+all: train_moe eval_moe test_moe data/prepare_text data/make_cloze
 
 train_moe: train_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-test_moe: test_moe.c $(HEADERS)
+eval_moe: eval_moe.c $(HEADERS)
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+data/make_cloze: data/make_cloze.c eval_moe.c $(HEADERS)
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+test_moe: test_moe.c eval_moe.c data/make_cloze.c $(HEADERS)
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
 
 data/prepare_text: data/prepare_text.c $(HEADERS)
@@ -28,10 +34,10 @@ data/prepare_text: data/prepare_text.c $(HEADERS)
 dev/test_sgemm: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-test: train_moe test_moe data/prepare_text dev/test_sgemm
+test: all dev/test_sgemm
 	@sh dev/test_all.sh
 
 clean:
-	rm -f train_moe test_moe data/prepare_text dev/test_sgemm
+	rm -f train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm
 
 .PHONY: all test clean

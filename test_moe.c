@@ -512,6 +512,14 @@ static void test_pytorch_reference(const char* name) {
     m.gatepro_active = 1;
     int B = s.header[2], T = s.header[3], nsteps = s.header[4];
     int K = m.config.top_k, L = m.config.num_layers, Vp = m.config.padded_vocab_size;
+    // CompeteSMoE: state [16] = bitmask of the layers that compete at every forward, [17] = float
+    // bits of the first forward's compete loss (the checkpoint carries the compete settings)
+    unsigned char* compete = NULL;
+    if (m.router.router == ROUTER_COMPETE) {
+        compete = (unsigned char*)callocCheck((size_t)L, 1);
+        for (int l = 0; l < L; l++) compete[l] = (unsigned char)((s.header[16] >> l) & 1);
+        m.compete_layers = compete;
+    }
     float lr = bits_float((uint32_t)s.header[5]), wd = bits_float((uint32_t)s.header[6]);
     float clip = bits_float((uint32_t)s.header[7]);
 
@@ -525,6 +533,11 @@ static void test_pytorch_reference(const char* name) {
     CHECK(fabs(m.mean_loss - s.lm_loss) < 1e-5 * fabs(s.lm_loss), "reference %s: LM loss %.7f vs %.7f", name, m.mean_loss, s.lm_loss);
     CHECK(fabs(m.aux_loss - s.aux_loss) < 1e-5 * fabs(s.aux_loss) + 1e-8, "reference %s: aux loss %.7g vs %.7g", name, m.aux_loss, s.aux_loss);
     CHECK(fabs(m.z_loss - s.z_loss) < 1e-5 * fabs(s.z_loss) + 1e-8, "reference %s: z loss %.7g vs %.7g", name, m.z_loss, s.z_loss);
+    if (compete != NULL) {
+        float ref_compete = bits_float((uint32_t)s.header[17]);
+        CHECK(fabs(m.compete_loss - ref_compete) < 1e-5 * fabs(ref_compete) + 1e-8, "reference %s: compete loss %.7g vs %.7g",
+              name, m.compete_loss, ref_compete);
+    }
     moe_zero_grad(&m);
     moe_backward(&m, 1.0f);
     size_t offset = 0;
@@ -546,7 +559,7 @@ static void test_pytorch_reference(const char* name) {
     int steps_ok = 1;
     for (int step = 0; step < nsteps; step++) {
         moe_forward(&m, s.inputs, s.targets, B, T);
-        float total = m.mean_loss + m.aux_loss + m.z_loss;
+        float total = m.mean_loss + m.aux_loss + m.z_loss + (compete != NULL ? m.compete_loss : 0.0f);
         if (fabs(m.mean_loss - s.lm_losses[step]) > 1e-4 * s.lm_losses[step] ||
             fabs(total - s.total_losses[step]) > 1e-4 * s.total_losses[step]) {
             printf("  reference %s step %d: loss %.6f total %.6f, PyTorch %.6f %.6f\n", name, step, m.mean_loss, total,
@@ -560,6 +573,8 @@ static void test_pytorch_reference(const char* name) {
         moe_adamw_update(&m, lr, 0.9f, 0.95f, 1e-8f, wd, scale, step + 1);
     }
     CHECK(steps_ok, "reference %s: losses of %d AdamW steps differ from PyTorch's", name, nsteps);
+    m.compete_layers = NULL;
+    free(compete);
     free_ref_state(&s);
     moe_free(&m);
 }
@@ -846,6 +861,7 @@ static void test_trainer_refusals(void) {
 
 #include "dev/wip_dataloader_tests.c"
 #include "dev/wip_tokenizer_tests.c"
+#include "dev/wip_eval_tests.c"
 
 int main(void) {
     char tmpl[] = "/tmp/test_moe_XXXXXX";
@@ -875,6 +891,8 @@ int main(void) {
     test_pytorch_reference("gatepro_ts");
     test_pytorch_reference("gatepro_st");
     test_pytorch_reference("gatepro_hard");
+    test_pytorch_reference("compete_norm");
+    test_pytorch_reference("compete_softmax");
     printf("  largest relative gradient error vs PyTorch: %.3g (max|diff| / max|ref| per tensor)\n", worst_grad_rel_error);
     printf("[determinism, checkpoints]\n");
     test_determinism();
@@ -889,6 +907,8 @@ int main(void) {
     test_dataloader();
     printf("[tokenizer]\n");
     test_tokenizer();
+    printf("[eval_moe, make_cloze]\n");
+    test_eval();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", test_dir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", test_dir);

@@ -1,10 +1,11 @@
 """
 moe_ref.py -- an independent PyTorch reference for moe.c (the role of llm.c's train_gpt2.py).
 
-Builds a small Mixture-of-Experts GPT-2 (SPEC §2, §3.1, §3.2), computes in float64 with torch
-autograd (so the gradients do not share a line with moe.h's hand-written backward), and writes,
-for each test case, a moe.c checkpoint and a "debug state" that test_moe.c compares against:
-logits, losses, every parameter gradient, the routing decisions and 10 AdamW steps (SPEC §4).
+Builds a small Mixture-of-Experts GPT-2 (SPEC §2, §3.1, §3.2, §3.3 / COMPETESMOE.md), computes in
+float64 with torch autograd (so the gradients do not share a line with moe.h's hand-written
+backward), and writes, for each test case, a moe.c checkpoint and a "debug state" that test_moe.c
+compares against: logits, losses, every parameter gradient, the routing decisions and 10 AdamW
+steps (SPEC §4).
 
 Run with Debian's python (the one that has python3-torch):
     /usr/bin/python3 dev/moe_ref.py --outdir dev/ref          # writes <case>_model.bin, <case>_state.bin
@@ -19,6 +20,11 @@ Cases:
     gatepro_hard  router gatepro, gate_norm 0, lambda 1e4 (a hard mask: a loser's gate weight is
                   exp(-1e4) = 0; at this seed layer 0 has tokens with a single non-loser, so the
                   K-th selected expert is a loser that runs with weight 0), aux 0.01, z 0.001
+    compete_norm     router compete, --compete-weights norm, alpha 0.1, router coef 0.5, div coef 0.3,
+                     bal coef 0.2 (larger than the defaults so every gradient path shows); layer 0
+                     competes and layer 1 is a router step (topk, gate_norm 0, aux 0.01, z 0.001),
+                     at every one of the 10 steps
+    compete_softmax  the same with --compete-weights softmax and alpha 0
 
 GatePro (SPEC §3.2), penalty active at every forward of the 10 steps (start 0, stop -1): per
 layer per forward, S_ij = cosine of router rows i,j (F.normalize's max(|w|,1e-12)), j*(i) =
@@ -28,6 +34,25 @@ and the gate weights use l~ (gate_norm 0: softmax over the selected l~; 1: softm
 not renormalised); dl~/dl = I (the mask is a constant). The load-balance P and the z-loss use the
 unpenalised l; f counts the experts actually selected, T_k(l~). The script prints, per step, how
 many token-layer selections differ from plain top-k on l, and requires > 0 at the first forward.
+
+CompeteSMoE (COMPETESMOE.md §B), on a competing layer (state header [16]), every forward: all E
+experts run on every token, o_i = E_i(x) (N,C); response s_i = mean_c softplus(o_ic); winners
+I_C = top-k of s (ties -> lower index, a constant); weights w_i = s_i / sum_{j in I_C} s_j (norm)
+or softmax of the winners' s (softmax); y = sum_{i in I_C} w_i o_i, with gradient through o_i and
+through w_i -> s_i -> o_i. Losses (the layer's "compete loss" = router_coef*L_D + div_coef*L_div
++ bal_coef*L_bal, summed over competing layers; no Switch balance loss and no z-loss there):
+    L_D   = mean_{t,i} (p^R_i - p^C_i)^2 + alpha * mean_t (1/K) sum_{j in I_C} (p^C_j - p^R_j)^2,
+            p^R = softmax(router logits) over all E, p^C = softmax(s) over all E, DETACHED: the
+            router weights' only gradient; the layer input x gets L_D's gradient through the logits
+    L_div = mean_t (1/K^2) sum_{i != j in I_C} cos(o_i, o_j), cos = <a,b>/(max(|a|,1e-12) max(|b|,1e-12))
+    L_bal = E * sum_i f_i P_i, f_i = #{t: i in I_C(t)}/(N K) (a constant), P_i = mean_t p^C_ti
+            (NOT detached: gradient into the experts)
+The recorded routing of a competing layer is I_C, sorted ascending. Because p^C is detached in
+L_D, the gradient is not the derivative of the loss; --check's finite differences hold p^C at its
+base-point value. The compete cases draw fcw and fcprojw with std 0.5 instead of 0.02 / 0.01 (the
+same draws, scaled): at GPT-2's scale the responses barely depend on the token (one winner set for
+all tokens, margins ~1e-5); at 0.5 the first forward has 3-5 distinct winner sets among the 33
+tokens and later steps 5-6 (printed per step).
 
 Config (all cases): maxT=16 V=61 (Vp=128, so padded vocab columns are exercised) L=2 NH=3 C=24
 (hs=8) H=32, E=4 K=2 for the MoE cases; batch B=3 T=11 (T < maxT on purpose: wpe rows T..maxT-1
@@ -42,12 +67,20 @@ Checkpoint file <case>_model.bin (SPEC §5.3)
     int32   header[256]
               [0]  20261122 (magic)     [1]  1 (version)     [2]  maxT     [3]  V     [4]  Vp
               [5]  L    [6]  NH    [7]  C    [8]  E    [9]  K    [10] H
-              [11] router (0 = topk, 1 = gatepro)    [12] gate_norm (0 topk_softmax, 1 softmax_topk)
+              [11] router (0 = topk, 1 = gatepro, 2 = compete)
+              [12] gate_norm (0 topk_softmax, 1 softmax_topk)
               [13] 0 (no optimizer state)   [14] 0 (updates applied)
               [15] float32 bits of the GatePro lambda (the topk cases: 1e-4, the SPEC default,
                    unused; gatepro cases: their lambda)   [16] 0 (gatepro-start)
               [17] -1 (gatepro-stop)    [18] seed actually used (after near-tie redraws)
-              rest 0
+              compete cases only (else 0): [22] float32 bits of the compete rate (0.05)
+              [23] float32 bits of the compete warm-up (0.05)   [24] compete max layers (3)
+              [25] compete weights (0 norm, 1 softmax)   [26] float32 bits of alpha
+              [27] float32 bits of the router coef   [28] ... of the div coef   [29] ... of the bal coef
+              (rate, warm-up and max layers are not used by the reference: the competing layers are
+              the state file's [16], at every forward)
+              rest 0 (also [19] aux coef, [20] z coef, [21] total steps: the test takes aux and z
+              from the state file)
     float32 params[num_params]        the §2.1 order:
               wte [Vp,C]  wpe [maxT,C]  ln1w [L,C]  ln1b [L,C]  qkvw [L,3C,C]  qkvb [L,3C]
               attprojw [L,C,C]  attprojb [L,C]  ln2w [L,C]  ln2b [L,C]  routerw [L,E,C]
@@ -65,20 +98,29 @@ Debug state file <case>_state.bin (read by test_moe.c)
               [9]  float32 bits of z-loss coef z
               [10] float32 bits of GatePro lambda (0 for topk/dense; = checkpoint [15] for gatepro)
               [11] num_params (total floats, = the checkpoint's)
-              [12] K   [13] L   [14] router (0 topk, 1 gatepro)   [15] gate_norm
+              [12] K   [13] L   [14] router (0 topk, 1 gatepro, 2 compete)   [15] gate_norm
+              compete cases only (else 0): [16] bitmask of the competing layers (bit l = layer l;
+              1 = layer 0), the same at every forward of the 10 steps
+              [17] float32 bits of the compete loss of the first forward (router_coef*L_D +
+              div_coef*L_div + bal_coef*L_bal summed over the competing layers)
               rest 0
     int32   inputs[B*T]                  token ids in [0,V)
     int32   targets[B*T]                 token ids in [0,V)
     float32 logits[B*T*Vp]               first forward, before any update; columns V..Vp-1 are
                                          what the model gives (0, since wte rows V.. are 0)
     float32 lm_loss                      mean cross-entropy over B*T tokens, nats (first forward)
-    float32 aux_loss                     load-balance loss summed over layers (0 for dense)
-    float32 z_loss                       router z-loss summed over layers (0 for dense)
-    int32   routing[L*B*T*K]             each token's selected experts, sorted ascending;
-                                         index ((l*B + b)*T + t)*K + k (dense: all 0)
-    float32 grads[num_params]            d(lm_loss + aux_loss + z_loss)/d(param), §2.1 layout
+    float32 aux_loss                     load-balance loss summed over layers (0 for dense; compete:
+                                         the non-competing layers only)
+    float32 z_loss                       router z-loss summed over layers (0 for dense; compete: the
+                                         non-competing layers only)
+    int32   routing[L*B*T*K]             each token's selected experts, sorted ascending (a competing
+                                         layer: the winners I_C); index ((l*B + b)*T + t)*K + k
+                                         (dense: all 0)
+    float32 grads[num_params]            d(lm_loss + aux_loss + z_loss [+ compete loss])/d(param),
+                                         §2.1 layout (compete: p^C detached in L_D)
     float32 lm_losses[nsteps]            LM loss at step s, before update s (lm_losses[0] = lm_loss)
-    float32 total_losses[nsteps]         total loss at step s, before update s
+    float32 total_losses[nsteps]         total loss at step s, before update s (lm + aux + z, plus
+                                         the compete loss in the compete cases)
     uint32  crc32 (zlib, initial 0) of every byte before it
   size = 1024 + 4*(2*B*T + B*T*Vp + 3 + L*B*T*K + num_params + 2*nsteps) + 4
 
@@ -102,6 +144,10 @@ GatePro cases add three more discontinuities, all guarded at the first forward a
   (b) min over layers, tokens, experts of |l_i - l_{j*(i)}| (a loser flips);  >= 1e-3
   (c) min over layers and rows i of best S_ij - second-best S_ij (j* flips);  >= 1e-4
 and the penalty must change at least one routing decision versus plain top-k at the first forward.
+CompeteSMoE cases: the top-k above (>= 1e-3) is taken on the router step layers only (a competing
+layer's router logits select nothing); on a competing layer, min over tokens of (K-th largest
+response s - (K+1)-th) >= 1e-4 (absolute; responses are O(1)), at the first forward and each
+step; and the first forward must have more than one distinct winner set.
 A draw that gives NaN/inf anywhere (logits, loss, gradient) stops the script.
 """
 
@@ -148,6 +194,8 @@ class Config:
             self.compete = {k: (v if k in ("max_layers", "weights") else bits_f32(f32_bits(v)))
                             for k, v in compete.items()}
         self.compete_mask = 0                    # bit l set: layer l competes (every forward)
+        # finite differences only: {layer: p^C} held fixed (see finite_difference_check)
+        self.compete_frozen_pC = None
         assert C % NH == 0 and 1 <= K <= E and router in (0, 1, 2)
         assert router == 0 or E >= 2             # SPEC §3.2: --router gatepro requires E >= 2
 
@@ -362,10 +410,13 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
     return y, aux, z, selected, diag
 
 
-def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg):
+def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, frozen_pC=None):
     """A competition step (COMPETESMOE.md §B) of one layer: x (N,C) -> y (N,C), this layer's
     weighted competition loss router_coef*L_D + div_coef*L_div + bal_coef*L_bal, the winners I_C
-    (N,K) in rank order, and near-tie diagnostics. No Switch balance loss, no z-loss here."""
+    (N,K) in rank order, and near-tie diagnostics (with the detached p^C). No Switch balance
+    loss, no z-loss here. frozen_pC (N,E), finite differences only: L_D's target p^C taken as
+    this constant instead of softmax(s) of the current parameters (the same values at the base
+    point), so that the loss's derivative is the stop-gradient gradient autograd computes."""
     N, C = x.shape
     E, K = cfg.E, cfg.K
     cp = cfg.compete
@@ -393,7 +444,7 @@ def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg):
     logits = x @ routerw.T                                     # (N,E)
     pR = torch.softmax(logits, dim=-1)
     pC_live = torch.softmax(s, dim=-1)                         # not detached: the balance loss's P
-    pC = pC_live.detach()
+    pC = pC_live.detach() if frozen_pC is None else frozen_pC
     L_D = ((pR - pC) ** 2).mean()
     L_D = L_D + cp["alpha"] * ((pC.gather(1, selected) - pR.gather(1, selected)) ** 2).sum(-1).div(K).mean()
     # 7. diversity: mean_t (1/K^2) sum_{i != j in I_C} cos(o_i, o_j), F.normalize's eps convention
@@ -409,7 +460,7 @@ def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg):
     loss = cp["router_coef"] * L_D + cp["div_coef"] * L_div + cp["bal_coef"] * L_bal
     winner_sets = len(set(tuple(r) for r in torch.sort(selected, dim=-1).values.tolist()))
     diag = dict(compete_margin=routing_margin(s, K), winner_sets=winner_sets,
-                L_D=L_D.item(), L_div=L_div.item(), L_bal=L_bal.item())
+                L_D=L_D.item(), L_div=L_div.item(), L_bal=L_bal.item(), pC=pC)
     return y, loss, selected, diag
 
 
@@ -437,8 +488,9 @@ def forward(cfg, params, inputs, targets, aux_coef, z_coef):
                           p["qkvw"][l], p["qkvb"][l], p["attprojw"][l], p["attprojb"][l], cfg.NH)
         h = layernorm(x, p["ln2w"][l], p["ln2b"][l]).reshape(B * T, cfg.C)
         if cfg.router == 2 and (cfg.compete_mask >> l) & 1:
+            frozen = None if cfg.compete_frozen_pC is None else cfg.compete_frozen_pC[l]
             y, closs, selected, cd = compete_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
-                                                   p["fcprojw"][l], p["fcprojb"][l], cfg)
+                                                   p["fcprojw"][l], p["fcprojb"][l], cfg, frozen)
             x = x + y.view(B, T, cfg.C)
             compete_total = compete_total + closs
             compete_diag.append(dict(cd, layer=l))
@@ -782,8 +834,15 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
     change under a 1e-6 step because the margins are >= 1e-3. Tolerance as numpy.allclose
     (|fd - g| <= atol + rtol*|g|; atol covers the float64 rounding of the differences, ~1e-10,
     on gradients that are 0 or tiny, e.g. the key bias, whose gradient is exactly 0).
-    Returns the worst |fd - g| / (atol + rtol*|g|): the check passes when it is <= 1."""
+    Returns the worst |fd - g| / (atol + rtol*|g|): the check passes when it is <= 1.
+    CompeteSMoE: L_D's target p^C is detached, so the autograd gradient is not the derivative of
+    the loss as a function of the parameters; the differences are taken with p^C held at its
+    value at the base point (cfg.compete_frozen_pC), whose derivative it is."""
     flat = torch.tensor(flat32, dtype=DTYPE)
+    if cfg.router == 2:
+        with torch.no_grad():
+            base = forward(cfg, split_params(cfg, flat), inputs, targets, hp["aux"], hp["z"])
+        cfg.compete_frozen_pC = {cd["layer"]: cd["pC"] for cd in base["compete_diag"]}
     gen = torch.Generator().manual_seed(0)
     coords = torch.randint(0, flat.numel(), (count,), generator=gen).tolist()
     offset = 0
@@ -810,6 +869,7 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
         minus[i] -= h
         fd = (loss_at(plus) - loss_at(minus)) / (2 * h)
         worst = max(worst, abs(fd - grads[i]) / (atol + rtol * abs(grads[i])))
+    cfg.compete_frozen_pC = None
     return worst
 
 
@@ -837,8 +897,10 @@ def check_case(name, outdir):
         return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
     diffs = dict(logits=maxdiff(res["logits"].numpy(), s["logits"]),
-                 losses=maxdiff([res["lm_loss"], res["aux"], res["z"]] + ([res["compete"]] if cfg.router == 2 else []),
-                                [s["lm_loss"], s["aux"], s["z"]] + ([s["compete"]] if cfg.router == 2 else [])),
+                 losses=maxdiff([res["lm_loss"], res["aux"], res["z"]]
+                                + ([res["compete"]] if cfg.router == 2 else []),
+                                [s["lm_loss"], s["aux"], s["z"]]
+                                + ([s["compete"]] if cfg.router == 2 else [])),
                  grads=maxdiff(res["grads"].numpy(), s["grads"]),
                  steps=maxdiff(res["lm_losses"] + res["total_losses"],
                                np.concatenate([s["lm_losses"], s["total_losses"]])))

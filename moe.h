@@ -166,6 +166,25 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
 }
 
 // ----------------------------------------------------------------------------
+// An exp that the compiler can vectorize. libm's expf/tanhf are calls the compiler will not
+// vectorize without -ffast-math, and GELU's tanh and the softmaxes' exps were a fifth of a step.
+// e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in a
+// high and a low part so r is exact), e^r by its Taylor polynomial to degree 7 (error < 1e-8
+// relative), 2^n built in the exponent bits. Inputs are clamped to [-87, 88]: exp(-87) ~ 1.6e-38
+// stands in for 0, which no softmax here can tell apart.
+static inline float exp_approx(float x) {
+    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+// ----------------------------------------------------------------------------
 // the ops. Each forward is followed by its backward.
 
 // out (B,T,C) = wte[inp] + wpe[t]; inp (B,T) token ids
@@ -201,9 +220,11 @@ static void layernorm_forward(float* out, float* mean, float* rstd, const float*
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         float m = 0.0f;
+        #pragma omp simd reduction(+ : m)
         for (int c = 0; c < C; c++) m += x[c];
         m /= C;
         float v = 0.0f;
+        #pragma omp simd reduction(+ : v)
         for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
         v /= C;
         float s = 1.0f / sqrtf(v + eps);
@@ -225,6 +246,7 @@ static void layernorm_backward(float* dinp, float* dweight, float* dbias, const 
         const float* x = inp + (size_t)n * C;
         float m = mean[n], s = rstd[n];
         float g_mean = 0.0f, gx_mean = 0.0f;
+        #pragma omp simd reduction(+ : g_mean, gx_mean)
         for (int c = 0; c < C; c++) {
             float g = d[c] * weight[c];
             g_mean += g;
@@ -238,16 +260,18 @@ static void layernorm_backward(float* dinp, float* dweight, float* dbias, const 
             dx[c] += s * (d[c] * weight[c] - g_mean - xhat * gx_mean);
         }
     }
+    // blocks of 64 channels, each summing over tokens in order (vectorised across channels)
     #pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) {
-        float dw = 0.0f, db = 0.0f;
+    for (int c0 = 0; c0 < C; c0 += 64) {
+        int c1 = c0 + 64 < C ? c0 + 64 : C;
+        float dw[64] = {0}, db[64] = {0};
         for (int n = 0; n < N; n++) {
-            float d = dout[(size_t)n * C + c];
-            dw += d * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
-            db += d;
+            const float* d = dout + (size_t)n * C;
+            const float* x = inp + (size_t)n * C;
+            float m = mean[n], s = rstd[n];
+            for (int c = c0; c < c1; c++) { dw[c - c0] += d[c] * (x[c] - m) * s; db[c - c0] += d[c]; }
         }
-        dweight[c] += dw;
-        dbias[c] += db;
+        for (int c = c0; c < c1; c++) { dweight[c] += dw[c - c0]; dbias[c] += db[c - c0]; }
     }
 }
 
@@ -299,12 +323,14 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
                 for (int t2 = 0; t2 <= t; t2++) {
                     const float* k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
                     float dot = 0.0f;
+                    #pragma omp simd reduction(+ : dot)
                     for (int i = 0; i < hs; i++) dot += q[i] * k[i];
                     a[t2] = dot * scale;
                     if (a[t2] > maxval) maxval = a[t2];
                 }
                 float sum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxval); sum += a[t2]; }
+                #pragma omp simd reduction(+ : sum)
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
                 float inv = 1.0f / sum;
                 for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
@@ -343,6 +369,7 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
                         const float* v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
                         float* dv = dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
                         float x = 0.0f;
+                        #pragma omp simd reduction(+ : x)
                         for (int i = 0; i < hs; i++) { x += d[i] * v[i]; dv[i] += a[t2] * d[i]; }
                         da[t2] = x;
                         dot_ada += a[t2] * x;
@@ -360,25 +387,29 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
     }
 }
 
-// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Built without fast-math
-// (llm.c's issue #19: fast-math once broke its GELU backward).
+// GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). Computed through the
+// identity 0.5 (1 + tanh(u)) = sigmoid(2u), which stays accurate in both tails (1 + tanh(u)
+// cancels for very negative u). Built without fast-math (llm.c's issue #19: fast-math once broke
+// its GELU backward).
 #define GELU_SCALING_FACTOR 0.7978845608028654f
-static void gelu_forward(float* out, const float* inp, size_t n) {
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cube = 0.044715f * x * x * x;
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
-    }
+static inline float gelu_value(float x) {
+    float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
+    return x / (1.0f + exp_approx(-2.0f * u));
 }
-// d/dx = 0.5 (1 + tanh(u)) + 0.5 x sech^2(u) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  u = sqrt(2/pi)(x + 0.044715 x^3)
+static void gelu_forward(float* out, const float* inp, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
+}
+// With sig = sigmoid(2u) (so tanh(u) = 2 sig - 1 and 1 - tanh^2 = 4 sig (1 - sig)):
+//   d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'  =  sig + 2 x sig (1 - sig) u',
+//   u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 static inline float gelu_grad(float x) {
     float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
-    float th = tanhf(u);
-    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+    float sig = 1.0f / (1.0f + exp_approx(-2.0f * u));
+    return sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
 }
 static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
 }
 
@@ -396,9 +427,11 @@ static float crossentropy_forward(float* losses, float* lse, const float* logits
     for (int n = 0; n < N; n++) {
         const float* x = logits + (size_t)n * Vp;
         float m = -INFINITY;
-        for (int v = 0; v < V; v++) if (x[v] > m) m = x[v];
+        #pragma omp simd reduction(max : m)
+        for (int v = 0; v < V; v++) m = fmaxf(m, x[v]);
         float s = 0.0f;
-        for (int v = 0; v < V; v++) s += expf(x[v] - m);
+        #pragma omp simd reduction(+ : s)
+        for (int v = 0; v < V; v++) s += exp_approx(x[v] - m);
         lse[n] = m + logf(s);
         losses[n] = lse[n] - x[targets[n]];
     }
@@ -413,7 +446,9 @@ static void crossentropy_backward_inplace(float* logits, const float* lse, const
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* x = logits + (size_t)n * Vp;
-        for (int v = 0; v < V; v++) x[v] = dloss * expf(x[v] - lse[n]);
+        float l = lse[n];
+        #pragma omp simd
+        for (int v = 0; v < V; v++) x[v] = dloss * exp_approx(x[v] - l);
         x[targets[n]] -= dloss;
         for (int v = V; v < Vp; v++) x[v] = 0.0f;
     }
@@ -936,6 +971,7 @@ static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float
             const float* o = out + (size_t)slot * C;
             float* dout = s->dexpert_out + (size_t)slot * C;
             float g = gate[n * K + k], dot = 0.0f;
+            #pragma omp simd reduction(+ : dot)
             for (int i = 0; i < C; i++) { dout[i] = g * d[i]; dot += d[i] * o[i]; }
             s->dgate[n * K + k] = dot;
         }
@@ -956,7 +992,7 @@ static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float
         sgemm(1, 0, C, H, n_e, dout, C, gel, H, m->grads.fcprojw + le * C * H, H, 1);
         bias_backward(m->grads.fcprojb + le * C, dout, n_e, C);
         // then through gelu, in place
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < (size_t)n_e * H; i++) dh[i] *= gelu_grad(fch[i]);
         // din (n_e,C) = dh . W1 ; dW1 += dh^T . xin ; db1 += sum dh
         sgemm(0, 0, n_e, C, H, dh, H, m->params.fcw + le * H * C, C, din, C, 0);
@@ -1257,7 +1293,7 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
         sgemm(1, 0, C, H, N, doe, C, gel + (size_t)e * N * H, H, m->grads.fcprojw + le * C * H, H, 1);
         bias_backward(m->grads.fcprojb + le * C, doe, N, C);
         const float* h = fch + (size_t)e * N * H;
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < (size_t)N * H; i++) dh[i] *= gelu_grad(h[i]);
         sgemm(0, 0, N, C, H, dh, H, m->params.fcw + le * H * C, C, dx, C, 1);
         sgemm(1, 0, H, C, N, dh, H, x, C, m->grads.fcw + le * H * C, C, 1);

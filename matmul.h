@@ -356,6 +356,69 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 }
 
 // ----------------------------------------------------------------------------
+// Many independent products in one parallel region: the experts of an MoE layer, each on its own
+// block of tokens. One sgemm call per expert would wake the thread team 6E times per layer and
+// give each thread a sliver of a small matrix; here the work items are (problem, row block,
+// column block) rectangles of whole micro-tiles, handed out dynamically. Which thread computes an
+// item changes nothing: each C element is still summed over K in the fixed SGEMM_KC blocks, so the
+// results are the same bits for any thread count and equal to sgemm_blocked's.
+typedef struct {
+    int M, N, K;       // this problem's shape
+    const float* A;    // op(A) is M×K, leading dimension lda (shared by all problems)
+    const float* B;    // op(B) is K×N, leading dimension ldb
+    float* C;          // M×N, leading dimension ldc
+} SgemmProblem;
+
+static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int count, int lda, int ldb,
+                        int ldc, int accumulate) {
+    // count the work items: row blocks of SGEMM_MC × column blocks of SGEMM_NC per problem
+    long long items = 0;
+    for (int q = 0; q < count; q++) {
+        if (probs[q].M <= 0 || probs[q].N <= 0) continue;
+        items += (long long)((probs[q].M + SGEMM_MC - 1) / SGEMM_MC) * ((probs[q].N + SGEMM_NC - 1) / SGEMM_NC);
+    }
+    if (items == 0) return;
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    sgemm_reserve(nthreads);
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+#endif
+    for (long long it = 0; it < items; it++) {
+        // find item it: problem q, row block rb, column block cb
+        long long left = it;
+        int q = 0, rb = 0, cb = 0;
+        for (; q < count; q++) {
+            if (probs[q].M <= 0 || probs[q].N <= 0) continue;
+            long long rows = (probs[q].M + SGEMM_MC - 1) / SGEMM_MC, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
+            if (left < rows * cols) { rb = (int)(left / cols); cb = (int)(left % cols); break; }
+            left -= rows * cols;
+        }
+        const SgemmProblem* p = &probs[q];
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float* apack = sgemm_apack[tid];
+        float* bpack = sgemm_bpack[tid];
+        int ic = rb * SGEMM_MC, mc = p->M - ic < SGEMM_MC ? p->M - ic : SGEMM_MC;
+        int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
+        if (p->K <= 0) {
+            if (!accumulate) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
+            continue;
+        }
+        for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
+            int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+            sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
+            sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
+            sgemm_macro_kernel(mc, nc, kc, apack, bpack, p->C + (size_t)ic * ldc + jc, ldc, accumulate || pc > 0);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // The entry point. Small problems take the plain loops (no packing, one thread); the choice
 // depends only on the shape, so results still do not depend on the thread count.
 

@@ -668,7 +668,6 @@ typedef struct {
     float* dln;         // (N, C) gradient into a LayerNorm's output
     float* dbig;        // (N, max(3C, Vp-free)) dqkv (N,3C) and datty (N,C)
     float* dexpert_out; // (N*K, C)
-    float* dexpert_h;   // (N*K, H)
     float* dexpert_in;  // (N*K, C)
     float* drouter;     // (N, E) gradient into the raw router logits
     float* dgate;       // (N, K)
@@ -799,15 +798,15 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     int* q = m->idx_memory;
     for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) { *iptrs[i] = q; q += isizes[i]; }
 
-    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * H, NK * C, N * E, N * K};
-    float** sptrs[8] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
-                        &m->scratch.dexpert_h, &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate};
+    size_t ssizes[7] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K};
+    float** sptrs[7] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
+                        &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate};
     total = 0;
-    for (int i = 0; i < 8; i++) total += ssizes[i];
+    for (int i = 0; i < 7; i++) total += ssizes[i];
     free(m->scratch_memory);
     m->scratch_memory = (float*)callocCheck(total, sizeof(float));
     p = m->scratch_memory;
-    for (int i = 0; i < 8; i++) { *sptrs[i] = p; p += ssizes[i]; }
+    for (int i = 0; i < 7; i++) { *sptrs[i] = p; p += ssizes[i]; }
     m->batch_size = B;
     m->seq_len = T;
 }
@@ -900,23 +899,121 @@ static void moe_dispatch(MoEModel* m, int l, int N) {
     for (int s = 0; s < N * K; s++) memcpy(xin + (size_t)s * C, x + (size_t)expert_token_index[s] * C, C * sizeof(float));
 }
 
-// Each expert on its own block of tokens: out = W2 gelu(W1 x + b1) + b2. Only selected experts run.
-static void experts_forward(MoEModel* m, int l, int N) {
+// One expert's share of an MoE layer: a contiguous block of `rows` token rows, its input x
+// (rows, C) and activations fch = W1 x + b1, gelu (rows, H) and out (rows, C); for backward, the
+// gradient of out, dout (rows, C), and where the gradient of x goes, din (rows, C) or NULL.
+typedef struct {
+    int rows;
+    const float* x;
+    float *fch, *gelu, *out;
+    const float* dout;
+    float* din;
+} ExpertBlock;
+
+// Column sums of each block's rows of a (rows, width) matrix into dbias + e*width. One expert per
+// iteration, rows summed in order: deterministic.
+static void experts_bias_backward(float* dbias, const float* const* d, const int* rows, int E, int width) {
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int e = 0; e < E; e++) {
+        if (rows[e] > 0) {
+            for (int j0 = 0; j0 < width; j0 += 64) {
+                int j1 = j0 + 64 < width ? j0 + 64 : width;
+                float acc[64] = {0};
+                for (int r = 0; r < rows[e]; r++)
+                    for (int j = j0; j < j1; j++) acc[j - j0] += d[e][(size_t)r * width + j];
+                for (int j = j0; j < j1; j++) dbias[(size_t)e * width + j] += acc[j - j0];
+            }
+        }
+    }
+}
+
+// out = W2 gelu(W1 x + b1) + b2 for every expert of layer l on its own block: each of the two
+// matmuls is one batched call over all experts (sgemm_batch), not E calls.
+static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
+    SgemmProblem p[256];
+    for (int e = 0; e < E; e++)
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch};
+    sgemm_batch(0, 1, p, E, C, C, H, 0);
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int e = 0; e < E; e++) {
+        const float* b1 = m->params.fcb + ((size_t)l * E + e) * H;
+        for (int r = 0; r < blk[e].rows; r++) {
+            float* h = blk[e].fch + (size_t)r * H;
+            float* g = blk[e].gelu + (size_t)r * H;
+            #pragma omp simd
+            for (int j = 0; j < H; j++) { h[j] += b1[j]; g[j] = gelu_value(h[j]); }
+        }
+    }
+    for (int e = 0; e < E; e++)
+        p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out};
+    sgemm_batch(0, 1, p, E, H, H, C, 0);
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int e = 0; e < E; e++) {
+        const float* b2 = m->params.fcprojb + ((size_t)l * E + e) * C;
+        for (int r = 0; r < blk[e].rows; r++) {
+            float* o = blk[e].out + (size_t)r * C;
+            for (int j = 0; j < C; j++) o[j] += b2[j];
+        }
+    }
+}
+
+// Backward of experts_ffn_forward, given each block's dout. Accumulates the experts' parameter
+// gradients and writes din (when not NULL). Overwrites each block's gelu with the gradient of the
+// hidden layer (gelu is last needed for dW2, computed first), so no scratch is needed:
+//   dW2 += dout^T gelu,  db2 += sum dout,  dh = (dout W2) * gelu'(fch),  dW1 += dh^T x,  db1 += sum dh,  din = dh W1
+static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
+    SgemmProblem p[256];
+    const float* rows_d[256];
+    int rows[256];
+    size_t le0 = (size_t)l * E;
+    for (int e = 0; e < E; e++) {
+        rows[e] = blk[e].rows;
+        rows_d[e] = blk[e].dout;
+        p[e] = (SgemmProblem){C, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H};
+    }
+    sgemm_batch(1, 0, p, E, C, H, H, 1);
+    experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
+    for (int e = 0; e < E; e++)
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu};
+    sgemm_batch(0, 0, p, E, C, H, H, 0);
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int e = 0; e < E; e++) {
+        size_t n = (size_t)blk[e].rows * H;
+        float* dh = blk[e].gelu;
+        const float* fch = blk[e].fch;
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) dh[i] *= gelu_grad(fch[i]);
+    }
+    for (int e = 0; e < E; e++) {
+        rows_d[e] = blk[e].gelu;
+        p[e] = (SgemmProblem){H, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C};
+    }
+    sgemm_batch(1, 0, p, E, H, C, C, 1);
+    experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H);
+    int any_din = 0;
+    for (int e = 0; e < E; e++) {
+        any_din |= blk[e].din != NULL;
+        p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din};
+    }
+    if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
+}
+
+// The blocks of the dispatched (token, k) pairs: expert e owns slots [offsets[e], offsets[e+1]).
+static void dispatch_blocks(MoEModel* m, int l, int N, ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
     const int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
     size_t NK = (size_t)N * K;
     for (int e = 0; e < E; e++) {
-        int n_e = offsets[e + 1] - offsets[e];
-        if (n_e == 0) continue;
-        size_t s0 = (size_t)offsets[e], le = (size_t)l * E + e;
-        const float* xin = m->acts.expert_input + (size_t)l * NK * C + s0 * C;
-        float* fch = m->acts.expert_fch + (size_t)l * NK * H + s0 * H;
-        float* gel = m->acts.expert_gelu + (size_t)l * NK * H + s0 * H;
-        float* out = m->acts.expert_out + (size_t)l * NK * C + s0 * C;
-        matmul_forward(fch, xin, m->params.fcw + le * H * C, m->params.fcb + le * H, n_e, C, H);
-        gelu_forward(gel, fch, (size_t)n_e * H);
-        matmul_forward(out, gel, m->params.fcprojw + le * C * H, m->params.fcprojb + le * C, n_e, H, C);
+        size_t s0 = (size_t)offsets[e];
+        blk[e] = (ExpertBlock){offsets[e + 1] - offsets[e], m->acts.expert_input + (size_t)l * NK * C + s0 * C,
+                               m->acts.expert_fch + (size_t)l * NK * H + s0 * H, m->acts.expert_gelu + (size_t)l * NK * H + s0 * H,
+                               m->acts.expert_out + (size_t)l * NK * C + s0 * C, m->scratch.dexpert_out + s0 * C,
+                               m->scratch.dexpert_in + s0 * C};
     }
 }
 
@@ -942,7 +1039,9 @@ static void moe_combine(MoEModel* m, int l, int N, float* y) {
 static void moe_layer_forward(MoEModel* m, int l, int N, float* y) {
     moe_route(m, l, N);
     moe_dispatch(m, l, N);
-    experts_forward(m, l, N);
+    ExpertBlock blk[256];
+    dispatch_blocks(m, l, N, blk);
+    experts_ffn_forward(m, l, blk);
     moe_combine(m, l, N, y);
 }
 
@@ -954,12 +1053,11 @@ static void moe_layer_forward(MoEModel* m, int l, int N, float* y) {
 //   z-loss: d/dl_t [z mean (lse_t)^2] = (2 z lse_t / N) p_t
 static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float* dx, float loss_scale) {
     const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
     size_t NK = (size_t)N * K;
     BackwardScratch* s = &m->scratch;
     const float* gate = m->acts.gate + (size_t)l * N * K;
     const int* token_slot = m->idx.token_slot + (size_t)l * NK;
-    const int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
     const float* out = m->acts.expert_out + (size_t)l * NK * C;
 
     // combine backward
@@ -976,29 +1074,10 @@ static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float
             s->dgate[n * K + k] = dot;
         }
     }
-    // experts backward, each on its block
-    for (int e = 0; e < E; e++) {
-        int n_e = offsets[e + 1] - offsets[e];
-        if (n_e == 0) continue;
-        size_t s0 = (size_t)offsets[e], le = (size_t)l * E + e;
-        const float* xin = m->acts.expert_input + (size_t)l * NK * C + s0 * C;
-        const float* fch = m->acts.expert_fch + (size_t)l * NK * H + s0 * H;
-        const float* gel = m->acts.expert_gelu + (size_t)l * NK * H + s0 * H;
-        const float* dout = s->dexpert_out + s0 * C;
-        float* dh = s->dexpert_h + s0 * H;
-        float* din = s->dexpert_in + s0 * C;
-        // dh (n_e,H) = dout . W2, first as the gradient of gelu's output; dW2 += dout^T . gelu; db2 += sum dout
-        sgemm(0, 0, n_e, H, C, dout, C, m->params.fcprojw + le * C * H, H, dh, H, 0);
-        sgemm(1, 0, C, H, n_e, dout, C, gel, H, m->grads.fcprojw + le * C * H, H, 1);
-        bias_backward(m->grads.fcprojb + le * C, dout, n_e, C);
-        // then through gelu, in place
-        #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < (size_t)n_e * H; i++) dh[i] *= gelu_grad(fch[i]);
-        // din (n_e,C) = dh . W1 ; dW1 += dh^T . xin ; db1 += sum dh
-        sgemm(0, 0, n_e, C, H, dh, H, m->params.fcw + le * H * C, C, din, C, 0);
-        sgemm(1, 0, H, C, n_e, dh, H, xin, C, m->grads.fcw + le * H * C, C, 1);
-        bias_backward(m->grads.fcb + le * H, dh, n_e, H);
-    }
+    // experts backward, all blocks in batched matmuls
+    ExpertBlock blk[256];
+    dispatch_blocks(m, l, N, blk);
+    experts_ffn_backward(m, l, blk);
     // scatter back to tokens in ascending expert order
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -1082,6 +1161,18 @@ static void compete_alloc(MoEModel* m, int N) {
     cb->N = N;
 }
 
+// The blocks of a competing layer: every expert on all N tokens, input x = the layer's ln2.
+static void compete_blocks(MoEModel* m, int l, int slot, int N, ExpertBlock* blk) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
+    CompeteBuffers* cb = &m->compete;
+    size_t EN = (size_t)E * N;
+    for (int e = 0; e < E; e++)
+        blk[e] = (ExpertBlock){N, m->acts.ln2 + (size_t)l * N * C, cb->fch + (size_t)slot * EN * H + (size_t)e * N * H,
+                               cb->gelu + (size_t)slot * EN * H + (size_t)e * N * H,
+                               cb->out + (size_t)slot * EN * C + (size_t)e * N * C, cb->dout + (size_t)e * N * C, NULL};
+}
+
 // Forward of a competing layer l over N tokens; y (N,C) is its output. Also fills the layer's
 // expert_index and gate with I_C and w, so the MoE metrics see the winners.
 static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y) {
@@ -1097,23 +1188,16 @@ static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y)
     int* expert_index = m->idx.expert_index + (size_t)l * N * K;
     float* gate = a->gate + (size_t)l * N * K;
     size_t EN = (size_t)E * N;
-    float* fch = cb->fch + (size_t)slot * EN * H;
-    float* gel = cb->gelu + (size_t)slot * EN * H;
     float* out = cb->out + (size_t)slot * EN * C;
     float* resp = cb->response + (size_t)slot * N * E;
     float* pc = cb->response_p + (size_t)slot * N * E;
     const float* wg = m->params.routerw + (size_t)l * E * C;
     router_similarity(a->router_sim + (size_t)l * E * E, m->idx.router_sibling + (size_t)l * E, wg, E, C);
     matmul_forward(logits, x, wg, NULL, N, C, E);
-    // every expert on every token: one dense pass per expert over the whole block
-    for (int e = 0; e < E; e++) {
-        size_t le = (size_t)l * E + e;
-        float* h = fch + (size_t)e * N * H;
-        matmul_forward(h, x, m->params.fcw + le * H * C, m->params.fcb + le * H, N, C, H);
-        gelu_forward(gel + (size_t)e * N * H, h, (size_t)N * H);
-        matmul_forward(out + (size_t)e * N * C, gel + (size_t)e * N * H, m->params.fcprojw + le * C * H,
-                       m->params.fcprojb + le * C, N, H, C);
-    }
+    // every expert on every token: one dense block per expert, all in batched matmuls
+    ExpertBlock blk[256];
+    compete_blocks(m, l, slot, N, blk);
+    experts_ffn_forward(m, l, blk);
     double ld = 0.0, div = 0.0, agree = 0.0;
     float alpha = rc->compete_alpha;
     int weights_mode = rc->compete_weights;
@@ -1205,8 +1289,6 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
     CompeteBuffers* cb = &m->compete;
     BackwardScratch* sc = &m->scratch;
     size_t EN = (size_t)E * N;
-    const float* fch = cb->fch + (size_t)slot * EN * H;
-    const float* gel = cb->gelu + (size_t)slot * EN * H;
     const float* out = cb->out + (size_t)slot * EN * C;
     const float* resp = cb->response + (size_t)slot * N * E;
     const float* pc = cb->response_p + (size_t)slot * N * E;
@@ -1283,22 +1365,15 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
         float* dl = sc->drouter + (size_t)n * E;
         for (int e = 0; e < E; e++) dl[e] = pr[e] * (dpr[e] - dot);
     }
-    // every expert backward on the whole block; dx accumulates expert by expert (fixed order)
+    // every expert backward on the whole block (batched); all experts' din land on the same dx,
+    // so that product runs expert by expert, accumulating in a fixed order
     const float* x = m->acts.ln2 + (size_t)l * N * C;
-    float* dh = sc->dexpert_h;  // (N, H) fits: the scratch holds N*K*H
-    for (int e = 0; e < E; e++) {
-        size_t le = (size_t)l * E + e;
-        const float* doe = dout + (size_t)e * N * C;
-        sgemm(0, 0, N, H, C, doe, C, m->params.fcprojw + le * C * H, H, dh, H, 0);
-        sgemm(1, 0, C, H, N, doe, C, gel + (size_t)e * N * H, H, m->grads.fcprojw + le * C * H, H, 1);
-        bias_backward(m->grads.fcprojb + le * C, doe, N, C);
-        const float* h = fch + (size_t)e * N * H;
-        #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < (size_t)N * H; i++) dh[i] *= gelu_grad(h[i]);
-        sgemm(0, 0, N, C, H, dh, H, m->params.fcw + le * H * C, C, dx, C, 1);
-        sgemm(1, 0, H, C, N, dh, H, x, C, m->grads.fcw + le * H * C, C, 1);
-        bias_backward(m->grads.fcb + le * H, dh, N, H);
-    }
+    ExpertBlock blk[256];
+    compete_blocks(m, l, slot, N, blk);
+    for (int e = 0; e < E; e++) blk[e].din = NULL;
+    experts_ffn_backward(m, l, blk);
+    for (int e = 0; e < E; e++)  // blk[e].gelu now holds the gradient of the hidden layer
+        sgemm(0, 0, N, C, H, blk[e].gelu, H, m->params.fcw + ((size_t)l * E + e) * H * C, C, dx, C, 1);
     matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, sc->drouter, x,
                     m->params.routerw + (size_t)l * E * C, N, C, E);
 }

@@ -9,6 +9,7 @@
 //        VM sometimes made a 2-thread median 10× slower. Results are only meaningful on an
 //        otherwise idle machine: check `top` first.)
 //        OMP_PROC_BIND=true ./dev/bench_sgemm M N K      (one shape, its three uses)
+//        ./dev/bench_sgemm --peak T | --shape T M N K    (machine-readable, for dev/bench)
 #include <stdint.h>
 #include <time.h>
 #include "../matmul.h"
@@ -120,6 +121,30 @@ static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, dou
 }
 
 int main(int argc, char** argv) {
+    // machine-readable modes for dev/bench (one "key value" per line):
+    //   ./bench_sgemm --peak T            fp32 FMA peak at T threads ("peak_gflops X")
+    //   ./bench_sgemm --shape T M N K     sgemm median/best GFLOP/s of the shape's three uses at T
+    //                                     threads ("sgemm tA tB M N K median best")
+    if (argc == 3 && strcmp(argv[1], "--peak") == 0) {
+        int nt = atoi(argv[2]);
+        if (nt < 1) { fprintf(stderr, "bench_sgemm: --peak needs a thread count >= 1\n"); return 1; }
+        printf("peak_gflops %.2f\n", fma_peak_gflops(nt));
+        return 0;
+    }
+    if (argc == 6 && strcmp(argv[1], "--shape") == 0) {
+        int nt = atoi(argv[2]), M = atoi(argv[3]), N = atoi(argv[4]), K = atoi(argv[5]);
+        if (nt < 1 || M < 1 || N < 1 || K < 1) {
+            fprintf(stderr, "bench_sgemm: --shape T M N K needs positive integers\n");
+            return 1;
+        }
+        const int u[3][2] = {{0, 1}, {0, 0}, {1, 0}};
+        for (int i = 0; i < 3; i++) {
+            double best;
+            double g = bench_shape(u[i][0], u[i][1], M, N, K, nt, &best);
+            printf("sgemm %d %d %d %d %d %.2f %.2f\n", u[i][0], u[i][1], M, N, K, g, best);
+        }
+        return 0;
+    }
     if (argc == 4) {   // one shape only: ./bench_sgemm M N K (all three uses, 1 and 2 threads)
         int M = atoi(argv[1]), N = atoi(argv[2]), K = atoi(argv[3]);
         const int u[3][2] = {{0, 1}, {0, 0}, {1, 0}};

@@ -801,36 +801,74 @@ fail:
 }
 
 // ----------------------------------------------------------------------------
-// EXPERT ANALYSIS (SPEC §6) -- hook for the per-layer MoE metrics report.
-//
-// TODO(lead): fill these three in with the same metrics code train_moe logs. They are already
-// called at the right places:
-//   expert_analysis_begin   once, before the loss pass (allocate per-layer counters)
-//   expert_analysis_batch   after every forward of the loss pass: m->acts / m->idx hold that
-//                           batch's routing (expert_index (L,N,K), router_logits, router_sim, ...);
-//                           domains is the (B*T) domain of each input token on the synthetic
-//                           corpus, else NULL
-//   expert_analysis_report  prints one row per layer on the terminal and writes the value of the
-//                           "experts" field of the JSON file (now: null)
-// Only the loss pass feeds it, so the probe set is the validation data (-j / the synthetic val
-// split, -m batches). The multiple-choice pass has padding tokens and is deliberately not fed.
+// EXPERT ANALYSIS (SPEC §6): the per-layer MoE metrics, by the same moe.h code train_moe logs, over
+// the loss pass's tokens (the probe set: -j, or the synthetic val split; -m batches). The
+// expert-output similarity runs every expert on the first batch's tokens. The multiple-choice
+// pass has padding tokens and is deliberately not fed.
 
 typedef struct {
-    int enabled;  // 0 until the lead's metrics are in
-    long tokens;  // tokens seen
+    int enabled;         // a loss pass ran on an MoE model (E > 1)
+    const MoEModel* m;
+    MoEMetrics metrics;
+    float* probe_sim;    // (L) expert-output similarity on the first batch
+    int batches;
 } ExpertAnalysis;
 
 static void expert_analysis_begin(ExpertAnalysis* xa, const MoEModel* m) {
-    (void)m;
     memset(xa, 0, sizeof(*xa));
+    xa->m = m;
+    metrics_init(&xa->metrics, m->config.num_layers, m->config.n_expert, m->config.top_k,
+                 m->config.vocab_size == SYNTH_VOCAB ? SYNTH_DOMAINS : 0);
+    xa->probe_sim = (float*)callocCheck((size_t)m->config.num_layers, sizeof(float));
 }
 static void expert_analysis_batch(ExpertAnalysis* xa, const MoEModel* m, const uint8_t* domains) {
-    (void)domains;
-    xa->tokens += (long)m->batch_size * m->seq_len;
+    if (m->config.n_expert < 2) return;
+    metrics_accumulate(&xa->metrics, m, domains);
+    if (xa->batches++ == 0)
+        for (int l = 0; l < m->config.num_layers; l++) xa->probe_sim[l] = expert_output_similarity(m, l);
+    xa->enabled = 1;
 }
+// One row per layer on the terminal; the JSON value of "experts": an array of per-layer objects.
 static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FILE* json) {
-    if (terminal != NULL && xa->enabled) fprintf(terminal, "expert analysis: (not implemented yet)\n");
-    if (json != NULL) fputs("null", json);
+    const MoEMetrics* mm = &xa->metrics;
+    if (!xa->enabled) {
+        if (terminal != NULL) fprintf(terminal, "experts        - (no loss pass, or E = 1)\n");
+        if (json != NULL) fputs("null", json);
+        return;
+    }
+    if (terminal != NULL) {
+        fprintf(terminal, "experts        per layer over %.0f tokens (router %s)\n", mm->tokens, ROUTER_NAMES[xa->m->router.router]);
+        fprintf(terminal, "  layer  zero  load_cv  max/mean  load_ent  |S|    angle  spec_ent  sib_coact (random)  out_cos  MI/H(d)\n");
+    }
+    if (json != NULL) fputs("[", json);
+    for (int l = 0; l < mm->L; l++) {
+        LayerMetrics lm;
+        moe_metrics_layer(mm, xa->m, l, &lm);
+        if (terminal != NULL) {
+            fprintf(terminal, "  %5d  %4d  %7.4f  %8.3f  %8.4f  %5.3f  %5.3f  %8.4f  %9.4f (%.4f)  %7.4f  ", l, lm.zero_experts,
+                    lm.load_cv, lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
+                    lm.sibling_coact, lm.sibling_coact_random, xa->probe_sim[l]);
+            if (lm.domain_mi >= 0) fprintf(terminal, "%7.4f\n", lm.domain_mi); else fprintf(terminal, "      -\n");
+        }
+        if (json != NULL) {
+            fprintf(json, "%s{\"layer\": %d, \"tokens\": %.0f, \"zero_experts\": %d, \"load_cv\": %.6f, \"load_max_mean\": %.6f, "
+                    "\"load_entropy\": %.6f, \"router_sim_abs\": %.6f, \"router_sim_angle\": %.6f, "
+                    "\"router_spectral_entropy\": %.6f, \"sibling_coact\": %.6f, \"sibling_coact_random\": %.6f, "
+                    "\"expert_out_sim\": %.6f, \"domain_mi\": ", l ? ", " : "", l, mm->tokens, lm.zero_experts, lm.load_cv,
+                    lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
+                    lm.sibling_coact, lm.sibling_coact_random, xa->probe_sim[l]);
+            if (lm.domain_mi >= 0) fprintf(json, "%.6f", lm.domain_mi); else fputs("null", json);
+            fputs(", \"expert_counts\": [", json);
+            for (int e = 0; e < mm->E; e++) fprintf(json, "%s%.0f", e ? ", " : "", mm->counts[(size_t)l * mm->E + e]);
+            fputs("]}", json);
+        }
+    }
+    if (json != NULL) fputs("]", json);
+}
+
+static void expert_analysis_free(ExpertAnalysis* xa) {
+    metrics_free(&xa->metrics);
+    free(xa->probe_sim);
 }
 
 // ----------------------------------------------------------------------------
@@ -1338,6 +1376,7 @@ int eval_main(int argc, char** argv) {
     free(prompt); free(gen); free(gen_text);
     mc_free(&set);
     if (have_tok) tokenizer_free(&tokenizer);
+    expert_analysis_free(&xa);
     moe_free(&model);
     return 0;
 }

@@ -173,7 +173,7 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
 // relative), 2^n built in the exponent bits. Inputs are clamped to [-87, 88]: exp(-87) ~ 1.6e-38
 // stands in for 0, which no softmax here can tell apart.
 static inline float exp_approx(float x) {
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;  // (not fminf/fmaxf: those stay calls in scalar code)
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187e-06f;

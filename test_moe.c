@@ -366,6 +366,85 @@ static void test_compete_schedule(void) {
 }
 
 // ----------------------------------------------------------------------------
+// MoE metrics (SPEC §6) on constructed inputs with hand-computed answers
+
+static void test_metrics(void) {
+    enum { E = 4, K = 2 };
+    LayerMetrics lm;
+    double uniform[E] = {50, 50, 50, 50};
+    load_stats(uniform, E, K, 100, &lm);
+    CHECK(lm.zero_experts == 0 && fabsf(lm.load_cv) < 1e-6f && fabsf(lm.load_entropy - 1.0f) < 1e-6f &&
+          fabsf(lm.load_max_mean - 1.0f) < 1e-6f, "uniform load: cv %g entropy %g max/mean %g", lm.load_cv, lm.load_entropy, lm.load_max_mean);
+    double one[E] = {200, 0, 0, 0};
+    load_stats(one, E, K, 100, &lm);
+    CHECK(lm.zero_experts == E - 1 && fabsf(lm.load_entropy) < 1e-6f && fabsf(lm.load_max_mean - E) < 1e-5f &&
+          fabsf(lm.load_cv - sqrtf(E - 1)) < 1e-5f, "all tokens on one expert: zero %d cv %g (expect sqrt(3)) entropy %g",
+          lm.zero_experts, lm.load_cv, lm.load_entropy);
+    // orthogonal router rows: S = I
+    float S[E * E] = {0}, abs_mean, angle, spec;
+    for (int i = 0; i < E; i++) S[i * E + i] = 1.0f;
+    router_diversity(S, E, &abs_mean, &angle, &spec);
+    CHECK(fabsf(abs_mean) < 1e-7f && fabsf(angle - (float)M_PI / 2) < 1e-6f && fabsf(spec - logf(E)) < 1e-5f,
+          "orthogonal rows: |S| %g angle %g spectral entropy %g (expect 0, pi/2, ln 4)", abs_mean, angle, spec);
+    // a known spectrum: [[1, .5], [.5, 1]] has eigenvalues 1.5 and 0.5 -> weights 3/4, 1/4
+    float S2[4] = {1.0f, 0.5f, 0.5f, 1.0f};
+    router_diversity(S2, 2, &abs_mean, &angle, &spec);
+    double h = -0.75 * log(0.75) - 0.25 * log(0.25);
+    CHECK(fabs(spec - h) < 1e-5 && fabsf(abs_mean - 0.5f) < 1e-7f && fabsf(angle - acosf(0.5f)) < 1e-6f,
+          "spectrum (1.5, 0.5): entropy %g, expected %g", spec, h);
+    // Jacobi on Q diag(3, -2, 0.5, 1) Q^T with Q a Householder reflection: the same eigenvalues back
+    double v[4] = {1, 2, -1, 0.5}, vv = 0, d[4] = {3, -2, 0.5, 1}, A[16], eig[4];
+    for (int i = 0; i < 4; i++) vv += v[i] * v[i];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            double s = 0;
+            for (int k = 0; k < 4; k++) {
+                double qik = (i == k) - 2 * v[i] * v[k] / vv, qjk = (j == k) - 2 * v[j] * v[k] / vv;
+                s += qik * d[k] * qjk;
+            }
+            A[i * 4 + j] = s;
+        }
+    symmetric_eigenvalues(A, 4, eig);
+    int found = 0;
+    for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++) found += fabs(eig[i] - d[j]) < 1e-9;
+    CHECK(found == 4, "symmetric_eigenvalues: got %g %g %g %g, expected 3 -2 0.5 1", eig[0], eig[1], eig[2], eig[3]);
+    // expert x domain: perfect routing -> MI/H = 1; independent -> 0
+    double perfect[E * E] = {0}, indep[E * E];
+    for (int e = 0; e < E; e++) perfect[e * E + e] = 10;
+    for (int i = 0; i < E * E; i++) indep[i] = 5;
+    CHECK(fabsf(domain_mutual_information(perfect, E, E) - 1.0f) < 1e-6f, "perfect expert=domain routing: MI/H should be 1");
+    CHECK(fabsf(domain_mutual_information(indep, E, E)) < 1e-6f, "independent routing: MI/H should be 0");
+    // sibling co-activation on a hand-built routing: siblings 0<->1, 2<->3; token 0 takes {0,1}
+    // (2 sibling hits), token 1 takes {0,2} (none): rate 2 / (N K) = 0.5
+    MoEModel m;
+    memset(&m, 0, sizeof(m));
+    int sel[4] = {0, 1, 0, 2}, sib[4] = {1, 0, 3, 2};
+    float sim[16] = {0};
+    m.idx.expert_index = sel; m.idx.router_sibling = sib; m.acts.router_sim = sim;
+    m.batch_size = 1; m.seq_len = 2;
+    MoEMetrics mm;
+    metrics_init(&mm, 1, E, K, 2);
+    uint8_t dom[2] = {0, 1};
+    metrics_accumulate(&mm, &m, dom);
+    moe_metrics_layer(&mm, &m, 0, &lm);
+    CHECK(fabsf(lm.sibling_coact - 0.5f) < 1e-6f && fabsf(lm.sibling_coact_random - 1.0f / 3) < 1e-6f && lm.zero_experts == 1,
+          "sibling co-activation: got %g (expect 0.5), random %g (expect 1/3), zero %d", lm.sibling_coact, lm.sibling_coact_random, lm.zero_experts);
+    metrics_free(&mm);
+    // expert-output similarity: experts with constant outputs b2 = (1,0), (0,1), (-1,0) -> pair
+    // cosines 0, -1, 0 -> mean -1/3
+    MoEConfig cfg = {.max_seq_len = 2, .vocab_size = 4, .padded_vocab_size = 128, .num_layers = 1, .num_heads = 1,
+                     .channels = 2, .n_expert = 3, .top_k = 1, .expert_hidden = 3};
+    MoEModel mo;
+    moe_build(&mo, &cfg);
+    float b2[6] = {1, 0, 0, 1, -1, 0};
+    memcpy(mo.params.fcprojb, b2, sizeof(b2));
+    moe_alloc_activations(&mo, 1, 2);
+    float sim_out = expert_output_similarity(&mo, 0);
+    CHECK(fabsf(sim_out + 1.0f / 3) < 1e-6f, "expert-output similarity: got %g, expected -1/3", sim_out);
+    moe_free(&mo);
+}
+
+// ----------------------------------------------------------------------------
 // whole-model finite differences, E > 1, through routers, dispatch and the aux losses
 
 static MoEConfig tiny_config(int E, int K) {
@@ -751,6 +830,20 @@ static void test_trainer_resume(const char* name, const char* extra) {
     snprintf(p2, sizeof(p2), "%s/%s_resumed/model_00000008.bin", test_dir, name);
     snprintf(cmd, sizeof(cmd), "cmp -s %s %s", p1, p2);
     CHECK(system(cmd) == 0, "%s: final checkpoints of the full and resumed runs differ", name);
+    // metrics.tsv: a header and one row per (step, layer) of the 8 steps and 2 layers
+    char tsv[512];
+    snprintf(tsv, sizeof(tsv), "%s/%s_full/metrics.tsv", test_dir, name);
+    FILE* f = fopen(tsv, "r");
+    int rows = 0, header_ok = 0, fields_ok = 1;
+    char line[4096];
+    while (f != NULL && fgets(line, sizeof(line), f)) {
+        int tabs = 0;
+        for (char* p = line; *p; p++) tabs += *p == '\t';
+        if (rows++ == 0) header_ok = strncmp(line, "step\tlayer\ttokens\tzero_experts", 31) == 0;
+        fields_ok &= tabs == 20;
+    }
+    if (f != NULL) fclose(f);
+    CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 21 fields (%d lines)", name, rows);
 }
 
 static void test_trainer_signal(void) {
@@ -877,6 +970,8 @@ int main(void) {
     test_gatepro();
     test_compete_hand();
     test_compete_schedule();
+    printf("[MoE metrics]\n");
+    test_metrics();
     printf("[whole model vs finite differences]\n");
     test_model_fd(ROUTER_TOPK, GATE_TOPK_SOFTMAX);
     test_model_fd(ROUTER_TOPK, GATE_SOFTMAX_TOPK);

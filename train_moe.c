@@ -428,6 +428,8 @@ int main(int argc, char** argv) {
     const MoEConfig* cfg = &model.config;
     if (T > cfg->max_seq_len) die("-t %d exceeds the model's maxT = %d", T, cfg->max_seq_len);
     if (model.router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("--router gatepro needs E >= 2");
+    if (cfg->top_k == 1 && model.router.router == ROUTER_GATEPRO)
+        fprintf(stderr, "warning: GatePro with K=1 changes nothing: the top-1 expert never loses to its sibling\n");
     if (cfg->top_k == 1 && cfg->n_expert > 1 && model.router.gate_norm == GATE_TOPK_SOFTMAX)
         fprintf(stderr, "warning: K=1 with --gate-norm topk_softmax gives every token weight 1, so the router "
                         "gets no gradient from the LM loss; consider --gate-norm softmax_topk\n");

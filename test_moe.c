@@ -839,11 +839,11 @@ static void test_trainer_resume(const char* name, const char* extra) {
     while (f != NULL && fgets(line, sizeof(line), f)) {
         int tabs = 0;
         for (char* p = line; *p; p++) tabs += *p == '\t';
-        if (rows++ == 0) header_ok = strncmp(line, "step\tlayer\ttokens\tzero_experts", 31) == 0;
+        if (rows++ == 0) header_ok = strncmp(line, "step\tlayer\ttokens\tzero_experts\t", 31) == 0;
         fields_ok &= tabs == 20;
     }
     if (f != NULL) fclose(f);
-    CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 21 fields (%d lines)", name, rows);
+    CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 21 fields (%d lines, header %d, fields %d)", name, rows, header_ok, fields_ok);
 }
 
 static void test_trainer_signal(void) {

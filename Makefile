@@ -14,7 +14,7 @@ else
   $(warning OpenMP not found: building single-threaded)
 endif
 
-HEADERS = moe.h matmul.h dataloader.h tokenizer.h data/unicode_tables.h
+HEADERS = moe.h matmul.h dataloader.h tokenizer.h flags.h data/unicode_tables.h
 
 all: train_moe eval_moe test_moe data/prepare_text data/make_cloze
 

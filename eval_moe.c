@@ -33,12 +33,12 @@ lowest ending. Choices this file makes where the spec is silent:
 #ifndef EVAL_MOE_C
 #define EVAL_MOE_C
 
-#include <getopt.h>
 #include <time.h>
 #include <sys/stat.h>
 #include "moe.h"
 #include "dataloader.h"
 #include "tokenizer.h"
+#include "flags.h"
 
 // ----------------------------------------------------------------------------
 // the flags: one table, with defaults and help
@@ -49,15 +49,7 @@ typedef enum {
     EF_ROUTER, EF_GATE_NORM, EF_GATEPRO_LAMBDA, EF_JSON, EF_HELP, EVAL_NUM_FLAGS
 } EvalFlagId;
 
-typedef struct {
-    const char* name;   // long name
-    int short_name;     // llm.c's short flag where one exists, else 0
-    int takes_value;
-    const char* def;    // default, as text
-    const char* help;
-} EvalFlagSpec;
-
-static const EvalFlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
+static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_CHECKPOINT]     = {"checkpoint", 'e', 1, "", "checkpoint to evaluate (required)"},
     [EF_VAL]            = {"val-data", 'j', 1, "", "validation shards (glob); empty = the synthetic corpus's val split if V=512, else no loss"},
     [EF_BATCH]          = {"batch", 'b', 1, "16", "batch size B (loss: rows per batch; multiple choice: endings per forward)"},
@@ -78,79 +70,6 @@ static const EvalFlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_JSON]           = {"json", 0, 1, "", "machine-readable results (default: <checkpoint>.eval.json)"},
     [EF_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
-
-typedef struct {
-    const char* value[EVAL_NUM_FLAGS];
-    int given[EVAL_NUM_FLAGS];
-} EvalFlags;
-
-static void eval_print_help(void) {
-    printf("usage: eval_moe -e CHECKPOINT [flags]\n\n");
-    for (int i = 0; i < EVAL_NUM_FLAGS; i++) {
-        char names[64];
-        if (EVAL_FLAGS[i].short_name) snprintf(names, sizeof(names), "-%c, --%s", EVAL_FLAGS[i].short_name, EVAL_FLAGS[i].name);
-        else snprintf(names, sizeof(names), "    --%s", EVAL_FLAGS[i].name);
-        printf("  %-26s %s", names, EVAL_FLAGS[i].help);
-        if (EVAL_FLAGS[i].takes_value && EVAL_FLAGS[i].def[0]) printf(" [%s]", EVAL_FLAGS[i].def);
-        printf("\n");
-    }
-}
-
-static void eval_parse_flags(EvalFlags* f, int argc, char** argv) {
-    struct option longopts[EVAL_NUM_FLAGS + 1];
-    char shortopts[3 * EVAL_NUM_FLAGS + 2] = ":";
-    for (int i = 0; i < EVAL_NUM_FLAGS; i++) {
-        f->value[i] = EVAL_FLAGS[i].def;
-        f->given[i] = 0;
-        longopts[i] = (struct option){EVAL_FLAGS[i].name, EVAL_FLAGS[i].takes_value ? required_argument : no_argument,
-                                      NULL, 1000 + i};
-        if (EVAL_FLAGS[i].short_name) {
-            size_t len = strlen(shortopts);
-            shortopts[len] = (char)EVAL_FLAGS[i].short_name;
-            shortopts[len + 1] = EVAL_FLAGS[i].takes_value ? ':' : '\0';
-            shortopts[len + 2] = '\0';
-        }
-    }
-    longopts[EVAL_NUM_FLAGS] = (struct option){0, 0, 0, 0};
-    optind = 0;  // a full re-initialisation (glibc), so eval_main can run more than once per process
-    int opt;
-    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
-        int id = -1;
-        if (opt >= 1000) id = opt - 1000;
-        else if (opt == '?') die("unknown flag '%s' (see --help)", argv[optind - 1]);
-        else if (opt == ':') die("flag '%s' needs a value (see --help)", argv[optind - 1]);
-        else for (int i = 0; i < EVAL_NUM_FLAGS; i++) if (EVAL_FLAGS[i].short_name == opt) id = i;
-        if (id < 0) die("unknown flag (see --help)");
-        f->value[id] = EVAL_FLAGS[id].takes_value ? optarg : "1";
-        f->given[id] = 1;
-    }
-    if (optind < argc) die("unexpected argument '%s' (flags only; see --help)", argv[optind]);
-    if (f->given[EF_HELP]) { eval_print_help(); exit(0); }
-}
-
-static long eval_flag_int(const EvalFlags* f, EvalFlagId id, long lo, long hi) {
-    const char* s = f->value[id];
-    char* end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end) die("--%s: '%s' is not an integer", EVAL_FLAGS[id].name, s);
-    if (v < lo || v > hi) die("--%s: %ld is outside [%ld, %ld]", EVAL_FLAGS[id].name, v, lo, hi);
-    return v;
-}
-static float eval_flag_float(const EvalFlags* f, EvalFlagId id, float lo, float hi) {
-    const char* s = f->value[id];
-    char* end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) die("--%s: '%s' is not a finite number", EVAL_FLAGS[id].name, s);
-    if (v < lo || v > hi) die("--%s: %g is outside [%g, %g]", EVAL_FLAGS[id].name, v, lo, hi);
-    return v;
-}
-static int eval_flag_choice(const EvalFlags* f, EvalFlagId id, const char* const* names, int n) {
-    for (int i = 0; i < n; i++) if (strcmp(f->value[id], names[i]) == 0) return i;
-    die("--%s: '%s' is not one of the choices (see --help)", EVAL_FLAGS[id].name, f->value[id]);
-    return -1;
-}
 
 // ----------------------------------------------------------------------------
 // small helpers: time, files
@@ -1091,18 +1010,18 @@ static void generate(MoEModel* m, const int* prompt, int n_prompt, int gen_len, 
 static void print_rule(void) { printf("------------------------------------------------------------------------\n"); }
 
 int eval_main(int argc, char** argv) {
-    EvalFlags flags;
-    eval_parse_flags(&flags, argc, argv);
+    Flags flags;
+    flags_parse(&flags, EVAL_FLAGS, EVAL_NUM_FLAGS, "eval_moe -e CHECKPOINT [flags]", argc, argv);
     const char* ckpt_path = flags.value[EF_CHECKPOINT];
     if (!ckpt_path[0]) die("-e CHECKPOINT is required (see --help)");
-    int B = (int)eval_flag_int(&flags, EF_BATCH, 1, 1 << 20);
-    int T = (int)eval_flag_int(&flags, EF_SEQ_LEN, 0, 1 << 20);
-    int val_batches = (int)eval_flag_int(&flags, EF_VAL_BATCHES, -1, 1L << 30);
-    int mc_limit = (int)eval_flag_int(&flags, EF_MC_LIMIT, -1, 1L << 30);
-    int gen_len = (int)eval_flag_int(&flags, EF_GEN_LEN, 1, 1 << 20);
-    float temperature = eval_flag_float(&flags, EF_TEMPERATURE, 0.0f, 1e6f);
-    int top_k = (int)eval_flag_int(&flags, EF_TOP_K_SAMPLE, 0, 1L << 30);
-    size_t synth_tokens = (size_t)eval_flag_int(&flags, EF_SYNTH_TOKENS, 10000, 1L << 31);
+    int B = (int)flag_int(&flags, EF_BATCH, 1, 1 << 20);
+    int T = (int)flag_int(&flags, EF_SEQ_LEN, 0, 1 << 20);
+    int val_batches = (int)flag_int(&flags, EF_VAL_BATCHES, -1, 1L << 30);
+    int mc_limit = (int)flag_int(&flags, EF_MC_LIMIT, -1, 1L << 30);
+    int gen_len = (int)flag_int(&flags, EF_GEN_LEN, 1, 1 << 20);
+    float temperature = flag_float(&flags, EF_TEMPERATURE, 0.0f, 1e6f);
+    int top_k = (int)flag_int(&flags, EF_TOP_K_SAMPLE, 0, 1L << 30);
+    size_t synth_tokens = (size_t)flag_int(&flags, EF_SYNTH_TOKENS, 10000, 1L << 31);
     int do_generate = flags.given[EF_PROMPT] || flags.given[EF_GEN_LEN];
 
     // --- the checkpoint
@@ -1118,15 +1037,15 @@ int eval_main(int argc, char** argv) {
     int V = cfg->vocab_size;
     if (T == 0) T = cfg->max_seq_len;
     if (T > cfg->max_seq_len) die("-t %d exceeds the checkpoint's maxT = %d", T, cfg->max_seq_len);
-    uint64_t seed = flags.value[EF_SEED][0] ? (uint64_t)eval_flag_int(&flags, EF_SEED, 0, 0xFFFFFFFFL) : info.seed;
+    uint64_t seed = flags.value[EF_SEED][0] ? (uint64_t)flag_int(&flags, EF_SEED, 0, 0xFFFFFFFFL) : info.seed;
 
     // --- router at evaluation: the checkpoint's unless overridden
     int ckpt_router = model.router.router;
-    if (flags.given[EF_ROUTER]) model.router.router = eval_flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, 3);
-    if (flags.given[EF_GATE_NORM]) model.router.gate_norm = eval_flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2);
+    if (flags.given[EF_ROUTER]) model.router.router = flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, 3);
+    if (flags.given[EF_GATE_NORM]) model.router.gate_norm = flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2);
     if (flags.given[EF_GATEPRO_LAMBDA]) {
         if (model.router.router != ROUTER_GATEPRO) die("--gatepro-lambda needs router gatepro (give --router gatepro)");
-        model.router.gatepro_lambda = eval_flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f);
+        model.router.gatepro_lambda = flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f);
     }
     if (model.router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("router gatepro needs E >= 2 (the checkpoint has E=%d)", cfg->n_expert);
     int eval_router = model.router.router;

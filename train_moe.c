@@ -6,13 +6,13 @@ train_moe — train a Mixture-of-Experts GPT on the CPU.
 
 Every flag is declared once, in FLAGS below; --help prints that table and the README copies it.
 */
-#include <getopt.h>
 #include <signal.h>
 #include <time.h>
 #include <sys/stat.h>
 #include "moe.h"
 #include "dataloader.h"
 #include "tokenizer.h"
+#include "flags.h"
 
 // ----------------------------------------------------------------------------
 // the flags: one table, with defaults and help
@@ -25,14 +25,6 @@ typedef enum {
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
     F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_HELP, NUM_FLAGS
 } FlagId;
-
-typedef struct {
-    const char* name;   // long name
-    int short_name;     // llm.c's short flag where one exists, else 0
-    int takes_value;
-    const char* def;    // default, as text
-    const char* help;
-} FlagSpec;
 
 static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_TRAIN]          = {"train-data", 'i', 1, "", "train shards (glob; .bin also matches .bin.gz); empty = built-in synthetic corpus"},
@@ -83,77 +75,6 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "size of the synthetic corpus's train split in tokens"},
     [F_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
-
-typedef struct {
-    const char* value[NUM_FLAGS];
-    int given[NUM_FLAGS];
-} Flags;
-
-static void print_help(void) {
-    printf("usage: train_moe [flags]\n\n");
-    for (int i = 0; i < NUM_FLAGS; i++) {
-        char names[64];
-        if (FLAGS[i].short_name) snprintf(names, sizeof(names), "-%c, --%s", FLAGS[i].short_name, FLAGS[i].name);
-        else snprintf(names, sizeof(names), "    --%s", FLAGS[i].name);
-        printf("  %-26s %s", names, FLAGS[i].help);
-        if (FLAGS[i].takes_value && FLAGS[i].def[0]) printf(" [%s]", FLAGS[i].def);
-        printf("\n");
-    }
-}
-
-static void parse_flags(Flags* f, int argc, char** argv) {
-    struct option longopts[NUM_FLAGS + 1];
-    char shortopts[3 * NUM_FLAGS + 2] = ":";
-    for (int i = 0; i < NUM_FLAGS; i++) {
-        f->value[i] = FLAGS[i].def;
-        f->given[i] = 0;
-        longopts[i] = (struct option){FLAGS[i].name, FLAGS[i].takes_value ? required_argument : no_argument, NULL, 1000 + i};
-        if (FLAGS[i].short_name) {
-            size_t len = strlen(shortopts);
-            shortopts[len] = (char)FLAGS[i].short_name;
-            shortopts[len + 1] = FLAGS[i].takes_value ? ':' : '\0';
-            shortopts[len + 2] = '\0';
-        }
-    }
-    longopts[NUM_FLAGS] = (struct option){0, 0, 0, 0};
-    int opt;
-    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
-        int id = -1;
-        if (opt >= 1000) id = opt - 1000;
-        else if (opt == '?') die("unknown flag '%s' (see --help)", argv[optind - 1]);
-        else if (opt == ':') die("flag '%s' needs a value (see --help)", argv[optind - 1]);
-        else for (int i = 0; i < NUM_FLAGS; i++) if (FLAGS[i].short_name == opt) id = i;
-        if (id < 0) die("unknown flag (see --help)");
-        f->value[id] = FLAGS[id].takes_value ? optarg : "1";
-        f->given[id] = 1;
-    }
-    if (optind < argc) die("unexpected argument '%s' (flags only; see --help)", argv[optind]);
-    if (f->given[F_HELP]) { print_help(); exit(0); }
-}
-
-static long flag_int(const Flags* f, FlagId id, long lo, long hi) {
-    const char* s = f->value[id];
-    char* end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end) die("--%s: '%s' is not an integer", FLAGS[id].name, s);
-    if (v < lo || v > hi) die("--%s: %ld is outside [%ld, %ld]", FLAGS[id].name, v, lo, hi);
-    return v;
-}
-static float flag_float(const Flags* f, FlagId id, float lo, float hi) {
-    const char* s = f->value[id];
-    char* end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) die("--%s: '%s' is not a finite number", FLAGS[id].name, s);
-    if (v < lo || v > hi) die("--%s: %g is outside [%g, %g]", FLAGS[id].name, v, lo, hi);
-    return v;
-}
-static int flag_choice(const Flags* f, FlagId id, const char* const* names, int n) {
-    for (int i = 0; i < n; i++) if (strcmp(f->value[id], names[i]) == 0) return i;
-    die("--%s: '%s' is not one of the choices (see --help)", FLAGS[id].name, f->value[id]);
-    return -1;
-}
 
 // ----------------------------------------------------------------------------
 // small things: time, signals, files
@@ -281,7 +202,7 @@ static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eo
 
 int main(int argc, char** argv) {
     Flags flags;
-    parse_flags(&flags, argc, argv);
+    flags_parse(&flags, FLAGS, NUM_FLAGS, "train_moe [flags]", argc, argv);
     int B = (int)flag_int(&flags, F_BATCH, 1, 1 << 20);
     int T = (int)flag_int(&flags, F_SEQ_LEN, 1, 1 << 20);
     float lr = flag_float(&flags, F_LR, 0.0f, 10.0f);

@@ -41,7 +41,7 @@ typedef enum {
     CF_CONTEXT_TOKENS, CF_ENDING_TOKENS, CF_SYNTH_TOKENS, CF_HELP, CLOZE_NUM_FLAGS
 } ClozeFlagId;
 
-static const EvalFlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
+static const FlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
     [CF_INPUT]          = {"input", 'i', 1, "", "held-out text file"},
     [CF_SHARD]          = {"shard", 's', 1, "", "or: a held-out token shard (e.g. *_val.bin), decoded with --tokenizer"},
     [CF_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer for --shard (default: tokenizer.bin beside the shard)"},
@@ -56,65 +56,6 @@ static const EvalFlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
     [CF_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "synthetic: train_moe's --synthetic-tokens (val split = 1/16)"},
     [CF_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
-
-typedef struct {
-    const char* value[CLOZE_NUM_FLAGS];
-    int given[CLOZE_NUM_FLAGS];
-} ClozeFlags;
-
-static void cloze_print_help(void) {
-    printf("usage: data/make_cloze (-i TEXT | --shard SHARD | --synthetic) -o OUT [flags]\n\n");
-    for (int i = 0; i < CLOZE_NUM_FLAGS; i++) {
-        char names[64];
-        if (CLOZE_FLAGS[i].short_name) snprintf(names, sizeof(names), "-%c, --%s", CLOZE_FLAGS[i].short_name, CLOZE_FLAGS[i].name);
-        else snprintf(names, sizeof(names), "    --%s", CLOZE_FLAGS[i].name);
-        printf("  %-26s %s", names, CLOZE_FLAGS[i].help);
-        if (CLOZE_FLAGS[i].takes_value && CLOZE_FLAGS[i].def[0]) printf(" [%s]", CLOZE_FLAGS[i].def);
-        printf("\n");
-    }
-}
-
-static void cloze_parse_flags(ClozeFlags* f, int argc, char** argv) {
-    struct option longopts[CLOZE_NUM_FLAGS + 1];
-    char shortopts[3 * CLOZE_NUM_FLAGS + 2] = ":";
-    for (int i = 0; i < CLOZE_NUM_FLAGS; i++) {
-        f->value[i] = CLOZE_FLAGS[i].def;
-        f->given[i] = 0;
-        longopts[i] = (struct option){CLOZE_FLAGS[i].name, CLOZE_FLAGS[i].takes_value ? required_argument : no_argument,
-                                      NULL, 1000 + i};
-        if (CLOZE_FLAGS[i].short_name) {
-            size_t len = strlen(shortopts);
-            shortopts[len] = (char)CLOZE_FLAGS[i].short_name;
-            shortopts[len + 1] = CLOZE_FLAGS[i].takes_value ? ':' : '\0';
-            shortopts[len + 2] = '\0';
-        }
-    }
-    longopts[CLOZE_NUM_FLAGS] = (struct option){0, 0, 0, 0};
-    optind = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
-        int id = -1;
-        if (opt >= 1000) id = opt - 1000;
-        else if (opt == '?') die("unknown flag '%s' (see --help)", argv[optind - 1]);
-        else if (opt == ':') die("flag '%s' needs a value (see --help)", argv[optind - 1]);
-        else for (int i = 0; i < CLOZE_NUM_FLAGS; i++) if (CLOZE_FLAGS[i].short_name == opt) id = i;
-        if (id < 0) die("unknown flag (see --help)");
-        f->value[id] = CLOZE_FLAGS[id].takes_value ? optarg : "1";
-        f->given[id] = 1;
-    }
-    if (optind < argc) die("unexpected argument '%s' (flags only; see --help)", argv[optind]);
-    if (f->given[CF_HELP]) { cloze_print_help(); exit(0); }
-}
-
-static long cloze_flag_int(const ClozeFlags* f, ClozeFlagId id, long lo, long hi) {
-    const char* s = f->value[id];
-    char* end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end) die("--%s: '%s' is not an integer", CLOZE_FLAGS[id].name, s);
-    if (v < lo || v > hi) die("--%s: %ld is outside [%ld, %ld]", CLOZE_FLAGS[id].name, v, lo, hi);
-    return v;
-}
 
 // ----------------------------------------------------------------------------
 // randomness: one stream from the seed
@@ -359,22 +300,22 @@ static int cloze_synthetic(uint64_t seed, size_t synth_tokens, int count, int ct
 // ----------------------------------------------------------------------------
 
 int make_cloze_main(int argc, char** argv) {
-    ClozeFlags flags;
-    cloze_parse_flags(&flags, argc, argv);
+    Flags flags;
+    flags_parse(&flags, CLOZE_FLAGS, CLOZE_NUM_FLAGS, "data/make_cloze (-i TEXT | --shard SHARD | --synthetic) -o OUT [flags]", argc, argv);
     const char* out = flags.value[CF_OUTPUT];
     if (!out[0]) die("-o OUTPUT is required (see --help)");
     int sources = (flags.value[CF_INPUT][0] != 0) + (flags.value[CF_SHARD][0] != 0) + flags.given[CF_SYNTHETIC];
     if (sources != 1) die("give exactly one of -i TEXT, --shard SHARD, --synthetic (see --help)");
-    int count = (int)cloze_flag_int(&flags, CF_COUNT, 1, 65535);
-    int context_lines = (int)cloze_flag_int(&flags, CF_CONTEXT_LINES, 1, 1000);
-    int n_endings = (int)cloze_flag_int(&flags, CF_ENDINGS, 2, 64);
-    uint64_t seed = (uint64_t)cloze_flag_int(&flags, CF_SEED, 0, 0xFFFFFFFFL);
+    int count = (int)flag_int(&flags, CF_COUNT, 1, 65535);
+    int context_lines = (int)flag_int(&flags, CF_CONTEXT_LINES, 1, 1000);
+    int n_endings = (int)flag_int(&flags, CF_ENDINGS, 2, 64);
+    uint64_t seed = (uint64_t)flag_int(&flags, CF_SEED, 0, 0xFFFFFFFFL);
     char err[1024];
     int written;
     if (flags.given[CF_SYNTHETIC]) {
-        int ctx_tokens = (int)cloze_flag_int(&flags, CF_CONTEXT_TOKENS, 1, 200);
-        int end_tokens = (int)cloze_flag_int(&flags, CF_ENDING_TOKENS, 1, 200);
-        size_t synth_tokens = (size_t)cloze_flag_int(&flags, CF_SYNTH_TOKENS, 10000, 1L << 31);
+        int ctx_tokens = (int)flag_int(&flags, CF_CONTEXT_TOKENS, 1, 200);
+        int end_tokens = (int)flag_int(&flags, CF_ENDING_TOKENS, 1, 200);
+        size_t synth_tokens = (size_t)flag_int(&flags, CF_SYNTH_TOKENS, 10000, 1L << 31);
         written = cloze_synthetic(seed, synth_tokens, count, ctx_tokens, end_tokens, n_endings, out, err, sizeof(err));
         if (written < 0) die("%s", err);
         printf("make_cloze: %d examples (%d endings, %d context + %d ending tokens) from the synthetic val split "

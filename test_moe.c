@@ -8,6 +8,8 @@ loader and the tokenizer. Prints each failure with op, tensor, index and both va
     make test            # from the repository root (it reads dev/ref/ and runs ./train_moe)
 */
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <dirent.h>
 #include <signal.h>
 #include <time.h>
 #include "moe.h"
@@ -18,6 +20,9 @@ static int tests_passed, tests_failed;
 
 #include "dataloader.h"
 #include "tokenizer.h"
+#define EVAL_NO_MAIN        // eval_moe.c and make_cloze.c without their main()s: their tests are below
+#define MAKE_CLOZE_NO_MAIN
+#include "data/make_cloze.c"
 
 // ----------------------------------------------------------------------------
 // helpers
@@ -952,9 +957,1648 @@ static void test_trainer_refusals(void) {
 
 // ----------------------------------------------------------------------------
 
-#include "dev/wip_dataloader_tests.c"
-#include "dev/wip_tokenizer_tests.c"
-#include "dev/wip_eval_tests.c"
+// ============================================================================
+// the data loader (dataloader.h)
+
+// Tests of dataloader.h: test_dataloader().
+// Uses only CHECK(cond, fmt, ...) and the counters tests_passed / tests_failed, which the includer
+// defines. Every file is created under a fresh mkdtemp directory in /tmp and removed at the end.
+
+// ----------------------------------------------------------------------------
+// small helpers (prefixed dlt_ so they cannot clash with the rest of test_moe.c)
+
+static char dlt_dir[256];
+
+// dlt_dir + "/" + name, in a rotating set of static buffers (enough for one statement)
+static const char* dlt_path(const char* name) {
+    static char buffers[8][512];
+    static int next = 0;
+    char* p = buffers[next++ % 8];
+    snprintf(p, 512, "%s/%s", dlt_dir, name);
+    return p;
+}
+
+// writes raw bytes to a file (used to build broken shards by hand)
+static void dlt_write_raw(const char* path, const void* data, size_t n) {
+    FILE* f = fopen(path, "wb");
+    if (f == NULL) { printf("cannot create %s\n", path); return; }
+    if (n > 0) fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+// reads a whole file; *n gets its size; caller frees
+static unsigned char* dlt_read_raw(const char* path, size_t* n) {
+    FILE* f = fopen(path, "rb");
+    *n = 0;
+    if (f == NULL) return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char* data = (unsigned char*)malloc(size > 0 ? (size_t)size : 1);
+    *n = fread(data, 1, (size_t)size, f);
+    fclose(f);
+    return data;
+}
+
+// a shard as llm.c's dev/data/data_common.py writes it: int32 header[256] (magic, version, count,
+// zeros), then the tokens as uint16 (its `toks_np.tobytes()`), no compression
+static void dlt_write_llmc_shard(const char* path, const uint16_t* tokens, int32_t count_in_header,
+                                 size_t n, int32_t magic, int32_t version) {
+    int32_t header[256];
+    memset(header, 0, sizeof(header));
+    header[0] = magic;
+    header[1] = version;
+    header[2] = count_in_header;
+    FILE* f = fopen(path, "wb");
+    if (f == NULL) { printf("cannot create %s\n", path); return; }
+    fwrite(header, sizeof(int32_t), 256, f);   // the test host is little-endian, like llm.c's
+    fwrite(tokens, sizeof(uint16_t), n, f);
+    fclose(f);
+}
+
+static int dlt_contains(const char* haystack, const char* needle) { return strstr(haystack, needle) != NULL; }
+
+static void dlt_remove_dir(void) {
+    DIR* d = opendir(dlt_dir);
+    if (d == NULL) return;
+    struct dirent* e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        remove(dlt_path(e->d_name));
+    }
+    closedir(d);
+    rmdir(dlt_dir);
+}
+
+// writes shard `name` with n tokens whose values are base, base+1, ... so every token in a test
+// corpus is unique and a batch's first input names the window it came from
+static int dlt_write_counting_shard(const char* name, uint32_t base, size_t n, int V, int gz) {
+    uint32_t* t = (uint32_t*)malloc(n * sizeof(uint32_t));
+    for (size_t i = 0; i < n; i++) t[i] = base + (uint32_t)i;
+    char err[512];
+    int ret = shard_write(dlt_path(name), t, n, V, gz, err, sizeof(err));
+    if (ret != 0) printf("shard_write: %s\n", err);
+    free(t);
+    return ret;
+}
+
+// 1 iff the loader's current batch is exactly the window of B*T+1 tokens starting at value `first`
+// of a counting corpus (inputs = first.., targets = first+1..)
+static int dlt_batch_is_window(const DataLoader* dl, uint32_t first) {
+    int BT = dl->B * dl->T;
+    for (int i = 0; i < BT; i++) {
+        if (dl->inputs[i] != (int)(first + (uint32_t)i)) return 0;
+        if (dl->targets[i] != (int)(first + (uint32_t)i + 1)) return 0;
+    }
+    return 1;
+}
+
+// ----------------------------------------------------------------------------
+
+static void test_dataloader_shards(void) {
+    char err[512];
+    // write + load round trips: uint16 and uint32 kinds, plain and gzip
+    const int vocabs[2] = { 50257, 128256 };
+    const size_t n = 100003;   // more than one 64 KiB read chunk
+    uint32_t* tokens = (uint32_t*)malloc(n * sizeof(uint32_t));
+    for (int kind = 0; kind < 2; kind++) {
+        int V = vocabs[kind];
+        uint64_t state = 42 + (uint64_t)kind;
+        for (size_t i = 0; i < n; i++) tokens[i] = (uint32_t)(dl_splitmix64(&state) % (uint64_t)V);
+        tokens[0] = 0;
+        tokens[1] = (uint32_t)V - 1;   // both extremes of the id range
+        for (int gz = 0; gz < 2; gz++) {
+            char name[64];
+            snprintf(name, sizeof(name), "round_%d.bin%s", V, gz ? ".gz" : "");
+            const char* path = dlt_path(name);
+            int ret = shard_write(path, tokens, n, V, gz, err, sizeof(err));
+            CHECK(ret == 0, "shard_write %s: %s", path, err);
+            size_t size;
+            unsigned char* raw = dlt_read_raw(path, &size);
+            if (gz) {
+                CHECK(size >= 2 && raw[0] == 0x1f && raw[1] == 0x8b, "%s is not gzip", path);
+            } else {
+                size_t token_size = V <= 65536 ? 2 : 4;
+                CHECK(size == 1024 + token_size * n, "%s: size %zu, expected %zu", path, size, 1024 + token_size * n);
+                CHECK(size >= 12 && dl_read_u32le(raw) == (V <= 65536 ? 20240520u : 20240801u)
+                      && dl_read_u32le(raw + 4) == (V <= 65536 ? 1u : 7u) && dl_read_u32le(raw + 8) == n,
+                      "%s: header magic/version/count wrong", path);
+            }
+            free(raw);
+            Shard s;
+            ret = shard_load(path, V, &s, err, sizeof(err));
+            CHECK(ret == 0, "shard_load %s: %s", path, err);
+            if (ret == 0) {
+                CHECK(s.num_tokens == n, "%s: %zu tokens, expected %zu", path, s.num_tokens, n);
+                CHECK(s.num_tokens == n && memcmp(s.tokens, tokens, n * sizeof(uint32_t)) == 0,
+                      "%s: tokens differ after the round trip", path);
+                shard_free(&s);
+            }
+        }
+    }
+    // no temporary files left behind by the atomic writes
+    {
+        DIR* d = opendir(dlt_dir);
+        int stray = 0;
+        struct dirent* e;
+        while (d != NULL && (e = readdir(d)) != NULL) stray += strstr(e->d_name, ".tmp.") != NULL;
+        if (d != NULL) closedir(d);
+        CHECK(stray == 0, "%d temporary files left in %s", stray, dlt_dir);
+    }
+    // vocab_size <= 0 on write picks the kind from the ids
+    {
+        uint32_t big[3] = { 1, 70000, 2 };
+        CHECK(shard_write(dlt_path("novocab.bin"), big, 3, 0, 0, err, sizeof(err)) == 0, "%s", err);
+        Shard s;
+        CHECK(shard_load(dlt_path("novocab.bin"), 0, &s, err, sizeof(err)) == 0 && s.tokens[1] == 70000,
+              "vocab 0 write/load: %s", err);
+        shard_free(&s);
+        CHECK(shard_write(dlt_path("bad.bin"), big, 3, 50257, 0, err, sizeof(err)) == -1
+              && dlt_contains(err, "token 70000 at position 1"), "write of an id >= V: '%s'", err);
+    }
+
+    // a shard exactly as llm.c writes it loads unchanged
+    {
+        uint16_t t[2000];
+        for (int i = 0; i < 2000; i++) t[i] = (uint16_t)((i * 7919) % 50257);
+        dlt_write_llmc_shard(dlt_path("llmc_val_000000.bin"), t, 2000, 2000, 20240520, 1);
+        Shard s;
+        int ret = shard_load(dlt_path("llmc_val_000000.bin"), 50257, &s, err, sizeof(err));
+        CHECK(ret == 0, "llm.c shard: %s", err);
+        int same = ret == 0 && s.num_tokens == 2000;
+        for (int i = 0; same && i < 2000; i++) same = s.tokens[i] == t[i];
+        CHECK(same, "llm.c shard: tokens differ");
+        shard_free(&s);
+    }
+
+    // broken files: each refused with a message naming the file and the problem
+    {
+        uint16_t t[1010];
+        for (int i = 0; i < 1010; i++) t[i] = (uint16_t)i;
+        Shard s;
+        const char* p;
+
+        p = dlt_path("missing.bin");
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "cannot open"),
+              "missing file: '%s'", err);
+
+        p = dlt_path("empty.bin");
+        dlt_write_raw(p, "", 0);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "truncated header"), "empty file: '%s'", err);
+
+        p = dlt_path("short_header.bin");
+        unsigned char junk[100];
+        memset(junk, 0, sizeof(junk));
+        dl_write_u32le(junk, 20240520);
+        dlt_write_raw(p, junk, sizeof(junk));
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "truncated header") && dlt_contains(err, "100 bytes"), "short header: '%s'", err);
+
+        p = dlt_path("magic.bin");
+        dlt_write_llmc_shard(p, t, 1000, 1000, 12345, 1);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "bad magic 12345"),
+              "wrong magic: '%s'", err);
+
+        p = dlt_path("version.bin");
+        dlt_write_llmc_shard(p, t, 1000, 1000, 20240520, 7);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "version 7"),
+              "wrong version: '%s'", err);
+
+        p = dlt_path("count_more.bin");   // header says fewer tokens than the file holds
+        dlt_write_llmc_shard(p, t, 1000, 1010, 20240520, 1);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "header says 1000 tokens, file holds 1010"), "count mismatch: '%s'", err);
+
+        p = dlt_path("count_less.bin");   // header says more: a truncated body
+        dlt_write_llmc_shard(p, t, 1010, 1000, 20240520, 1);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "header says 1010 tokens, file holds 1000"), "truncated body: '%s'", err);
+
+        p = dlt_path("odd_bytes.bin");    // truncated in the middle of a token
+        size_t size;
+        dlt_write_llmc_shard(p, t, 1000, 1000, 20240520, 1);
+        unsigned char* raw = dlt_read_raw(p, &size);
+        dlt_write_raw(p, raw, size - 3);
+        free(raw);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "file holds 998 and a partial token"), "odd bytes: '%s'", err);
+
+        p = dlt_path("negative.bin");
+        dlt_write_llmc_shard(p, t, -5, 0, 20240520, 1);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "negative"),
+              "negative count: '%s'", err);
+
+        // id >= V, reported with its position (uint32 kind so 70000 fits)
+        uint32_t* big = (uint32_t*)calloc(2000, sizeof(uint32_t));
+        big[1234] = 70000;
+        p = dlt_path("big_id.bin");
+        CHECK(shard_write(p, big, 2000, 100000, 0, err, sizeof(err)) == 0, "%s", err);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "token 70000 at position 1234 is >= vocab size 50257"), "id >= V: '%s'", err);
+        CHECK(shard_load(p, 0, &s, err, sizeof(err)) == 0 && s.tokens[1234] == 70000, "vocab 0 skips the id check: %s", err);
+        shard_free(&s);
+        p = dlt_path("big_id.bin.gz");
+        CHECK(shard_write(p, big, 2000, 100000, 1, err, sizeof(err)) == 0, "%s", err);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "token 70000 at position 1234 is >= vocab size 50257"), "gz id >= V: '%s'", err);
+        free(big);
+
+        // gzip problems
+        uint32_t t32[5000];
+        for (int i = 0; i < 5000; i++) t32[i] = (uint32_t)(i % 1000);
+        p = dlt_path("good.bin.gz");
+        CHECK(shard_write(p, t32, 5000, 50257, 1, err, sizeof(err)) == 0, "%s", err);
+        raw = dlt_read_raw(p, &size);
+
+        p = dlt_path("truncated.bin.gz");
+        dlt_write_raw(p, raw, size / 2);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "gzip"),
+              "truncated gzip: '%s'", err);
+        p = dlt_path("no_trailer.bin.gz");   // all the data, but the CRC/size trailer cut off
+        dlt_write_raw(p, raw, size - 8);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "gzip data truncated"), "gzip without trailer: '%s'", err);
+
+        p = dlt_path("bad_crc.bin.gz");      // a flipped bit in the stored CRC-32
+        raw[size - 8] ^= 1;
+        dlt_write_raw(p, raw, size);
+        raw[size - 8] ^= 1;
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "gzip data corrupt"), "gzip bad crc: '%s'", err);
+
+        p = dlt_path("garbled.bin.gz");      // garbage in the middle of the deflate stream
+        memset(raw + size / 3, 0xff, 16);
+        dlt_write_raw(p, raw, size);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "gzip data corrupt"),
+              "garbled gzip: '%s'", err);
+        free(raw);
+
+        p = dlt_path("count_gz.bin.gz");     // gzip whose header count disagrees with its data
+        dlt_write_llmc_shard(dlt_path("count_gz_src.bin"), t, 1000, 1010, 20240520, 1);
+        raw = dlt_read_raw(dlt_path("count_gz_src.bin"), &size);
+        gzFile gzf = gzopen(p, "wb");
+        gzwrite(gzf, raw, (unsigned)size);
+        gzclose(gzf);
+        free(raw);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p)
+              && dlt_contains(err, "header says 1000 tokens, decompressed data holds 1010"), "gz count: '%s'", err);
+
+        p = dlt_path("not_gzip.bin.gz");
+        dlt_write_llmc_shard(p, t, 1000, 1000, 20240520, 1);
+        CHECK(shard_load(p, 50257, &s, err, sizeof(err)) == -1 && dlt_contains(err, p) && dlt_contains(err, "not gzip"),
+              "plain data named .gz: '%s'", err);
+
+        // two concatenated gzip members (as `cat a.gz b.gz` makes) are one stream
+        dlt_write_llmc_shard(dlt_path("two_members_src.bin"), t, 1000, 1000, 20240520, 1);
+        raw = dlt_read_raw(dlt_path("two_members_src.bin"), &size);
+        p = dlt_path("two_members.bin.gz");
+        gzf = gzopen(p, "wb");
+        gzwrite(gzf, raw, 1500);
+        gzclose(gzf);
+        gzf = gzopen(p, "ab");
+        gzwrite(gzf, raw + 1500, (unsigned)(size - 1500));
+        gzclose(gzf);
+        free(raw);
+        int ret = shard_load(p, 50257, &s, err, sizeof(err));
+        CHECK(ret == 0 && s.num_tokens == 1000 && s.tokens[999] == 999, "two gzip members: %s", err);
+        shard_free(&s);
+    }
+    free(tokens);
+}
+
+static void test_dataloader_glob_and_order(void) {
+    char err[512];
+    const int B = 2, T = 8, BT = 16, V = 50257;
+    // three shards: plain, gzip, plain; sizes give 3, 2 and 4 batches (with some tokens left over)
+    const size_t sizes[3] = { 3 * BT + 1 + 5, 2 * BT + 1, 4 * BT + 1 + 15 };
+    const char* names[3] = { "tr_000.bin", "tr_001.bin.gz", "tr_002.bin" };
+    uint32_t bases[3] = { 0, 1000, 2000 };
+    for (int i = 0; i < 3; i++) dlt_write_counting_shard(names[i], bases[i], sizes[i], V, i == 1);
+    char pattern[512];
+    snprintf(pattern, sizeof(pattern), "%s/tr_*.bin", dlt_dir);
+
+    // the .bin pattern matches the .bin.gz shard too, and the paths come out sorted
+    DataLoader dl;
+    int ret = dataloader_open(&dl, pattern, B, T, V, 0, 1337, err, sizeof(err));
+    CHECK(ret == 0, "dataloader_open %s: %s", pattern, err);
+    if (ret != 0) return;
+    CHECK(dl.num_shards == 3, "glob found %d shards, expected 3", dl.num_shards);
+    for (int i = 0; i < dl.num_shards && i < 3; i++)
+        CHECK(strcmp(dl.shard_paths[i], dlt_path(names[i])) == 0, "shard %d is %s, expected %s", i,
+              dl.shard_paths[i], dlt_path(names[i]));
+    CHECK(dataloader_num_batches(&dl) == 9, "num_batches %lld, expected 9", (long long)dataloader_num_batches(&dl));
+    CHECK(dl.input_domains == NULL, "file loader has input_domains");
+
+    // validation order: every shard in order, every batch in order, the exact windows, wrapping
+    uint32_t expected_first[9];
+    int e = 0;
+    for (int s = 0; s < 3; s++)
+        for (size_t k = 0; k < (sizes[s] - 1) / BT; k++) expected_first[e++] = bases[s] + (uint32_t)(k * BT);
+    int all_ok = 1;
+    for (int i = 0; i < 9 * 2 + 3; i++) {
+        dataloader_next_batch(&dl);
+        int ok = dlt_batch_is_window(&dl, expected_first[i % 9]);
+        if (!ok) CHECK(ok, "validation batch %d: inputs[0]=%d, expected window at %u", i, dl.inputs[0], expected_first[i % 9]);
+        all_ok &= ok;
+    }
+    CHECK(all_ok, "validation order");
+    DataLoaderState st = dataloader_get_state(&dl);
+    CHECK(st.epoch == 2 && st.shard_pos == 1 && st.sample_pos == 0, "state after 21 batches: %lld %lld %lld",
+          (long long)st.epoch, (long long)st.shard_pos, (long long)st.sample_pos);
+    dataloader_reset(&dl);
+    dataloader_next_batch(&dl);
+    CHECK(dlt_batch_is_window(&dl, 0), "after reset the first batch is the first window");
+    dataloader_free(&dl);
+
+    // a literal path works as a pattern
+    ret = dataloader_open(&dl, dlt_path("tr_001.bin.gz"), B, T, V, 0, 1, err, sizeof(err));
+    CHECK(ret == 0 && dl.num_shards == 1 && dataloader_num_batches(&dl) == 2, "literal path: %s", err);
+    if (ret == 0) dataloader_free(&dl);
+
+    // training order: each epoch visits every batch exactly once, each shard's batches together
+    const int epochs = 3;
+    uint32_t stream_a[3 * 9], stream_b[3 * 9], stream_c[3 * 9];
+    uint64_t seeds[3] = { 1337, 1337, 4242 };
+    uint32_t* streams[3] = { stream_a, stream_b, stream_c };
+    for (int r = 0; r < 3; r++) {
+        ret = dataloader_open(&dl, pattern, B, T, V, 1, seeds[r], err, sizeof(err));
+        CHECK(ret == 0, "dataloader_open shuffled: %s", err);
+        if (ret != 0) return;
+        for (int i = 0; i < epochs * 9; i++) {
+            dataloader_next_batch(&dl);
+            streams[r][i] = (uint32_t)dl.inputs[0];
+            // still a contiguous window of one shard
+            int first = dl.inputs[0], ok = 0;
+            for (int s = 0; s < 3; s++) {
+                uint32_t off = (uint32_t)first - bases[s];
+                if ((uint32_t)first >= bases[s] && off < sizes[s] && off % BT == 0 && off + BT < sizes[s]) ok = 1;
+            }
+            CHECK(ok && dlt_batch_is_window(&dl, (uint32_t)first), "shuffled batch %d is not a window (inputs[0]=%d)", i, first);
+        }
+        dataloader_free(&dl);
+    }
+    for (int ep = 0; ep < epochs; ep++) {
+        int covered = 1;
+        for (int k = 0; k < 9; k++) {
+            int count = 0;
+            for (int i = 0; i < 9; i++) count += stream_a[ep * 9 + i] == expected_first[k];
+            covered &= count == 1;
+        }
+        CHECK(covered, "epoch %d does not visit every batch exactly once", ep);
+        // shard-by-shard: the shard changes exactly twice within an epoch
+        int changes = 0;
+        for (int i = 1; i < 9; i++) changes += stream_a[ep * 9 + i] / 1000 != stream_a[ep * 9 + i - 1] / 1000;
+        CHECK(changes == 2, "epoch %d switches shards %d times, expected 2", ep, changes);
+    }
+    CHECK(memcmp(stream_a, stream_b, sizeof(stream_a)) == 0, "same seed, different stream");
+    CHECK(memcmp(stream_a, stream_c, sizeof(stream_a)) != 0, "different seed, same stream");
+    CHECK(memcmp(stream_a, stream_a + 9, 9 * sizeof(uint32_t)) != 0 || memcmp(stream_a + 9, stream_a + 18, 9 * sizeof(uint32_t)) != 0,
+          "the order does not change between epochs");
+    int any_shuffled = 0;
+    for (int i = 0; i < 9; i++) any_shuffled |= stream_a[i] != expected_first[i];
+    CHECK(any_shuffled, "shuffled epoch 0 is the sequential order");
+}
+
+static void test_dataloader_resume(void) {
+    char err[512];
+    const int B = 2, T = 4, BT = 8, V = 60000;
+    // 4 shards of 7..10 batches: 34 batches per epoch
+    char pattern[512];
+    for (int s = 0; s < 4; s++) {
+        char name[64];
+        snprintf(name, sizeof(name), "rs_%03d.bin", s);
+        dlt_write_counting_shard(name, (uint32_t)(s * 10000), (size_t)(7 + s) * BT + 1 + (size_t)s, V, s % 2);
+    }
+    snprintf(pattern, sizeof(pattern), "%s/rs_*.bin", dlt_dir);
+    DataLoader a, b;
+    int ret = dataloader_open(&a, pattern, B, T, V, 1, 7, err, sizeof(err));
+    CHECK(ret == 0, "resume open: %s", err);
+    if (ret != 0) return;
+    CHECK(dataloader_num_batches(&a) == 34, "resume num_batches %lld", (long long)dataloader_num_batches(&a));
+    // stop 20 batches before the end of epoch 1, so the next 50 cross the epoch 1 -> 2 boundary
+    int64_t skip = 34 + 34 - 20;
+    for (int64_t i = 0; i < skip; i++) dataloader_next_batch(&a);
+    DataLoaderState st = dataloader_get_state(&a);
+    CHECK(st.epoch == 1, "resume state epoch %lld", (long long)st.epoch);
+    int* expected_in = (int*)malloc(50 * BT * sizeof(int));
+    int* expected_tg = (int*)malloc(50 * BT * sizeof(int));
+    for (int i = 0; i < 50; i++) {
+        dataloader_next_batch(&a);
+        memcpy(expected_in + i * BT, a.inputs, BT * sizeof(int));
+        memcpy(expected_tg + i * BT, a.targets, BT * sizeof(int));
+    }
+    // a fresh loader (nothing in memory) given only the state reproduces the stream bit for bit
+    ret = dataloader_open(&b, pattern, B, T, V, 1, 7, err, sizeof(err));
+    CHECK(ret == 0 && dataloader_set_state(&b, st, err, sizeof(err)) == 0, "set_state: %s", err);
+    int same = 1;
+    for (int i = 0; i < 50; i++) {
+        dataloader_next_batch(&b);
+        same &= memcmp(expected_in + i * BT, b.inputs, BT * sizeof(int)) == 0;
+        same &= memcmp(expected_tg + i * BT, b.targets, BT * sizeof(int)) == 0;
+    }
+    CHECK(same, "resume does not reproduce the next 50 batches");
+    DataLoaderState sa = dataloader_get_state(&a), sb = dataloader_get_state(&b);
+    CHECK(sa.epoch == sb.epoch && sa.shard_pos == sb.shard_pos && sa.sample_pos == sb.sample_pos,
+          "states differ after the resumed stream");
+    // and the same loader moved back in time reproduces it too
+    CHECK(dataloader_set_state(&a, st, err, sizeof(err)) == 0, "set_state back: %s", err);
+    dataloader_next_batch(&a);
+    CHECK(memcmp(expected_in, a.inputs, BT * sizeof(int)) == 0, "set_state back in the same loader");
+
+    // out-of-range states are refused and leave the position alone
+    DataLoaderState before = dataloader_get_state(&b);
+    DataLoaderState bad[4] = { { -1, 0, 0 }, { 0, 4, 0 }, { 0, 0, 11 }, { 0, -1, 0 } };
+    for (int i = 0; i < 4; i++) {
+        err[0] = '\0';
+        CHECK(dataloader_set_state(&b, bad[i], err, sizeof(err)) == -1 && dlt_contains(err, "bad state"),
+              "bad state %d accepted ('%s')", i, err);
+    }
+    DataLoaderState after = dataloader_get_state(&b);
+    CHECK(before.epoch == after.epoch && before.shard_pos == after.shard_pos && before.sample_pos == after.sample_pos,
+          "a refused set_state moved the loader");
+    free(expected_in);
+    free(expected_tg);
+    dataloader_free(&a);
+    dataloader_free(&b);
+}
+
+static void test_dataloader_init_errors(void) {
+    char err[512];
+    DataLoader dl;
+    const char* p;
+    // no match
+    char pattern[512];
+    snprintf(pattern, sizeof(pattern), "%s/nothing_*.bin", dlt_dir);
+    CHECK(dataloader_open(&dl, pattern, 2, 4, 100, 0, 1, err, sizeof(err)) == -1 && dlt_contains(err, "no files match")
+          && dlt_contains(err, pattern), "no match: '%s'", err);
+    // a shard shorter than B*T+1 among good ones is refused by name
+    dlt_write_counting_shard("sh_000.bin", 0, 100, 1000, 0);
+    dlt_write_counting_shard("sh_001.bin", 0, 8, 1000, 0);   // B*T+1 = 9 needed
+    snprintf(pattern, sizeof(pattern), "%s/sh_*.bin", dlt_dir);
+    p = dlt_path("sh_001.bin");
+    CHECK(dataloader_open(&dl, pattern, 2, 4, 1000, 1, 1, err, sizeof(err)) == -1 && dlt_contains(err, p)
+          && dlt_contains(err, "holds 8 tokens, fewer than the B*T+1 = 9"), "short shard: '%s'", err);
+    CHECK(dataloader_open(&dl, pattern, 2, 3, 1000, 1, 1, err, sizeof(err)) == 0, "7 tokens suffice for B=2 T=3: %s", err);
+    dataloader_free(&dl);
+    // a broken shard stops init with its name
+    dlt_write_counting_shard("bd_000.bin", 0, 100, 1000, 0);
+    dlt_write_counting_shard("bd_001.bin", 990, 100, 2000, 0);   // ids up to 1089
+    snprintf(pattern, sizeof(pattern), "%s/bd_*.bin", dlt_dir);
+    p = dlt_path("bd_001.bin");
+    CHECK(dataloader_open(&dl, pattern, 2, 4, 1000, 0, 1, err, sizeof(err)) == -1 && dlt_contains(err, p)
+          && dlt_contains(err, "token 1000 at position 10 is >= vocab size 1000"), "bad id at init: '%s'", err);
+    // x.bin and x.bin.gz both present: the same data twice, refused
+    dlt_write_counting_shard("dup_000.bin", 0, 100, 1000, 0);
+    dlt_write_counting_shard("dup_000.bin.gz", 0, 100, 1000, 1);
+    snprintf(pattern, sizeof(pattern), "%s/dup_*.bin", dlt_dir);
+    CHECK(dataloader_open(&dl, pattern, 2, 4, 1000, 0, 1, err, sizeof(err)) == -1 && dlt_contains(err, "dup_000.bin.gz")
+          && dlt_contains(err, "twice"), "x.bin + x.bin.gz: '%s'", err);
+    // bad B, T
+    CHECK(dataloader_open(&dl, dlt_path("sh_000.bin"), 0, 4, 1000, 0, 1, err, sizeof(err)) == -1, "B=0 accepted");
+}
+
+static void test_dataloader_memory(void) {
+    char err[512];
+    const int B = 3, T = 5, BT = 15, V = 5000;
+    const size_t n = 10 * BT + 7;   // 10 batches
+    uint32_t* tokens = (uint32_t*)malloc(n * sizeof(uint32_t));
+    uint8_t* domains = (uint8_t*)malloc(n);
+    for (size_t i = 0; i < n; i++) { tokens[i] = (uint32_t)i; domains[i] = (uint8_t)((i / 37) % 4); }
+    DataLoader dl;
+    int ret = dataloader_open_memory(&dl, tokens, domains, n, B, T, V, 0, 1, err, sizeof(err));
+    CHECK(ret == 0, "open_memory: %s", err);
+    if (ret != 0) { free(tokens); free(domains); return; }
+    // the loader keeps its own copy: scribbling on the caller's arrays changes nothing
+    for (size_t i = 0; i < n; i++) { tokens[i] = 4999; domains[i] = 9; }
+    CHECK(dataloader_num_batches(&dl) == 10, "memory num_batches %lld", (long long)dataloader_num_batches(&dl));
+    CHECK(dl.input_domains != NULL, "memory loader with domains has no input_domains");
+    int ok = 1;
+    for (int i = 0; i < 23; i++) {
+        dataloader_next_batch(&dl);
+        uint32_t first = (uint32_t)((i % 10) * BT);
+        ok &= dlt_batch_is_window(&dl, first);
+        for (int j = 0; j < BT; j++) ok &= dl.input_domains[j] == (uint8_t)(((first + (uint32_t)j) / 37) % 4);
+    }
+    CHECK(ok, "memory loader: windows or domains wrong (sequential, wrapping)");
+    dataloader_free(&dl);
+
+    // shuffled: a permutation of the 10 windows per epoch, domains following their tokens
+    for (size_t i = 0; i < n; i++) { tokens[i] = (uint32_t)i; domains[i] = (uint8_t)((i / 37) % 4); }
+    ret = dataloader_open_memory(&dl, tokens, domains, n, B, T, V, 1, 99, err, sizeof(err));
+    CHECK(ret == 0, "open_memory shuffled: %s", err);
+    int seen[10] = { 0 };
+    ok = 1;
+    for (int i = 0; i < 10; i++) {
+        dataloader_next_batch(&dl);
+        int k = dl.inputs[0] / BT;
+        ok &= dl.inputs[0] % BT == 0 && k >= 0 && k < 10 && dlt_batch_is_window(&dl, (uint32_t)dl.inputs[0]);
+        if (k >= 0 && k < 10) seen[k]++;
+        for (int j = 0; j < BT; j++) ok &= dl.input_domains[j] == (uint8_t)(((dl.inputs[0] + j) / 37) % 4);
+    }
+    for (int k = 0; k < 10; k++) ok &= seen[k] == 1;
+    CHECK(ok, "memory loader shuffled epoch is not a permutation of the windows");
+    dataloader_free(&dl);
+
+    // no domains, too short, id >= V
+    ret = dataloader_open_memory(&dl, tokens, NULL, n, B, T, V, 0, 1, err, sizeof(err));
+    CHECK(ret == 0 && dl.input_domains == NULL, "memory loader without domains: %s", err);
+    if (ret == 0) { dataloader_next_batch(&dl); CHECK(dlt_batch_is_window(&dl, 0), "memory loader without domains"); dataloader_free(&dl); }
+    CHECK(dataloader_open_memory(&dl, tokens, NULL, BT, B, T, V, 0, 1, err, sizeof(err)) == -1
+          && dlt_contains(err, "fewer than the B*T+1 = 16"), "short memory corpus: '%s'", err);
+    tokens[77] = V;
+    CHECK(dataloader_open_memory(&dl, tokens, NULL, n, B, T, V, 0, 1, err, sizeof(err)) == -1
+          && dlt_contains(err, "token 5000 at position 77 is >= vocab size 5000"), "memory id >= V: '%s'", err);
+    free(tokens);
+    free(domains);
+}
+
+static void test_dataloader(void) {
+    snprintf(dlt_dir, sizeof(dlt_dir), "/tmp/moe_dataloader_test_XXXXXX");
+    if (mkdtemp(dlt_dir) == NULL) {
+        CHECK(0, "mkdtemp %s failed", dlt_dir);
+        return;
+    }
+    test_dataloader_shards();
+    test_dataloader_glob_and_order();
+    test_dataloader_resume();
+    test_dataloader_init_errors();
+    test_dataloader_memory();
+    dlt_remove_dir();
+}
+
+// ============================================================================
+// the tokenizer (tokenizer.h)
+
+// Tests of tokenizer.h: test_tokenizer() uses only the CHECK macro (and the
+// tests_passed/tests_failed counters behind it) defined by the file that includes this one.
+// Everything is built here: hand-made tokenizer files in a mkdtemp directory and small texts.
+
+// the pre-tokens of s joined by '|' into out
+static void tok_test_split(const char* s, char* out, size_t outlen) {
+    size_t n = strlen(s), k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t end = tokenizer_pretoken_end((const unsigned char*)s, n, i);
+        if (i > 0 && k + 1 < outlen) out[k++] = '|';
+        for (; i < end && k + 1 < outlen; i++) out[k++] = s[i];
+        i = end;
+    }
+    out[k] = 0;
+}
+
+static void tok_test_write(const char* path, const void* data, size_t n) {
+    FILE* f = fopen(path, "wb");
+    if (f != NULL) { fwrite(data, 1, n, f); fclose(f); }
+}
+
+// An llm.c tokenizer file in memory: version, the tokens (as C strings, or single bytes for ids
+// below n_bytes), end-of-text, merges. Returns its size; *buf is malloc'd.
+static size_t tok_test_file(unsigned char** buf, uint32_t version, uint32_t n_bytes, const char** extra,
+                            uint32_t n_extra, uint32_t eot, const uint32_t* merges, uint32_t n_merges) {
+    size_t cap = 1024 + 2 * (size_t)n_bytes + 8 * (size_t)n_merges;
+    for (uint32_t k = 0; k < n_extra; k++) cap += 1 + strlen(extra[k]);
+    *buf = (unsigned char*)calloc(cap, 1);
+    uint32_t header[256] = {0};
+    header[0] = TOKENIZER_MAGIC; header[1] = version; header[2] = n_bytes + n_extra;
+    header[3] = eot; header[4] = n_merges;
+    memcpy(*buf, header, sizeof(header));
+    size_t pos = 1024;
+    for (uint32_t b = 0; b < n_bytes; b++) { (*buf)[pos++] = 1; (*buf)[pos++] = (unsigned char)b; }
+    for (uint32_t k = 0; k < n_extra; k++) {
+        size_t len = strlen(extra[k]);
+        (*buf)[pos++] = (unsigned char)len;
+        memcpy(*buf + pos, extra[k], len); pos += len;
+    }
+    if (n_merges > 0) memcpy(*buf + pos, merges, 8 * (size_t)n_merges);
+    return pos + 8 * (size_t)n_merges;
+}
+
+// encodes s and compares with the expected ids
+static int tok_test_encodes_to(const Tokenizer* t, const char* s, const uint32_t* want, size_t n_want) {
+    uint32_t* ids; size_t n; char err[256];
+    if (tokenizer_encode(t, (const unsigned char*)s, strlen(s), &ids, &n, err, sizeof(err)) != 0) return 0;
+    int same = n == n_want && (n == 0 || memcmp(ids, want, n * sizeof(uint32_t)) == 0);
+    free(ids);
+    return same;
+}
+
+// encode then decode gives back exactly text[0..n)
+static int tok_test_round_trip(const Tokenizer* t, const unsigned char* text, size_t n) {
+    uint32_t* ids; size_t n_ids; unsigned char* back; size_t n_back; char err[256];
+    if (tokenizer_encode(t, text, n, &ids, &n_ids, err, sizeof(err)) != 0) return 0;
+    int ok = tokenizer_decode(t, ids, n_ids, &back, &n_back, err, sizeof(err)) == 0 &&
+             n_back == n && memcmp(back, text, n) == 0;
+    for (size_t i = 0; i < n_ids; i++) if (ids[i] == t->eot_token) ok = 0;  // never produced
+    free(ids);
+    if (ok) free(back);
+    return ok;
+}
+
+static void test_tokenizer(void) {
+    char got[512], err[512], dir[] = "/tmp/moe_tokenizer_test_XXXXXX", path[600];
+    if (mkdtemp(dir) == NULL) { CHECK(0, "tokenizer: mkdtemp failed"); return; }
+
+    // --- the pre-tokenizer, on hand-split examples of each alternative of GPT-2's pattern
+    static const char* split_cases[][2] = {
+        {"Hello world", "Hello| world"},
+        {"don't I'LL it's", "don|'t| I|'|LL| it|'s"},                  // contractions: lower case only
+        {"we're they've I'm you'll he'd", "we|'re| they|'ve| I|'m| you|'ll| he|'d"},
+        {"'s's  'll", "'s|'s| | '|ll"},                                 // "  'll": a space, then " '" + "ll"
+        {"12345 3.14", "12345| 3|.|14"},
+        {"x=1;y+=2.5", "x|=|1|;|y|+=|2|.|5"},
+        {"hello!!! ?", "hello|!!!| ?"},
+        {"a  \n\n  b   ", "a|  \n\n | b|   "},                         // \s+(?!\S), then " b", then the tail
+        {"a \tb", "a| |\t|b"},                                          // only ' ' joins the next word
+        {"a\tb\n", "a|\t|b|\n"},
+        {"na\xc3\xafve caf\xc3\xa9 \xe6\x9d\xb1\xe4\xba\xac \xc2\xbd\xd9\xa3",  // naïve café 東京 ½٣
+         "na\xc3\xafve| caf\xc3\xa9| \xe6\x9d\xb1\xe4\xba\xac| \xc2\xbd\xd9\xa3"},
+        {"e\xcc\x81t\xc3\xa9", "e|\xcc\x81|t\xc3\xa9"},                  // a combining mark is "other"
+        {"hi\xf0\x9f\x98\x80!", "hi|\xf0\x9f\x98\x80!"},                 // emoji and '!' are both "other"
+        {"a\xc2\xa0" "b", "a|\xc2\xa0|b"},                              // no-break space is \s
+        {"ab\xff\xfe" "cd \x80x", "ab|\xff\xfe|cd| \x80|x"},            // invalid bytes are "other"
+        {"\xe6\x9d", "\xe6\x9d"},                                       // a truncated sequence too
+    };
+    for (size_t k = 0; k < sizeof(split_cases) / sizeof(split_cases[0]); k++) {
+        tok_test_split(split_cases[k][0], got, sizeof(got));
+        CHECK(strcmp(got, split_cases[k][1]) == 0, "pretokenize case %zu: got [%s] want [%s]", k, got, split_cases[k][1]);
+    }
+
+    // --- a hand-built tokenizer: bytes, then merge r makes id 256 + r; the answers are by hand
+    // A: r0 (a,b)->ab  r1 (b,c)->bc  r2 (ab,c)->abc  r3 (c,c)->cc, end-of-text 260
+    const char* extra_a[] = {"ab", "bc", "abc", "cc", "<|endoftext|>"};
+    uint32_t merges_a[] = {'a', 'b', 'b', 'c', 256, 'c', 'c', 'c'};
+    unsigned char* file;
+    size_t size = tok_test_file(&file, 2, 256, extra_a, 5, 260, merges_a, 4);
+    Tokenizer t;
+    int status = tokenizer_parse(&t, file, size, "A", err, sizeof(err));
+    CHECK(status == 0, "hand-built tokenizer A refused: %s", err);
+    if (status == 0) {
+        uint32_t w1[] = {258, 'c'};                 // abcc: ab (r0) then abc (r2); cc (r3) comes too late
+        uint32_t w2[] = {259, 259};                 // cccc: leftmost cc first, then the other
+        uint32_t w3[] = {259, 'c'};
+        uint32_t w4[] = {256, ' ', 258};            // "ab abc": two pre-tokens, the space stays alone
+        CHECK(tok_test_encodes_to(&t, "abcc", w1, 2), "merge order: abcc should be [abc, c]");
+        CHECK(tok_test_encodes_to(&t, "cccc", w2, 2), "leftmost first: cccc should be [cc, cc]");
+        CHECK(tok_test_encodes_to(&t, "ccc", w3, 2), "leftmost first: ccc should be [cc, c]");
+        CHECK(tok_test_encodes_to(&t, "ab abc", w4, 3), "\"ab abc\" should be [ab, ' ', abc]");
+        CHECK(tok_test_encodes_to(&t, "", NULL, 0), "empty text should give no ids");
+        CHECK(t.merge_result[2] == 258, "merge 2 should make token 258, made %u", t.merge_result[2]);
+        tokenizer_free(&t);
+    }
+    free(file);
+    // B: the same tokens, (b,c) ranked before (a,b): abcc -> [a, bc, c]
+    const char* extra_b[] = {"bc", "ab", "abc", "cc", "<|endoftext|>"};
+    uint32_t merges_b[] = {'b', 'c', 'a', 'b', 257, 'c', 'c', 'c'};
+    size = tok_test_file(&file, 2, 256, extra_b, 5, 260, merges_b, 4);
+    status = tokenizer_parse(&t, file, size, "B", err, sizeof(err));
+    CHECK(status == 0, "hand-built tokenizer B refused: %s", err);
+    if (status == 0) {
+        uint32_t w[] = {'a', 256, 'c'};
+        CHECK(tok_test_encodes_to(&t, "abcc", w, 3), "rank order: with (b,c) first abcc should be [a, bc, c]");
+        tokenizer_free(&t);
+    }
+    free(file);
+    // C: no merges (the approximate fallback: lowest-id concatenation first); end-of-text "xy"
+    // is never the result of merging x and y
+    const char* extra_c[] = {"ab", "bc", "abc", "cc", "xy"};
+    size = tok_test_file(&file, 2, 256, extra_c, 5, 260, NULL, 0);
+    status = tokenizer_parse(&t, file, size, "C", err, sizeof(err));
+    CHECK(status == 0, "hand-built tokenizer C refused: %s", err);
+    if (status == 0) {
+        uint32_t w1[] = {258, 'c'}, w2[] = {'x', 'y'};
+        CHECK(tok_test_encodes_to(&t, "abcc", w1, 2), "no-merge fallback: abcc should be [abc, c]");
+        CHECK(tok_test_encodes_to(&t, "xy", w2, 2), "end-of-text must never come from a merge");
+        tokenizer_free(&t);
+    }
+    free(file);
+
+    // --- a version-1 file (llm.c's GPT-2 layout: 50257 tokens, end-of-text 50256, no merges)
+    {
+        const char** extra = (const char**)malloc((50257 - 256) * sizeof(char*));
+        static char names[50257 - 256][6];
+        for (int k = 0; k < 50257 - 256 - 1; k++) { snprintf(names[k], sizeof(names[k]), "%d", k + 256); extra[k] = names[k]; }
+        extra[50257 - 256 - 1] = "<|endoftext|>";
+        size = tok_test_file(&file, 1, 256, extra, 50257 - 256, 0, NULL, 0);
+        snprintf(path, sizeof(path), "%s/v1.bin", dir);
+        tok_test_write(path, file, size);
+        status = tokenizer_load(&t, path, err, sizeof(err));
+        CHECK(status == 0, "version-1 file refused: %s", err);
+        if (status == 0) {
+            CHECK(t.version == 1 && t.vocab_size == 50257 && t.eot_token == 50256 && t.n_merges == 0,
+                  "version 1: got version %d V %u eot %u merges %u", t.version, t.vocab_size, t.eot_token, t.n_merges);
+            uint32_t ids[] = {50256, 300, 'h'};
+            unsigned char* out; size_t n;
+            status = tokenizer_decode(&t, ids, 3, &out, &n, err, sizeof(err));
+            CHECK(status == 0 && n == 17 && memcmp(out, "<|endoftext|>300h", 17) == 0, "version 1: decode wrong");
+            if (status == 0) free(out);
+            uint32_t w[] = {'3', '0', '0', '3', '0', '1'};  // no 2-byte tokens here, so nothing merges
+            CHECK(tok_test_encodes_to(&t, "300301", w, 6), "version 1: fallback encoding of 300301");
+            tokenizer_free(&t);
+        }
+        free(file); free(extra);
+        remove(path);
+    }
+
+    // --- malformed files are refused with a message naming the file
+    size = tok_test_file(&file, 2, 256, extra_a, 5, 260, merges_a, 4);
+    snprintf(path, sizeof(path), "%s/bad.bin", dir);
+    size_t cuts[] = {0, 10, 1023, 1024, 1030, 1546, size - 200, size - 1};  // header, tokens, merges
+    for (size_t k = 0; k < sizeof(cuts) / sizeof(cuts[0]); k++) {
+        tok_test_write(path, file, cuts[k]);
+        status = tokenizer_load(&t, path, err, sizeof(err));
+        CHECK(status != 0 && strstr(err, path) && strstr(err, "truncated"),
+              "a file cut to %zu bytes should be refused as truncated, got %d [%s]", cuts[k], status, err);
+    }
+    unsigned char* bad = (unsigned char*)malloc(size + 8);
+    memcpy(bad, file, size);
+    bad[0] ^= 1;                                                  // bad magic
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, path) && strstr(err, "magic"), "bad magic should be refused [%s]", err);
+    memcpy(bad, file, size);
+    bad[4] = 3;                                                   // unknown version
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "version"), "version 3 should be refused [%s]", err);
+    memcpy(bad, file, size);
+    uint32_t out_of_range = 261;
+    memcpy(bad + size - 8, &out_of_range, 4);                     // last merge (c, c) -> (261, c)
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, path) && strstr(err, "merge 3"), "an out-of-range merge id should be refused [%s]", err);
+    memcpy(bad, file, size);
+    uint32_t eot = 260;
+    memcpy(bad + size - 8, &eot, 4);                              // a merge using end-of-text
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "end-of-text"), "a merge of end-of-text should be refused [%s]", err);
+    memcpy(bad, file, size);
+    uint32_t not_concat[2] = {'a', 'c'};                         // "ac" is not a token
+    memcpy(bad + size - 8, not_concat, 8);
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "concatenation"), "a merge whose result is no token should be refused [%s]", err);
+    memcpy(bad, file, size);
+    bad[1024 + 2 * 7] = 0;                                        // token 7 of length 0
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "token 7 has length 0"), "a length-0 token should be refused [%s]", err);
+    memcpy(bad, file, size);
+    memset(bad + size, 0, 8);                                     // trailing garbage
+    tok_test_write(path, bad, size + 3);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "unexpected"), "trailing bytes should be refused [%s]", err);
+    memcpy(bad, file, size);
+    uint32_t big_v = 0x7FFFFFFF;                                  // V far beyond the file
+    memcpy(bad + 8, &big_v, 4);
+    tok_test_write(path, bad, size);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, path), "a huge V should be refused [%s]", err);
+    free(bad); free(file);
+    remove(path);
+    snprintf(path, sizeof(path), "%s/missing.bin", dir);
+    status = tokenizer_load(&t, path, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, path), "a missing file should be refused by name [%s]", err);
+
+    // --- training, hand-computed: "ab ab ab abc" has pre-tokens ab, " ab" x2, " abc":
+    // (a,b) 4 times -> 256; then (' ', 256) 3 times -> 257; then (257, c) once -> 258
+    const char* small = "ab ab ab abc";
+    status = tokenizer_train(&t, (const unsigned char*)small, strlen(small), 260, err, sizeof(err));
+    CHECK(status == 0, "training on \"%s\" failed: %s", small, err);
+    if (status == 0) {
+        uint32_t want[] = {'a', 'b', ' ', 256, 257, 'c'};
+        CHECK(t.n_merges == 3 && memcmp(t.merges, want, sizeof(want)) == 0,
+              "merges of \"%s\": got (%u,%u) (%u,%u) (%u,%u)", small, t.merges[0], t.merges[1], t.merges[2],
+              t.merges[3], t.merges[4], t.merges[5]);
+        size_t len;
+        const unsigned char* p = tokenizer_token(&t, 258, &len);
+        CHECK(len == 4 && memcmp(p, " abc", 4) == 0, "token 258 should be \" abc\"");
+        p = tokenizer_token(&t, 259, &len);
+        CHECK(t.eot_token == 259 && len == 13 && memcmp(p, TOKENIZER_EOT_TEXT, 13) == 0, "end-of-text should be V-1");
+        tokenizer_free(&t);
+    }
+    status = tokenizer_train(&t, (const unsigned char*)small, strlen(small), 261, err, sizeof(err));
+    CHECK(status != 0 && strstr(err, "no pairs left"), "a 4th merge does not exist and should be refused [%s]", err);
+    // ties go to the lowest left id, then the lowest right id: "ba,ac,ab" has (b,a), (a,c), (a,b) once
+    status = tokenizer_train(&t, (const unsigned char*)"ba,ac,ab", 8, 258, err, sizeof(err));
+    CHECK(status == 0 && t.merges[0] == 'a' && t.merges[1] == 'b', "tie-break: want merge (a,b), got (%u,%u)",
+          status == 0 ? t.merges[0] : 0, status == 0 ? t.merges[1] : 0);
+    if (status == 0) tokenizer_free(&t);
+    status = tokenizer_train(&t, (const unsigned char*)small, strlen(small), 100, err, sizeof(err));
+    CHECK(status != 0, "a vocabulary below 257 should be refused");
+
+    // --- training on a small text: structure, determinism, write + load, round trips
+    const char* verse =
+        "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
+        "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date;\n"
+        "Sometime too hot the eye of heaven shines,\nAnd often is his gold complexion dimm'd;\n"
+        "And every fair from fair sometime declines,\nBy chance or nature's changing course untrimm'd;\n"
+        "But thy eternal summer shall not fade,\nNor lose possession of that fair thou ow'st;\n"
+        "Nor shall Death brag thou wander'st in his shade,\nWhen in eternal lines to time thou grow'st:\n"
+        "   So long as men can breathe or eyes can see,\n   So long lives this, and this gives life to thee.  \n"
+        "<|endoftext|> 1609 \xe2\x80\x94 Sonnet 18 \xe2\x80\x94 caf\xc3\xa9 \xf0\x9f\x98\x80\n";
+    size_t verse_len = strlen(verse);
+    Tokenizer t2;
+    status = tokenizer_train(&t, (const unsigned char*)verse, verse_len, 400, err, sizeof(err));
+    CHECK(status == 0, "training on the sonnet failed: %s", err);
+    if (status == 0) {
+        CHECK(t.vocab_size == 400 && t.eot_token == 399 && t.n_merges == 143, "sonnet: V %u eot %u merges %u",
+              t.vocab_size, t.eot_token, t.n_merges);
+        int structure = 1;
+        for (uint32_t id = 0; id < 256; id++) {
+            size_t len; const unsigned char* p = tokenizer_token(&t, id, &len);
+            if (len != 1 || p[0] != id) structure = 0;
+        }
+        for (uint32_t r = 0; r < t.n_merges; r++) {  // token 256 + r = left + right
+            size_t l, a, b;
+            const unsigned char* p = tokenizer_token(&t, 256 + r, &l);
+            const unsigned char* pa = tokenizer_token(&t, t.merges[2 * r], &a);
+            const unsigned char* pb = tokenizer_token(&t, t.merges[2 * r + 1], &b);
+            if (l != a + b || memcmp(p, pa, a) != 0 || memcmp(p + a, pb, b) != 0 || t.merge_result[r] != 256 + r) structure = 0;
+        }
+        CHECK(structure, "sonnet: ids 0..255 must be the bytes and token 256+r merge r");
+        CHECK(tok_test_round_trip(&t, (const unsigned char*)verse, verse_len), "sonnet: round trip not byte-exact");
+        unsigned char all[256 + 64];
+        for (int b = 0; b < 256; b++) all[b] = (unsigned char)b;
+        uint32_t state = 12345;
+        for (int k = 256; k < 256 + 64; k++) { state = state * 1664525u + 1013904223u; all[k] = (unsigned char)(state >> 24); }
+        CHECK(tok_test_round_trip(&t, all, sizeof(all)), "all 256 bytes and random bytes: round trip not byte-exact");
+        const char* invalid = "\xc0\xaf \xed\xa0\x80 \xf4\x90\x80\x80 \xff\xfe abc\xe2\x82 x\x80\x80";
+        CHECK(tok_test_round_trip(&t, (const unsigned char*)invalid, strlen(invalid)), "invalid UTF-8: round trip");
+        // encoding the training text segments it as training did: fewer ids than bytes
+        uint32_t* ids; size_t n_ids;
+        status = tokenizer_encode(&t, (const unsigned char*)verse, verse_len, &ids, &n_ids, err, sizeof(err));
+        CHECK(status == 0 && n_ids < verse_len / 2, "sonnet: %zu ids for %zu bytes", n_ids, verse_len);
+        // write, load back: the same merges and the same ids
+        snprintf(path, sizeof(path), "%s/sonnet.bin", dir);
+        status = tokenizer_write(&t, path, err, sizeof(err));
+        CHECK(status == 0, "tokenizer_write: %s", err);
+        status = tokenizer_load(&t2, path, err, sizeof(err));
+        CHECK(status == 0, "tokenizer_load of a written file: %s", err);
+        if (status == 0) {
+            uint32_t* ids2; size_t n2;
+            CHECK(t2.version == 2 && t2.n_merges == t.n_merges && memcmp(t2.merges, t.merges, 8 * t.n_merges) == 0,
+                  "written and loaded merges differ");
+            int enc = tokenizer_encode(&t2, (const unsigned char*)verse, verse_len, &ids2, &n2, err, sizeof(err));
+            CHECK(enc == 0 && n2 == n_ids && memcmp(ids, ids2, n2 * sizeof(uint32_t)) == 0, "loaded tokenizer encodes differently");
+            if (enc == 0) free(ids2);
+            tokenizer_free(&t2);
+        }
+        remove(path);
+        free(ids);
+        // training is deterministic
+        status = tokenizer_train(&t2, (const unsigned char*)verse, verse_len, 400, err, sizeof(err));
+        CHECK(status == 0 && memcmp(t2.merges, t.merges, 8 * t.n_merges) == 0, "training twice gave different merges");
+        if (status == 0) tokenizer_free(&t2);
+        // decoding an unknown id is refused, clearly
+        uint32_t unknown[] = {'a', 400};
+        unsigned char* out; size_t n_out;
+        status = tokenizer_decode(&t, unknown, 2, &out, &n_out, err, sizeof(err));
+        CHECK(status != 0 && strstr(err, "400") && strstr(err, "position 1"), "decode of id 400 (V = 400) should fail [%s]", err);
+        status = tokenizer_decode(&t, unknown, 0, &out, &n_out, err, sizeof(err));
+        CHECK(status == 0 && n_out == 0, "decode of no ids should give no bytes");
+        if (status == 0) free(out);
+        size_t len;
+        CHECK(tokenizer_token(&t, 400, &len) == NULL, "tokenizer_token of an unknown id should be NULL");
+        tokenizer_free(&t);
+    }
+
+    // --- no token longer than 255 bytes: one pre-token of 1000 'a's wants (a^128, a^128) next
+    unsigned char* run = (unsigned char*)malloc(1000);
+    memset(run, 'a', 1000);
+    status = tokenizer_train(&t, run, 1000, 257 + 10, err, sizeof(err));
+    CHECK(status == 0, "training on 1000 a's failed: %s", err);
+    if (status == 0) {
+        size_t longest = 0;
+        for (uint32_t id = 0; id < t.vocab_size; id++) {
+            size_t len; tokenizer_token(&t, id, &len);
+            if (len > longest) longest = len;
+        }
+        CHECK(longest <= 255 && longest >= 192, "longest token %zu bytes: want at most 255 (and the run used)", longest);
+        CHECK(tok_test_round_trip(&t, run, 1000), "1000 a's: round trip");
+        tokenizer_free(&t);
+    }
+    free(run);
+    rmdir(dir);
+}
+
+// ============================================================================
+// eval_moe and make_cloze
+
+// eval_moe.c and make_cloze.c are included at the top with their main()s left out (EVAL_NO_MAIN,
+// MAKE_CLOZE_NO_MAIN); the command line is exercised through eval_main() in a forked child.
+// Everything is built here, in a mkdtemp directory: tiny models, a hand-made tokenizer, shards,
+// multiple-choice files (good and malformed).
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static char evt_dir[256];
+
+static void evt_path(char* out, size_t n, const char* name) { snprintf(out, n, "%s/%s", evt_dir, name); }
+
+static void evt_write(const char* path, const void* data, size_t n) {
+    FILE* f = fopen(path, "wb");
+    if (f != NULL) { fwrite(data, 1, n, f); fclose(f); }
+}
+
+static int evt_contains(const char* haystack, const char* needle) { return strstr(haystack, needle) != NULL; }
+
+// A tiny model: L=2, NH=2, C=32, E=4, K=2, H=64.
+static void evt_model(MoEModel* m, int V, int maxT) {
+    MoEConfig c = {maxT, V, pad_vocab(V), 2, 2, 32, 4, 2, 64};
+    moe_build(m, &c);
+    moe_init_params(m, 7, 0.02f);
+}
+
+// The test tokenizer: ids 0..255 the bytes, 256 = "\x01\x02", 257 = "\x03\x04\x05",
+// 258 = "\x06\x07\x08\x0e\x0f", 259 = end-of-text; no merges (version 2, M = 0).
+#define EVT_V 260
+#define EVT_EOT 259
+static const double EVT_BYTES[4] = {2, 3, 5, 0};  // bytes of ids 256..259 (end-of-text counts 0)
+static void evt_write_tokenizer(const char* path) {
+    static const char* extra[4] = {"\x01\x02", "\x03\x04\x05", "\x06\x07\x08\x0e\x0f", TOKENIZER_EOT_TEXT};
+    unsigned char* buf = (unsigned char*)calloc(1024 + 2 * 256 + 64, 1);
+    uint32_t header[256] = {0};
+    header[0] = TOKENIZER_MAGIC; header[1] = 2; header[2] = EVT_V; header[3] = EVT_EOT; header[4] = 0;
+    memcpy(buf, header, sizeof(header));
+    size_t pos = 1024;
+    for (int b = 0; b < 256; b++) { buf[pos++] = 1; buf[pos++] = (unsigned char)b; }
+    for (int k = 0; k < 4; k++) {
+        size_t len = strlen(extra[k]);
+        buf[pos++] = (unsigned char)len;
+        memcpy(buf + pos, extra[k], len);
+        pos += len;
+    }
+    evt_write(path, buf, pos);
+    free(buf);
+}
+
+// Runs eval_main(args) in a child with stdout/stderr to files; returns its exit status (-1 if it
+// did not exit normally). stderr_text (if not NULL) receives the start of its stderr.
+static int evt_run_eval(char** args, int nargs, char* stderr_text, size_t n) {
+    char out_path[512], err_path[512];
+    evt_path(out_path, sizeof(out_path), "child_stdout.txt");
+    evt_path(err_path, sizeof(err_path), "child_stderr.txt");
+    fflush(stdout); fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fo, 1); dup2(fe, 2);
+#ifdef _OPENMP
+        omp_set_num_threads(1);  // libgomp's thread pool does not survive fork(): stay on this thread
+#endif
+        char* argv[64];
+        argv[0] = (char*)"eval_moe";
+        for (int i = 0; i < nargs; i++) argv[i + 1] = args[i];
+        argv[nargs + 1] = NULL;
+        int rc = eval_main(nargs + 1, argv);
+        fflush(stdout); fflush(stderr);
+        _exit(rc);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (stderr_text != NULL) {
+        stderr_text[0] = 0;
+        FILE* f = fopen(err_path, "rb");
+        if (f != NULL) { size_t got = fread(stderr_text, 1, n - 1, f); stderr_text[got] = 0; fclose(f); }
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// reads a JSON file and returns the number at obj.key (NAN if absent)
+static double evt_json_number(const JsonValue* root, const char* obj, const char* key) {
+    const JsonValue* o = json_get(root, obj);
+    const JsonValue* v = o != NULL ? json_get(o, key) : NULL;
+    return v != NULL && v->type == JSON_NUMBER ? v->number : NAN;
+}
+
+// cross-entropy of token v at row position t of the last forward (B=1): logsumexp over V - logit
+static double evt_ce(const MoEModel* m, int t, int v) {
+    const float* x = m->acts.logits + (size_t)t * m->config.padded_vocab_size;
+    int V = m->config.vocab_size;
+    double mx = x[0], s = 0.0;
+    for (int i = 1; i < V; i++) if (x[i] > mx) mx = x[i];
+    for (int i = 0; i < V; i++) s += exp(x[i] - mx);
+    return mx + log(s) - x[v];
+}
+
+// ----------------------------------------------------------------------------
+// the tests
+
+static void test_eval_json_parser(void) {
+    const char* doc = " {\"a\": [1, -2.5e2, true, false, null, {\"b\": \"x\\\"y\\\\\\/\\n\\t\"}], "
+                      "\"u\": \"\\u00e9\\ud83d\\ude00\\u0000z\", \"a\": 7} ";
+    JsonValue v;
+    char err[256];
+    int rc = json_parse((const unsigned char*)doc, strlen(doc), &v, err, sizeof(err));
+    CHECK(rc == 0, "json: a valid document failed to parse: %s", err);
+    if (rc == 0) {
+        const JsonValue* a = json_get(&v, "a");
+        CHECK(a != NULL && a->type == JSON_NUMBER && a->number == 7, "json: a repeated key should give the last value");
+        const JsonValue* arr = v.n > 0 ? &v.items[0] : NULL;
+        CHECK(arr != NULL && arr->type == JSON_ARRAY && arr->n == 6, "json: array of 6 expected");
+        if (arr != NULL && arr->n == 6) {
+            CHECK(arr->items[0].number == 1 && arr->items[1].number == -250.0, "json: numbers 1 and -2.5e2");
+            CHECK(arr->items[2].type == JSON_TRUE && arr->items[3].type == JSON_FALSE && arr->items[4].type == JSON_NULL,
+                  "json: true/false/null");
+            const JsonValue* b = json_get(&arr->items[5], "b");
+            CHECK(b != NULL && b->len == 7 && memcmp(b->str, "x\"y\\/\n\t", 7) == 0, "json: simple escapes");
+        }
+        const JsonValue* u = json_get(&v, "u");
+        const unsigned char want[] = {0xC3, 0xA9, 0xF0, 0x9F, 0x98, 0x80, 0x00, 'z'};
+        CHECK(u != NULL && u->len == 8 && memcmp(u->str, want, 8) == 0,
+              "json: \\u00e9, a surrogate pair and \\u0000 should give C3 A9 F0 9F 98 80 00 7A");
+        json_free(&v);
+    }
+    struct { const char* text; const char* needle; } bad[] = {
+        {"{\"a\": tru}", "column 7"}, {"[1, 2", "expected ',' or ']'"}, {"\"abc", "unterminated string"},
+        {"\"\\ud83d\"", "high surrogate"}, {"\"\\ude00\"", "lone low surrogate"}, {"\"a\\qb\"", "unknown escape"},
+        {"01", "unexpected text"}, {"1.", "digits must follow"}, {"{\"a\" 1}", "expected ':'"}, {"{} x", "unexpected text"},
+        {"\"a\tb\"", "control character"}, {"", "unexpected end"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = 0;
+        rc = json_parse((const unsigned char*)bad[i].text, strlen(bad[i].text), &v, err, sizeof(err));
+        CHECK(rc != 0 && evt_contains(err, bad[i].needle), "json: '%s' should fail with '%s', got rc %d '%s'",
+              bad[i].text, bad[i].needle, rc, err);
+    }
+    char deep[300];
+    memset(deep, '[', 200); deep[200] = 0;
+    rc = json_parse((const unsigned char*)deep, 200, &v, err, sizeof(err));
+    CHECK(rc != 0 && evt_contains(err, "nested too deeply"), "json: 200 nested arrays should be refused, got '%s'", err);
+}
+
+// eval_loss on one batch gives exactly moe_forward's mean_loss; bits per byte by hand
+static void test_eval_loss_and_bpb(void) {
+    MoEModel m;
+    evt_model(&m, EVT_V, 16);
+    int B = 2, T = 8, nb = 3;
+    size_t n = (size_t)B * T * nb + 1;
+    uint32_t* tokens = (uint32_t*)malloc(sizeof(uint32_t) * n);
+    uint64_t rng = 99;
+    for (size_t i = 0; i < n; i++) tokens[i] = random_u32(&rng) % EVT_V;
+    tokens[3] = EVT_EOT; tokens[5] = 256; tokens[6] = 257; tokens[9] = 258; tokens[12] = EVT_EOT;  // targets of every kind
+    DataLoader dl;
+    char err[512];
+    CHECK(dataloader_open_memory(&dl, tokens, NULL, n, B, T, EVT_V, 0, 0, err, sizeof(err)) == 0, "loader: %s", err);
+    // the direct forward of batch 0
+    int* in = (int*)malloc(sizeof(int) * B * T);
+    int* tg = (int*)malloc(sizeof(int) * B * T);
+    for (int i = 0; i < B * T; i++) { in[i] = (int)tokens[i]; tg[i] = (int)tokens[i + 1]; }
+    moe_forward(&m, in, tg, B, T);
+    float mean_loss = m.mean_loss;
+    double nll = 0.0, bytes = 0.0;
+    for (int i = 0; i < B * T; i++) {
+        nll += m.acts.losses[i];
+        bytes += tg[i] < 256 ? 1.0 : EVT_BYTES[tg[i] - 256];
+    }
+    double bpb_hand = nll / log(2.0) / bytes;
+    // eval_loss with the tokenizer's byte counts
+    char tok_path[512];
+    evt_path(tok_path, sizeof(tok_path), "tokenizer.bin");
+    evt_write_tokenizer(tok_path);
+    Tokenizer tok;
+    CHECK(tokenizer_load(&tok, tok_path, err, sizeof(err)) == 0, "tokenizer: %s", err);
+    double* tb = token_byte_counts(&tok);
+    LossResult r;
+    eval_loss(&m, &dl, 1, tb, NULL, &r);
+    CHECK(r.batches == 1 && r.tokens == B * T, "eval_loss: 1 batch of %d tokens expected, got %d / %ld", B * T, r.batches, r.tokens);
+    CHECK((float)r.loss == mean_loss, "eval_loss: loss %.9g differs from moe_forward's mean_loss %.9g", r.loss, mean_loss);
+    CHECK(fabs(r.perplexity - exp(r.loss)) < 1e-12 * r.perplexity, "eval_loss: perplexity is not exp(loss)");
+    CHECK(r.have_bpb && fabs(r.bpb - bpb_hand) < 1e-12 * bpb_hand && r.bytes == bytes,
+          "bpb: %.12g (bytes %.0f) differs from the hand computation %.12g (bytes %.0f)", r.bpb, r.bytes, bpb_hand, bytes);
+    // all batches: the mean of the per-batch means (equal batch sizes)
+    double mean3 = 0.0;
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < B * T; i++) { in[i] = (int)tokens[b * B * T + i]; tg[i] = (int)tokens[b * B * T + i + 1]; }
+        moe_forward(&m, in, tg, B, T);
+        mean3 += m.mean_loss / nb;
+    }
+    eval_loss(&m, &dl, -1, NULL, NULL, &r);
+    CHECK(r.batches == nb && fabs(r.loss - mean3) < 1e-6 && !r.have_bpb,
+          "eval_loss: %d batches, loss %.7f, expected %d batches, %.7f (no bpb without a tokenizer)", r.batches, r.loss, nb, mean3);
+
+    // the command line: checkpoint + shard + tokenizer beside it; the JSON holds the same numbers
+    char ckpt[512], shard[512], json[512], stderr_text[2048];
+    evt_path(ckpt, sizeof(ckpt), "model.bin");
+    evt_path(shard, sizeof(shard), "x_val.bin");
+    evt_path(json, sizeof(json), "out.json");
+    CHECK(moe_save_checkpoint(&m, ckpt, 0, 5, 1234, 5, NULL, err, sizeof(err)) == 0, "checkpoint: %s", err);
+    CHECK(shard_write(shard, tokens, n, EVT_V, 0, err, sizeof(err)) == 0, "shard: %s", err);
+    char* args[] = {"-e", ckpt, "-j", shard, "-b", "2", "-t", "8", "-m", "1", "--json", json, "-g", "5", "--temperature", "0"};
+    int rc = evt_run_eval(args, 16, stderr_text, sizeof(stderr_text));
+    CHECK(rc == 0, "eval_main: exit %d, stderr: %s", rc, stderr_text);
+    unsigned char* text;
+    size_t size;
+    JsonValue v;
+    if (rc == 0 && eval_read_file(json, &text, &size, err, sizeof(err)) == 0) {
+        CHECK(json_parse(text, size, &v, err, sizeof(err)) == 0, "eval_main's JSON does not parse: %s", err);
+        double jl = evt_json_number(&v, "loss", "loss"), jb = evt_json_number(&v, "loss", "bits_per_byte");
+        CHECK(fabs(jl - mean_loss) < 1e-6 && fabs(jb - bpb_hand) < 1e-6 * bpb_hand,
+              "eval_main JSON: loss %.9g bpb %.9g, expected %.9g %.9g", jl, jb, mean_loss, bpb_hand);
+        const JsonValue* tk = json_get(&v, "tokenizer");
+        CHECK(tk != NULL && tk->type == JSON_STRING && evt_contains(tk->str, "tokenizer.bin"),
+              "eval_main should find tokenizer.bin beside the shard");
+        const JsonValue* gen = json_get(&v, "generation");
+        const JsonValue* gt = gen != NULL ? json_get(gen, "tokens") : NULL;
+        CHECK(gt != NULL && gt->type == JSON_ARRAY && gt->n == 5, "eval_main JSON: 5 generated tokens expected");
+        // greedy generation from end-of-text = the argmax of a direct forward (first token)
+        if (gt != NULL && gt->n == 5) {
+            int start = EVT_EOT;
+            moe_forward(&m, &start, NULL, 1, 1);
+            int best = 0;
+            for (int vv = 1; vv < EVT_V; vv++) if (m.acts.logits[vv] > m.acts.logits[best]) best = vv;
+            CHECK((int)gt->items[0].number == best, "greedy generation: first token %d, argmax %d", (int)gt->items[0].number, best);
+        }
+        json_free(&v);
+        free(text);
+    }
+    // a wrong -t and a missing checkpoint fail with a message, not a crash
+    char* bad_t[] = {"-e", ckpt, "-j", shard, "-t", "17", "--json", json};
+    rc = evt_run_eval(bad_t, 8, stderr_text, sizeof(stderr_text));
+    CHECK(rc == 1 && evt_contains(stderr_text, "exceeds the checkpoint's maxT"), "-t 17 > maxT: exit %d, '%s'", rc, stderr_text);
+    free(tb);
+    tokenizer_free(&tok);
+    dataloader_free(&dl);
+    free(in); free(tg); free(tokens);
+    moe_free(&m);
+}
+
+// Forced answers: the correct ending is the model's greedy continuation; every distractor token has
+// a cross-entropy above the largest of the greedy ending's, so both L_sum and L_mean single it out.
+// Tokens are printable ASCII (32..126), so JSONL text and ids map one to one with the test tokenizer.
+static void evt_build_forced(MoEModel* m, MCSet* set, int n_examples) {
+    memset(set, 0, sizeof(*set));
+    set->examples = (MCExample*)calloc((size_t)n_examples, sizeof(MCExample));
+    set->n = n_examples;
+    set->format = "bin";
+    uint64_t rng = 5;
+    int seq[64];
+    for (int e = 0; e < n_examples; e++) {
+        MCExample* ex = &set->examples[e];
+        int ctx_len = 4 + e % 3, greedy_len = 2 + e % 2, dis_len = 3;
+        ex->index = 100 + e; ex->label = e % 4; ex->n_endings = 4; ex->ctx_len = ctx_len;
+        ex->ending_len = (int*)malloc(sizeof(int) * 4);
+        ex->tokens = (int*)malloc(sizeof(int) * 64);
+        for (int t = 0; t < ctx_len; t++) ex->tokens[t] = seq[t] = 32 + (int)(random_u32(&rng) % 95);
+        // greedy ending and G, its largest per-token CE
+        int greedy[8];
+        double G = 0.0;
+        for (int s = 0; s < greedy_len; s++) {
+            int len = ctx_len + s;
+            moe_forward(m, seq, NULL, 1, len);
+            int best = 32;
+            for (int v = 33; v < 127; v++) if (evt_ce(m, len - 1, v) < evt_ce(m, len - 1, best)) best = v;
+            double ce = evt_ce(m, len - 1, best);
+            if (ce > G) G = ce;
+            greedy[s] = seq[len] = best;
+        }
+        int pos = ctx_len;
+        for (int j = 0; j < 4; j++) {
+            if (j == ex->label) {
+                ex->ending_len[j] = greedy_len;
+                for (int s = 0; s < greedy_len; s++) ex->tokens[pos++] = greedy[s];
+                continue;
+            }
+            ex->ending_len[j] = dis_len;
+            for (int s = 0; s < dis_len; s++) {
+                int len = ctx_len + s;
+                moe_forward(m, seq, NULL, 1, len);
+                // the (j+1)-th printable token, from a rotating start, whose CE exceeds G by a margin
+                int found = -1, skip = j;
+                for (int k = 0; k < 95 && found < 0; k++) {
+                    int v = 32 + (k + 17 * e + 31 * s) % 95;
+                    if (evt_ce(m, len - 1, v) > G + 0.01 && skip-- == 0) found = v;
+                }
+                CHECK(found >= 0, "forced mc: no distractor token with CE > %.4f at example %d step %d", G + 0.01, e, s);
+                if (found < 0) found = 32;
+                ex->tokens[pos++] = seq[len] = found;
+            }
+        }
+    }
+}
+
+static void evt_write_jsonl_forced(const char* path, const MCSet* set) {
+    FILE* f = fopen(path, "w");
+    for (int e = 0; e < set->n; e++) {
+        const MCExample* ex = &set->examples[e];
+        unsigned char buf[64];
+        for (int t = 0; t < ex->ctx_len; t++) buf[t] = (unsigned char)ex->tokens[t];
+        fprintf(f, "{\"ctx\": ");
+        json_write_string(f, buf, (size_t)ex->ctx_len);
+        fprintf(f, ", \"sep\": \"\", \"endings\": [");
+        for (int j = 0; j < ex->n_endings; j++) {
+            const int* end = mc_ending(ex, j);
+            for (int t = 0; t < ex->ending_len[j]; t++) buf[t] = (unsigned char)end[t];
+            if (j) fprintf(f, ", ");
+            json_write_string(f, buf, (size_t)ex->ending_len[j]);
+        }
+        fprintf(f, "], \"label\": %d}\n", ex->label);
+        if (e == 1) fprintf(f, "\n");  // a blank line is skipped
+    }
+    fclose(f);
+}
+
+static int evt_same_tokens(const MCSet* a, const MCSet* b) {
+    if (a->n != b->n) return 0;
+    for (int e = 0; e < a->n; e++) {
+        const MCExample *x = &a->examples[e], *y = &b->examples[e];
+        if (x->label != y->label || x->n_endings != y->n_endings || x->ctx_len != y->ctx_len) return 0;
+        int total = x->ctx_len;
+        for (int j = 0; j < x->n_endings; j++) { if (x->ending_len[j] != y->ending_len[j]) return 0; total += x->ending_len[j]; }
+        if (memcmp(x->tokens, y->tokens, sizeof(int) * (size_t)total) != 0) return 0;
+    }
+    return 1;
+}
+
+static void test_eval_mc_forced(void) {
+    MoEModel m;
+    evt_model(&m, EVT_V, 16);
+    MCSet set, bin, jl;
+    evt_build_forced(&m, &set, 8);
+    char bin_path[512], jsonl_path[512], tok_path[512], err[512];
+    evt_path(bin_path, sizeof(bin_path), "forced.bin");
+    evt_path(jsonl_path, sizeof(jsonl_path), "forced.jsonl");
+    evt_path(tok_path, sizeof(tok_path), "tokenizer.bin");
+    evt_write_tokenizer(tok_path);
+    Tokenizer tok;
+    CHECK(tokenizer_load(&tok, tok_path, err, sizeof(err)) == 0, "tokenizer: %s", err);
+    CHECK(mc_write_bin(bin_path, &set, err, sizeof(err)) == 0, "mc_write_bin: %s", err);
+    evt_write_jsonl_forced(jsonl_path, &set);
+    int rc = mc_load(bin_path, NULL, EVT_V, EVT_EOT, &bin, err, sizeof(err));
+    CHECK(rc == 0 && evt_same_tokens(&set, &bin) && strcmp(bin.format, "bin") == 0, "forced .bin: reload differs (%s)", err);
+    rc = mc_load(jsonl_path, &tok, EVT_V, EVT_EOT, &jl, err, sizeof(err));
+    CHECK(rc == 0 && evt_same_tokens(&set, &jl) && strcmp(jl.format, "jsonl") == 0, "forced JSONL: tokens differ (%s)", err);
+    CHECK(rc == 0 && jl.examples[2].index == 4, "JSONL example index = line number (4 after a blank line), got %d",
+          rc == 0 ? jl.examples[2].index : -1);
+    CHECK(bin.n > 0 && bin.examples[0].index == 100, "bin example index from the file");
+    // B = 3: examples straddle batches; B = 1 and 16 too
+    int Bs[3] = {3, 1, 16};
+    for (int i = 0; i < 3; i++) {
+        MCResult r;
+        mc_evaluate(&m, &bin, -1, Bs[i], 16, EVT_EOT, &r, NULL);
+        CHECK(r.scored == 8 && r.correct == 8 && r.correct_norm == 8 && r.acc == 1.0 && r.acc_norm == 1.0 && r.chance == 0.25,
+              "forced .bin, B=%d: acc %d/%d acc_norm %d/%d (chance %.3f), expected 8/8", Bs[i], r.correct, r.scored,
+              r.correct_norm, r.scored, r.chance);
+        mc_evaluate(&m, &jl, -1, Bs[i], 16, EVT_EOT, &r, NULL);
+        CHECK(r.correct == 8 && r.correct_norm == 8, "forced JSONL, B=%d: acc %d/8 acc_norm %d/8", Bs[i], r.correct, r.correct_norm);
+    }
+    MCResult r;
+    mc_evaluate(&m, &bin, 3, 4, 16, EVT_EOT, &r, NULL);
+    CHECK(r.examples == 3 && r.scored == 3, "--mc-limit 3: %d examples scored", r.scored);
+
+    // L_sum of every ending equals a direct single-sequence forward
+    double lsum[64];
+    mc_evaluate(&m, &bin, -1, 3, 16, EVT_EOT, &r, lsum);
+    int worst = 0;
+    double maxdiff = 0.0;
+    for (int e = 0, job = 0; e < bin.n; e++) {
+        const MCExample* ex = &bin.examples[e];
+        for (int j = 0; j < ex->n_endings; j++, job++) {
+            int seq[64], len = ex->ctx_len + ex->ending_len[j];
+            memcpy(seq, ex->tokens, sizeof(int) * (size_t)ex->ctx_len);
+            memcpy(seq + ex->ctx_len, mc_ending(ex, j), sizeof(int) * (size_t)ex->ending_len[j]);
+            moe_forward(&m, seq, NULL, 1, len - 1);
+            double s = 0.0;
+            for (int t = ex->ctx_len - 1; t < len - 1; t++) s += evt_ce(&m, t, seq[t + 1]);
+            if (fabs(s - lsum[job]) > maxdiff) { maxdiff = fabs(s - lsum[job]); worst = job; }
+        }
+    }
+    CHECK(maxdiff < 1e-4, "mc: L_sum differs from a direct forward by %.3g at ending %d", maxdiff, worst);
+
+    // JSONL fields: ctx_a + " " + ctx_b, default sep " ", \u escapes
+    const char* line = "{\"ctx_a\": \"ab\", \"ctx_b\": \"c\", \"endings\": [\"\\u00e9\", \"x\"], \"label\": 1}\n";
+    char p2[512];
+    evt_path(p2, sizeof(p2), "fields.jsonl");
+    evt_write(p2, line, strlen(line));
+    MCSet f;
+    rc = mc_load(p2, &tok, EVT_V, EVT_EOT, &f, err, sizeof(err));
+    int want[] = {'a', 'b', ' ', 'c', ' ', 0xC3, 0xA9, ' ', 'x'};
+    CHECK(rc == 0 && f.n == 1 && f.examples[0].ctx_len == 4 && f.examples[0].ending_len[0] == 3 &&
+          f.examples[0].ending_len[1] == 2 && memcmp(f.examples[0].tokens, want, sizeof(want)) == 0,
+          "JSONL ctx_a/ctx_b/default sep: wrong tokens (%s)", rc ? err : "");
+    if (rc == 0) mc_free(&f);
+
+    // the command line: --mc with the JSONL and the tokenizer beside it
+    char ckpt[512], json[512], stderr_text[2048];
+    evt_path(ckpt, sizeof(ckpt), "model_mc.bin");
+    evt_path(json, sizeof(json), "mc.json");
+    CHECK(moe_save_checkpoint(&m, ckpt, 0, 0, 1, 0, NULL, err, sizeof(err)) == 0, "checkpoint: %s", err);
+    char* args[] = {"-e", ckpt, "--mc", jsonl_path, "-b", "5", "--json", json};
+    rc = evt_run_eval(args, 8, stderr_text, sizeof(stderr_text));
+    CHECK(rc == 0, "eval_main --mc: exit %d, stderr: %s", rc, stderr_text);
+    unsigned char* text;
+    size_t size;
+    JsonValue v;
+    if (rc == 0 && eval_read_file(json, &text, &size, err, sizeof(err)) == 0) {
+        if (json_parse(text, size, &v, err, sizeof(err)) == 0) {
+            CHECK(evt_json_number(&v, "mc", "acc") == 1.0 && evt_json_number(&v, "mc", "acc_norm") == 1.0 &&
+                  evt_json_number(&v, "mc", "examples") == 8, "eval_main --mc: JSON acc %g acc_norm %g",
+                  evt_json_number(&v, "mc", "acc"), evt_json_number(&v, "mc", "acc_norm"));
+            const JsonValue* loss = json_get(&v, "loss");
+            CHECK(loss != NULL && loss->type == JSON_NULL, "no -j and V != 512: loss should be null");
+            json_free(&v);
+        } else {
+            CHECK(0, "eval_main --mc JSON does not parse: %s", err);
+        }
+        free(text);
+    }
+    mc_free(&set); mc_free(&bin); mc_free(&jl);
+    tokenizer_free(&tok);
+    moe_free(&m);
+}
+
+// Truncation and skipping: maxT = 8
+static void test_eval_mc_truncation(void) {
+    MoEModel m;
+    evt_model(&m, EVT_V, 8);
+    MCSet set = {0};
+    set.n = 3;
+    set.examples = (MCExample*)calloc(3, sizeof(MCExample));
+    int ctx_lens[3] = {10, 2, 3}, end_lens[3] = {3, 9, 2};
+    for (int e = 0; e < 3; e++) {
+        MCExample* ex = &set.examples[e];
+        ex->index = e; ex->label = 0; ex->n_endings = 2; ex->ctx_len = ctx_lens[e];
+        ex->ending_len = (int*)malloc(sizeof(int) * 2);
+        ex->ending_len[0] = end_lens[e]; ex->ending_len[1] = 1;
+        int total = ctx_lens[e] + end_lens[e] + 1;
+        ex->tokens = (int*)malloc(sizeof(int) * (size_t)total);
+        for (int t = 0; t < total; t++) ex->tokens[t] = 40 + (7 * t + e) % 50;
+    }
+    MCResult r;
+    double lsum[6];
+    mc_evaluate(&m, &set, -1, 2, 8, EVT_EOT, &r, lsum);
+    CHECK(r.examples == 3 && r.scored == 2 && r.truncated == 1 && r.skipped == 1,
+          "truncation: scored %d truncated %d skipped %d, expected 2 1 1", r.scored, r.truncated, r.skipped);
+    CHECK(isnan(lsum[2]) && isnan(lsum[3]), "a skipped example's L_sum should be NAN");
+    // example 0 keeps its last 8 + 1 - 3 = 6 context tokens for both endings
+    const MCExample* ex = &set.examples[0];
+    int seq[16];
+    memcpy(seq, ex->tokens + 4, sizeof(int) * 6);
+    memcpy(seq + 6, ex->tokens + 10, sizeof(int) * 3);
+    moe_forward(&m, seq, NULL, 1, 8);
+    double s = evt_ce(&m, 5, seq[6]) + evt_ce(&m, 6, seq[7]) + evt_ce(&m, 7, seq[8]);
+    CHECK(fabs(s - lsum[0]) < 1e-4, "truncated example: L_sum %.6f, direct %.6f", lsum[0], s);
+    mc_free(&set);
+    moe_free(&m);
+}
+
+// Malformed files are reported with their line / record number, never a crash.
+static void test_eval_mc_malformed(void) {
+    char path[512], tok_path[512], err[512];
+    evt_path(path, sizeof(path), "bad.jsonl");
+    evt_path(tok_path, sizeof(tok_path), "tokenizer.bin");
+    evt_write_tokenizer(tok_path);
+    Tokenizer tok;
+    CHECK(tokenizer_load(&tok, tok_path, err, sizeof(err)) == 0, "tokenizer: %s", err);
+    const char* good = "{\"ctx\": \"hi\", \"endings\": [\"a\", \"b\"], \"label\": 0}\n";
+    struct { const char* line; int at; const char* needle; } cases[] = {
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", }", 3, "bad JSON"},
+        {"{\"ctx\": \"a\", \"label\": 0}", 3, "missing field \"endings\""},
+        {"{\"endings\": [\"a\", \"b\"], \"label\": 0}", 3, "missing field \"ctx\""},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"]}", 3, "missing field \"label\""},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": 2}", 3, "label 2 is out of range"},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": -1}", 3, "out of range"},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": 0.5}", 3, "not an integer"},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", 3], \"label\": 0}", 3, "ending 1 is not a string"},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\"], \"label\": 0}", 3, "2 to 1024"},
+        {"{\"ctx\": 5, \"endings\": [\"b\", \"c\"], \"label\": 0}", 3, "\"ctx\" is not a string"},
+        {"{\"ctx\": \"a\", \"endings\": [\"b\", \"\"], \"label\": 0, \"sep\": \"\"}", 3, "ending 1 has no tokens"},
+        {"[1, 2]", 3, "not a JSON object"},
+        {"{\"ctx\": \"\\ud800\", \"endings\": [\"b\", \"c\"], \"label\": 0}", 3, "surrogate"},
+        {"{\"ctx\": \"a\"", 3, "bad JSON"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char content[1024];
+        snprintf(content, sizeof(content), "%s\n%s%s\n%s", good, good, cases[i].line, good);
+        if (i == 0) snprintf(content, sizeof(content), "%s\n%s\n%s", good, cases[i].line, good);  // blank line 2 counts
+        evt_write(path, content, strlen(content));
+        MCSet set;
+        err[0] = 0;
+        int rc = mc_load(path, &tok, EVT_V, EVT_EOT, &set, err, sizeof(err));
+        char where[600];
+        snprintf(where, sizeof(where), "%s:%d:", path, i == 0 ? 3 : cases[i].at + 1);
+        CHECK(rc != 0 && evt_contains(err, where) && evt_contains(err, cases[i].needle),
+              "malformed JSONL case %zu: expected '%s' and '%s', got rc %d '%s'", i, where, cases[i].needle, rc, err);
+    }
+    MCSet s0;
+    evt_write(path, good, strlen(good));
+    CHECK(mc_load(path, NULL, EVT_V, EVT_EOT, &s0, err, sizeof(err)) != 0 && evt_contains(err, "needs a tokenizer"),
+          "JSONL without a tokenizer: '%s'", err);
+
+    // .bin: three good records, then corrupted copies
+    MCSet set = {0};
+    set.n = 3;
+    set.examples = (MCExample*)calloc(3, sizeof(MCExample));
+    for (int e = 0; e < 3; e++) {
+        MCExample* ex = &set.examples[e];
+        ex->index = e; ex->label = 1; ex->n_endings = 2; ex->ctx_len = 3;
+        ex->ending_len = (int*)malloc(sizeof(int) * 2);
+        ex->ending_len[0] = 2; ex->ending_len[1] = 2;
+        ex->tokens = (int*)malloc(sizeof(int) * 7);
+        for (int t = 0; t < 7; t++) ex->tokens[t] = 50 + t;
+    }
+    char bpath[512];
+    evt_path(bpath, sizeof(bpath), "bad.bin");
+    CHECK(mc_write_bin(bpath, &set, err, sizeof(err)) == 0, "mc_write_bin: %s", err);
+    unsigned char* good_bin;
+    size_t size;
+    CHECK(eval_read_file(bpath, &good_bin, &size, err, sizeof(err)) == 0, "read: %s", err);
+    size_t rec = 2 * (5 + 1 + 2 + 7);  // bytes per record
+    CHECK(size == 1024 + 3 * rec, ".bin size %zu, expected %zu", size, 1024 + 3 * rec);
+    int32_t longest;
+    memcpy(&longest, good_bin + 12, 4);
+    CHECK(longest == (int32_t)rec, ".bin header[3] (longest example) %d, expected %zu", longest, rec);
+    MCSet ok;
+    CHECK(mc_load(bpath, NULL, EVT_V, EVT_EOT, &ok, err, sizeof(err)) == 0 && ok.n == 3, "good .bin: %s", err);
+    mc_free(&ok);
+    struct { size_t offset; uint16_t value; size_t truncate; const char* needle1; const char* needle2; } bins[] = {
+        {1024 + rec, 1234, 0, "record 2", "bad marker 1234"},
+        {0, 0, 1024 + 2 * rec + 10, "record 3", "runs past the end of the file"},
+        {1024 + 10, 60000, 0, "record 1", "context length 60000 runs past"},
+        {1024 + rec + 6, 2, 0, "record 2", "label 2 but only 2 endings"},
+        {1024 + rec + 8, 1, 0, "record 2", "1 endings"},
+        {1024 + 2, 32, 0, "record 1", "holds 32 bytes but its fields use 30"},
+        {1024 + rec + 18, 0, 0, "record 2", "ending 0 has no tokens"},
+        {1024 + 2 * rec + 2, 28, 0, "record 3", "ending 1 length 2 runs past the record's end"},
+        {1024 + rec + 14, 300, 0, "example index 1", "token id 300"},
+        {8, 5, 0, "header says 5 examples", "3 records"},
+        {0, 7, 0, "not a .bin", "needs a tokenizer"},
+    };
+    // record layout (uint16 words): 0 marker, 1 bytes, 2 index, 3 label, 4 endings, 5 ctx len, 6..8 ctx,
+    // 9 len0, 10..11, 12 len1, 13..14. So ending 0's length is word 9 (byte 18), a token is word 7 (byte 14).
+    for (size_t i = 0; i < sizeof(bins) / sizeof(bins[0]); i++) {
+        unsigned char* copy = (unsigned char*)malloc(size);
+        memcpy(copy, good_bin, size);
+        size_t n = bins[i].truncate ? bins[i].truncate : size;
+        if (!bins[i].truncate) {
+            if (bins[i].offset == 8) { int32_t five = 5; memcpy(copy + 8, &five, 4); }
+            else if (bins[i].offset == 0) { int32_t magic = 7; memcpy(copy, &magic, 4); }
+            else { copy[bins[i].offset] = bins[i].value & 0xff; copy[bins[i].offset + 1] = bins[i].value >> 8; }
+        }
+        evt_write(bpath, copy, n);
+        free(copy);
+        MCSet bad;
+        err[0] = 0;
+        int rc = mc_load(bpath, NULL, EVT_V, EVT_EOT, &bad, err, sizeof(err));
+        CHECK(rc != 0 && evt_contains(err, bins[i].needle1) && evt_contains(err, bins[i].needle2),
+              "malformed .bin case %zu: expected '%s' and '%s', got rc %d '%s'", i, bins[i].needle1, bins[i].needle2, rc, err);
+    }
+    // the command line exits 1 with the record number on stderr
+    MoEModel m;
+    evt_model(&m, EVT_V, 16);
+    char ckpt[512], stderr_text[2048];
+    evt_path(ckpt, sizeof(ckpt), "model_bad.bin");
+    CHECK(moe_save_checkpoint(&m, ckpt, 0, 0, 1, 0, NULL, err, sizeof(err)) == 0, "checkpoint: %s", err);
+    unsigned char* copy = (unsigned char*)malloc(size);
+    memcpy(copy, good_bin, size);
+    copy[1024 + rec] = 0x34; copy[1024 + rec + 1] = 0x12;
+    evt_write(bpath, copy, size);
+    free(copy);
+    char json[512];
+    evt_path(json, sizeof(json), "bad.json");
+    char* args[] = {"-e", ckpt, "--mc", bpath, "--json", json};
+    int rc = evt_run_eval(args, 6, stderr_text, sizeof(stderr_text));
+    CHECK(rc == 1 && evt_contains(stderr_text, "record 2") && evt_contains(stderr_text, "bad marker"),
+          "eval_main with a bad .bin record: exit %d, stderr '%s'", rc, stderr_text);
+    evt_write(path, "{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": 0}\n{oops}\n", 52);
+    char* args2[] = {"-e", ckpt, "--mc", path, "--tokenizer", tok_path, "--json", json};
+    rc = evt_run_eval(args2, 8, stderr_text, sizeof(stderr_text));
+    CHECK(rc == 1 && evt_contains(stderr_text, ":2: bad JSON"), "eval_main with a bad JSONL line: exit %d, stderr '%s'", rc, stderr_text);
+    free(good_bin);
+    mc_free(&set);
+    tokenizer_free(&tok);
+    moe_free(&m);
+}
+
+// make_cloze: the synthetic .bin and the text JSONL load back and hold what they should
+static void test_eval_make_cloze(void) {
+    char path[512], path2[512], err[512];
+    evt_path(path, sizeof(path), "syn.bin");
+    evt_path(path2, sizeof(path2), "syn2.bin");
+    int n = cloze_synthetic(5, 160000, 40, 32, 8, 4, path, err, sizeof(err));
+    int n2 = cloze_synthetic(5, 160000, 40, 32, 8, 4, path2, err, sizeof(err));
+    CHECK(n == 40 && n2 == 40, "cloze_synthetic: %d examples (%s)", n, err);
+    unsigned char *a, *b;
+    size_t sa, sb;
+    if (eval_read_file(path, &a, &sa, err, sizeof(err)) == 0 && eval_read_file(path2, &b, &sb, err, sizeof(err)) == 0) {
+        CHECK(sa == sb && memcmp(a, b, sa) == 0, "cloze_synthetic: the same seed must give the same file");
+        free(a); free(b);
+    }
+    MCSet set;
+    int rc = mc_load(path, NULL, SYNTH_VOCAB, SYNTH_VOCAB - 1, &set, err, sizeof(err));
+    CHECK(rc == 0 && set.n == 40, "synthetic cloze reload: %s", err);
+    SyntheticCorpus c;
+    synthetic_corpus_generate(&c, 1, 10000, 5);
+    const int block = (SYNTH_VOCAB - 1 - SYNTH_SHARED) / SYNTH_DOMAINS;
+    int bad_true = 0, bad_dis = 0, labels[4] = {0};
+    for (int e = 0; rc == 0 && e < set.n; e++) {
+        const MCExample* ex = &set.examples[e];
+        if (ex->ctx_len != 32 || ex->n_endings != 4) { bad_true++; continue; }
+        labels[ex->label]++;
+        // the context + true ending occur contiguously in the val stream
+        int found = -1;
+        for (size_t i = 0; i + 40 <= c.val_len && found < 0; i++) {
+            int same = 1;
+            for (int t = 0; t < 32 && same; t++) same = (int)c.val_tokens[i + t] == ex->tokens[t];
+            const int* tr = mc_ending(ex, ex->label);
+            for (int t = 0; t < 8 && same; t++) same = (int)c.val_tokens[i + 32 + t] == tr[t];
+            if (same) found = (int)i;
+        }
+        if (found < 0) { bad_true++; continue; }
+        int dom = c.val_domains[found + 32];
+        // no distractor token is a content token of the context's domain
+        for (int j = 0; j < 4; j++) {
+            if (j == ex->label) continue;
+            const int* d = mc_ending(ex, j);
+            for (int t = 0; t < 8; t++)
+                if (d[t] >= SYNTH_SHARED && d[t] < SYNTH_VOCAB - 1 && (d[t] - SYNTH_SHARED) / block == dom) { bad_dis++; break; }
+        }
+    }
+    CHECK(bad_true == 0, "synthetic cloze: %d examples whose context + true ending is not in the val stream", bad_true);
+    CHECK(bad_dis == 0, "synthetic cloze: %d distractors hold content tokens of the context's domain", bad_dis);
+    CHECK(labels[0] > 0 && labels[1] > 0 && labels[2] > 0 && labels[3] > 0, "synthetic cloze: labels should vary");
+    synthetic_corpus_free(&c);
+    if (rc == 0) mc_free(&set);
+
+    // text: 40 numbered lines, blank lines between some, two documents
+    char text[4096];
+    size_t len = 0;
+    for (int i = 1; i <= 40; i++) len += (size_t)snprintf(text + len, sizeof(text) - len, "line %02d says %d\n%s", i, i * 7, i % 5 == 0 ? "\n" : "");
+    size_t docs[3] = {0, 0, len};
+    docs[1] = (size_t)(strstr(text, "line 21") - text);
+    char jpath[512];
+    evt_path(jpath, sizeof(jpath), "cloze.jsonl");
+    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 9, jpath, err, sizeof(err));
+    CHECK(n == 12, "cloze_text: %d examples (%s)", n, err);
+    unsigned char* data;
+    size_t size;
+    int bad = 0;
+    if (n > 0 && eval_read_file(jpath, &data, &size, err, sizeof(err)) == 0) {
+        char* line = (char*)data;
+        for (int e = 0; e < n; e++) {
+            char* nl = strchr(line, '\n');
+            JsonValue v;
+            if (nl == NULL || json_parse((unsigned char*)line, (size_t)(nl - line), &v, err, sizeof(err)) != 0) { bad++; break; }
+            const JsonValue *ctx = json_get(&v, "ctx"), *sep = json_get(&v, "sep"), *ends = json_get(&v, "endings");
+            int label = (int)json_get(&v, "label")->number;
+            // ctx + sep + true ending is a piece of the text that ends at a line end, inside one document
+            char joined[1024];
+            snprintf(joined, sizeof(joined), "%s%s%s\n", ctx->str, sep->str, ends->items[label].str);
+            char* at = strstr(text, joined);
+            int ok = at != NULL && (at == text || at[-1] == '\n') && (sep->len == 1 || sep->len == 2);
+            ok = ok && ((size_t)(at - text) >= docs[1] || (size_t)(at - text) + strlen(joined) <= docs[1]);
+            int ctx_first = atoi(ctx->str + 5);
+            for (int j = 0; ok && j < 4; j++) {
+                if (j == label) continue;
+                int num = atoi(ends->items[j].str + 5);
+                ok = strcmp(ends->items[j].str, ends->items[label].str) != 0 && (num < ctx_first || num > ctx_first + 2);
+            }
+            bad += !ok;
+            json_free(&v);
+            line = nl + 1;
+        }
+        free(data);
+    }
+    CHECK(bad == 0, "cloze_text: %d examples are not context + next line + 3 other lines", bad);
+}
+
+static void test_eval_sampling(void) {
+    float logits[6] = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f, 1.9f};
+    float scratch[6];
+    uint64_t rng = 1;
+    CHECK(sample_token(logits, 6, 0.0f, 0, &rng, scratch) == 1, "greedy: ties go to the lower id");
+    int ok = 1, seen[6] = {0};
+    for (int i = 0; i < 200; i++) {
+        int t = sample_token(logits, 6, 1.0f, 2, &rng, scratch);
+        ok &= t == 1 || t == 3;
+        seen[t]++;
+    }
+    CHECK(ok && seen[1] > 0 && seen[3] > 0, "top-k 2 must sample only ids 1 and 3 (and both)");
+    for (int i = 0; i < 50; i++) ok &= sample_token(logits, 6, 1.0f, 1, &rng, scratch) == 1;
+    CHECK(ok, "top-k 1 is greedy");
+    uint64_t r1 = 77, r2 = 77;
+    int same = 1;
+    for (int i = 0; i < 50; i++) same &= sample_token(logits, 6, 0.7f, 0, &r1, scratch) == sample_token(logits, 6, 0.7f, 0, &r2, scratch);
+    CHECK(same, "sampling: the same seed must give the same tokens");
+}
+
+static void test_eval(void) {
+    snprintf(evt_dir, sizeof(evt_dir), "/tmp/moe_eval_testXXXXXX");
+    if (mkdtemp(evt_dir) == NULL) { CHECK(0, "mkdtemp failed: %s", strerror(errno)); return; }
+    test_eval_json_parser();
+    test_eval_sampling();
+    test_eval_loss_and_bpb();
+    test_eval_mc_forced();
+    test_eval_mc_truncation();
+    test_eval_mc_malformed();
+    test_eval_make_cloze();
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", evt_dir);
+    if (system(cmd) != 0) printf("warning: could not remove %s\n", evt_dir);
+}
+
 
 int main(void) {
     char tmpl[] = "/tmp/test_moe_XXXXXX";

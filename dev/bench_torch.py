@@ -7,8 +7,8 @@ input/output embedding (Vp rows), no dropout. Every block's FFN is an MoE layer:
 without bias, top-k on the logits (ties: torch.topk's choice), softmax over the selected
 (topk_softmax), the Switch load-balance loss a*E*sum_i f_i P_i (f detached) with a = 0.01; sparse
 dispatch: the (token, slot) pairs are sorted by expert once, each expert runs its two Linear layers
-(weights stored [E,H,C] / [E,C,H] as nn.Parameters, F.linear) on its gathered tokens only, and the
-gate-weighted result is index_add_'ed back. Attention: F.scaled_dot_product_attention(is_causal=True)
+(weights stored [E,H,C] / [E,C,H] as nn.Parameters, unbound once per forward, F.linear) on its
+gathered tokens only, and the gate-weighted result is index_add_'ed back. Attention: F.scaled_dot_product_attention(is_causal=True)
 when this torch has it (>= 2.0), else torch 1.13's F._scaled_dot_product_attention (the same fused
 math kernel under its pre-2.0 private name), else an explicit masked softmax.
 Optimizer: torch.optim.AdamW(lr=1e-3, betas=(0.9,0.95), eps=1e-8, weight_decay=0.1, foreach=True)
@@ -111,13 +111,16 @@ class MoE(nn.Module):
         w = gates.flatten()[order]
         counts = torch.bincount(flat, minlength=E).tolist()
         out = torch.zeros_like(x)
+        # unbind once: indexing self.fcw[e] per expert would make autograd build a full [E,H,C]
+        # zero tensor per expert in backward (select_backward), a cost quadratic in E
+        fcw, fcb, fcprojw, fcprojb = (p.unbind(0) for p in (self.fcw, self.fcb, self.fcprojw, self.fcprojb))
         start = 0
         for e, n in enumerate(counts):
             if n == 0:
                 continue
             idx = tok[start:start + n]
-            h = F.gelu(F.linear(x[idx], self.fcw[e], self.fcb[e]), approximate="tanh")
-            y = F.linear(h, self.fcprojw[e], self.fcprojb[e])
+            h = F.gelu(F.linear(x[idx], fcw[e], fcb[e]), approximate="tanh")
+            y = F.linear(h, fcprojw[e], fcprojb[e])
             out.index_add_(0, idx, y * w[start:start + n, None])
             start += n
         return out, aux

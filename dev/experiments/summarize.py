@@ -4,7 +4,8 @@
     dev/experiments/summarize.py RUN_DIR [RUN_DIR ...]
 
 Columns: the run, final val loss (tel at the last step), the step at which each layer's
-zero-token count first drops to <= 10% of E (per layer, "-" = never; 0 = from the first step),
+zero-token count first drops to <= 10% of E after its worst step (per layer; "-" = never;
+"0" = never above 10%),
 the mean sibling co-activation rate over all steps and layers (and the random baseline), the
 router-weight diversity at the last step (mean |S_ij|, mean angle in degrees, spectral entropy,
 averaged over layers), the expert-output similarity at the last validation, the mean
@@ -77,8 +78,13 @@ def summarize(run, base_ms):
     E = int(cfg.get("experts", "8"))
     last = steps[-1]
     zero_step = []
-    for l in layers:
-        hit = next((s for s in steps if int(rows[(s, l)]["zero_experts"]) <= 0.1 * E), None)
+    for l in layers:  # after the layer's worst step, the first step with <= 10% of E idle experts
+        counts = [int(rows[(s, l)]["zero_experts"]) for s in steps]
+        worst = counts.index(max(counts))
+        if counts[worst] <= 0.1 * E:
+            zero_step.append("0")
+            continue
+        hit = next((steps[i] for i in range(worst, len(steps)) if counts[i] <= 0.1 * E), None)
         zero_step.append("-" if hit is None else str(hit))
     coact = mean([fnum(rows[k]["sibling_coact"]) for k in rows])
     coact_random = fnum(rows[(last, layers[0])]["sibling_coact_random"])
@@ -129,7 +135,7 @@ def main():
             base_ms = r["ms"]
             r = summarize(run, base_ms)
         table.append(r)
-    cols = [("run", "run"), ("val", "final val loss"), ("zero", "step zero-token <= 10% E, per layer"),
+    cols = [("run", "run"), ("val", "final val loss"), ("zero", "step zero-token <= 10% E after its peak, per layer"),
             ("coact", "sibling co-act (random)"), ("div", "|S| / angle° / spectral H (last step)"),
             ("outsim", "expert-out cos"), ("agree", "agreement all / last third"), ("rate", "compete rate"),
             ("time", "train time (vs first)")]

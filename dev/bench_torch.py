@@ -15,7 +15,7 @@ Optimizer: torch.optim.AdamW(lr=1e-3, betas=(0.9,0.95), eps=1e-8, weight_decay=0
 with weight decay on the matrices and embeddings only (SPEC §4), clip_grad_norm_(1.0).
 
 Timing per step with time.perf_counter: fwd+bwd = forward + loss.backward(); opt = clip + step +
-zero_grad(set_to_none=True). The first --warmup steps are discarded, medians of the rest. Prints
+zero_grad (set_to_none=False by default: torch 1.x's default; it keeps the gradient buffers). The first --warmup steps are discarded, medians of the rest. Prints
 machine-readable "key value" lines (dev/bench parses them) unless --human.
 
 Run with Debian's python (python3-torch): /usr/bin/python3 dev/bench_torch.py --help
@@ -46,6 +46,9 @@ ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREA
 ap.add_argument("--seed", type=int, default=1337)
 ap.add_argument("--attn", choices=["auto", "sdpa", "manual"], default="auto",
                 help="auto: the fused scaled_dot_product_attention if this torch has one")
+ap.add_argument("--set-to-none", type=int, default=0,
+                help="optimizer.zero_grad(set_to_none=...): 0 (torch 1.x's default) keeps the gradient "
+                     "buffers; 1 (torch 2.x's default) frees them and backward allocates them again")
 ap.add_argument("--verbose", action="store_true", help="print torch's build configuration (BLAS)")
 ap.add_argument("--human", action="store_true", help="per-step lines as well")
 args = ap.parse_args()
@@ -212,7 +215,7 @@ for step in range(args.steps):
     t1 = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=bool(args.set_to_none))
     t2 = time.perf_counter()
     if args.human:
         print("step %d loss %.4f fwdbwd %.1f ms opt %.1f ms" % (step, lm.item(), 1e3 * (t1 - t0), 1e3 * (t2 - t1)))

@@ -2530,7 +2530,7 @@ static void test_eval_make_cloze(void) {
     docs[1] = (size_t)(strstr(text, "line 21") - text);
     char jpath[512];
     evt_path(jpath, sizeof(jpath), "cloze.jsonl");
-    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 9, jpath, err, sizeof(err));
+    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 0, 9, jpath, err, sizeof(err));
     CHECK(n == 12, "cloze_text: %d examples (%s)", n, err);
     unsigned char* data;
     size_t size;

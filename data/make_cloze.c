@@ -12,9 +12,13 @@ and '\r' is blank and belongs to the separator between the lines around it. An e
 line's start to the last line's end, blank lines inside included), the next non-blank line as the
 true ending, and 3 distractors: non-blank lines drawn uniformly from the whole held-out text,
 outside the example's own lines and different in text from the true ending and from each other.
-"sep" is the exact text between the context and the true ending (e.g. "\n", or "\n\n" before a
-new speaker), so that encode(ctx) + encode(sep + ending) tokenizes the true ending as it was in
-the running text. Contexts are chosen without repetition at random positions; the label position
+With --split-line the true line is cut at the word boundary nearest its middle (lines of four or
+more words only): its first half joins the context and the ending is its second half, against the
+second halves of three other lines; a small model that knows the corpus's phrasing but not its
+plot can do that, where whole lines mostly test the plot. "sep" is the exact text between the
+context and the true ending (e.g. "\n", "\n\n" before a new speaker, or " " with --split-line),
+so that encode(ctx) + encode(sep + ending) tokenizes the true ending as it was in the running
+text. Contexts are chosen without repetition at random positions; the label position
 is random. JSONL line: {"ind": i, "ctx": ..., "sep": ..., "endings": [...], "label": k, "line": L}
 with L the 1-based line number of the true ending in its document's text.
 
@@ -38,7 +42,7 @@ flags give the same file. Build: gcc -O2 -fopenmp data/make_cloze.c -o data/make
 
 typedef enum {
     CF_INPUT, CF_SHARD, CF_TOKENIZER, CF_SYNTHETIC, CF_OUTPUT, CF_COUNT, CF_CONTEXT_LINES, CF_ENDINGS, CF_SEED,
-    CF_CONTEXT_TOKENS, CF_ENDING_TOKENS, CF_SYNTH_TOKENS, CF_HELP, CLOZE_NUM_FLAGS
+    CF_CONTEXT_TOKENS, CF_ENDING_TOKENS, CF_SYNTH_TOKENS, CF_SPLIT_LINE, CF_HELP, CLOZE_NUM_FLAGS
 } ClozeFlagId;
 
 static const FlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
@@ -54,6 +58,7 @@ static const FlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
     [CF_CONTEXT_TOKENS] = {"context-tokens", 0, 1, "32", "synthetic: context length in tokens"},
     [CF_ENDING_TOKENS]  = {"ending-tokens", 0, 1, "8", "synthetic: ending length in tokens"},
     [CF_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "synthetic: train_moe's --synthetic-tokens (val split = 1/16)"},
+    [CF_SPLIT_LINE]     = {"split-line", 0, 0, "", "text: the ending is the second half of the next line (its first half joins the context)"},
     [CF_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
 
@@ -103,20 +108,43 @@ static void cloze_split_lines(const unsigned char* text, size_t start, size_t en
     }
 }
 
-static int cloze_same_text(const unsigned char* text, const ClozeLine* a, const ClozeLine* b) {
-    return a->len == b->len && memcmp(text + a->start, text + b->start, a->len) == 0;
+// --split-line: where a line is cut into a context half and an ending half. The cut is the space
+// between words nearest the line's middle word boundary, with at least two words on each side; 0
+// when the line has fewer than four words. The ending is what follows that space.
+static size_t cloze_split_point(const unsigned char* text, const ClozeLine* ln) {
+    const unsigned char* p = text + ln->start;
+    size_t gaps[512];
+    int n = 0;
+    for (size_t i = 1; i + 1 < ln->len && n < 512; i++)
+        if (p[i] == ' ' && p[i - 1] != ' ' && p[i + 1] != ' ') gaps[n++] = i;
+    return n >= 3 ? gaps[n / 2] : 0;
+}
+
+// The ending a line contributes: all of it, or (split) what follows its split point.
+static void cloze_ending(const unsigned char* text, const ClozeLine* ln, int split, size_t* start, size_t* len) {
+    size_t cut = split ? cloze_split_point(text, ln) + 1 : 0;
+    *start = ln->start + cut;
+    *len = ln->len - cut;
+}
+
+static int cloze_same_ending(const unsigned char* text, const ClozeLine* a, const ClozeLine* b, int split) {
+    size_t sa, la, sb, lb;
+    cloze_ending(text, a, split, &sa, &la);
+    cloze_ending(text, b, split, &sb, &lb);
+    return la == lb && memcmp(text + sa, text + sb, la) == 0;
 }
 
 // Writes up to count examples as JSONL to path. Returns the number written; -1 with err.
 static int cloze_text(const unsigned char* text, const size_t* doc_start, int n_docs, int count, int context_lines,
-                      int n_endings, uint64_t seed, const char* path, char* err, size_t errlen) {
+                      int n_endings, int split, uint64_t seed, const char* path, char* err, size_t errlen) {
     ClozeLines L = {0};
     for (int d = 0; d < n_docs; d++) cloze_split_lines(text, doc_start[d], doc_start[d + 1], d, &L);
     // candidate positions: i such that lines i .. i+c are one document's
     int* cand = (int*)mallocCheck(sizeof(int) * (size_t)(L.n + 1));
     int n_cand = 0;
     for (int i = 0; i + context_lines < L.n; i++)
-        if (L.lines[i].doc == L.lines[i + context_lines].doc) cand[n_cand++] = i;
+        if (L.lines[i].doc == L.lines[i + context_lines].doc && (!split || cloze_split_point(text, &L.lines[i + context_lines])))
+            cand[n_cand++] = i;
     if (n_cand == 0 || L.n < context_lines + n_endings) {
         free(cand); free(L.lines);
         return set_err(err, errlen, "the text has %d non-blank lines: too few for %d context lines and %d endings",
@@ -151,23 +179,31 @@ static int cloze_text(const unsigned char* text, const size_t* doc_start, int n_
                 if (++tries > 1000) { ok = 0; break; }
                 r = (int)cloze_rand(&rng, (uint64_t)L.n);
                 if (r >= i && r <= truth) continue;
-                if (cloze_same_text(text, &L.lines[r], true_line)) continue;
+                if (split && !cloze_split_point(text, &L.lines[r])) continue;
+                if (cloze_same_ending(text, &L.lines[r], true_line, split)) continue;
                 int dup = 0;
-                for (int q = 0; q < j; q++) if (q != label && cloze_same_text(text, &L.lines[r], &L.lines[chosen[q]])) dup = 1;
+                for (int q = 0; q < j; q++) if (q != label && cloze_same_ending(text, &L.lines[r], &L.lines[chosen[q]], split)) dup = 1;
                 if (dup) continue;
                 break;
             }
             if (ok) chosen[j] = r;
         }
         if (!ok) { skipped++; continue; }
+        // the context runs to the end of the last context line, or (split) into the true line up
+        // to its split point; sep is the exact text between the context and the true ending
+        size_t true_start, true_len;
+        cloze_ending(text, true_line, split, &true_start, &true_len);
+        size_t ctx_end = split ? true_start - 1 : last->start + last->len;
         fprintf(f, "{\"ind\": %d, \"ctx\": ", written);
-        json_write_string(f, text + first->start, last->start + last->len - first->start);
+        json_write_string(f, text + first->start, ctx_end - first->start);
         fprintf(f, ", \"sep\": ");
-        json_write_string(f, text + last->start + last->len, true_line->start - (last->start + last->len));
+        json_write_string(f, text + ctx_end, true_start - ctx_end);
         fprintf(f, ", \"endings\": [");
         for (int j = 0; j < n_endings; j++) {
+            size_t es, el;
+            cloze_ending(text, &L.lines[chosen[j]], split, &es, &el);
             if (j) fprintf(f, ", ");
-            json_write_string(f, text + L.lines[chosen[j]].start, L.lines[chosen[j]].len);
+            json_write_string(f, text + es, el);
         }
         fprintf(f, "], \"label\": %d, \"line\": %d}\n", label, true_line->line_number);
         written++;
@@ -342,7 +378,7 @@ int make_cloze_main(int argc, char** argv) {
         if (cloze_decode_shard(source, &tok, &text, &doc_start, &n_docs, err, sizeof(err)) != 0) die("%s", err);
         tokenizer_free(&tok);
     }
-    written = cloze_text(text, doc_start, n_docs, count, context_lines, n_endings, seed, out, err, sizeof(err));
+    written = cloze_text(text, doc_start, n_docs, count, context_lines, n_endings, flags.given[CF_SPLIT_LINE], seed, out, err, sizeof(err));
     if (written < 0) die("%s", err);
     printf("make_cloze: %d examples (%d endings, %d context lines) from %s (seed %llu) -> %s\n", written, n_endings,
            context_lines, source, (unsigned long long)seed, out);

@@ -135,6 +135,49 @@ static void check_kernel(int kc, int add) {
     free(a); free(b);
 }
 
+// sgemm_batch: several products of uneven sizes (as an MoE layer's experts) in one call must give
+// exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads.
+static void check_batch(int tA, int tB, int accumulate) {
+    enum { P = 7 };
+    const int Ms[P] = {0, 1, 37, 96, 97, 300, 5}, N = 130, K = 257;
+    SgemmProblem probs[P];
+    float *A[P], *B[P], *C[P], *R[P];
+    for (int q = 0; q < P; q++) {
+        int M = Ms[q], lda = tA ? M + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
+        (void)lda; (void)ldb; (void)ldc;
+        A[q] = rand_buf((size_t)(tA ? K : (M > 0 ? M : 1)) * (tA ? 300 + 3 : K + 3));
+        B[q] = rand_buf((size_t)(tB ? N : K) * (tB ? K + 1 : N + 1));
+        C[q] = rand_buf((size_t)(M > 0 ? M : 1) * (N + 2));
+        R[q] = (float*)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
+        memcpy(R[q], C[q], sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
+        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q]};
+    }
+    // one lda for all problems: for transA the rows of op(A) are columns, so lda must fit the largest M
+    int lda = tA ? 300 + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
+    for (int q = 0; q < P; q++) sgemm_blocked(tA, tB, Ms[q], N, K, A[q], lda, B[q], ldb, R[q], ldc, accumulate);
+    for (int threads = 1; threads <= 3; threads++) {
+        set_threads(threads);
+        float* keep[P];
+        for (int q = 0; q < P; q++) {
+            size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
+            keep[q] = (float*)malloc(sizeof(float) * n);
+            memcpy(keep[q], C[q], sizeof(float) * n);
+        }
+        sgemm_batch(tA, tB, probs, P, lda, ldb, ldc, accumulate);
+        int same = 1;
+        for (int q = 0; q < P; q++) {
+            size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
+            same &= memcmp(C[q], R[q], sizeof(float) * n) == 0;
+            memcpy(C[q], keep[q], sizeof(float) * n);
+            free(keep[q]);
+        }
+        if (same) n_passed++;
+        else { n_failed++; printf("FAIL sgemm_batch tA=%d tB=%d acc=%d threads=%d: differs from sgemm_blocked\n", tA, tB, accumulate, threads); }
+    }
+    set_threads(2);
+    for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
+}
+
 int main(void) {
     set_threads(2);
     const int edge[] = {0, 1, 2, 5, 6, 7, 15, 16, 17, 63, 64, 65};
@@ -175,6 +218,8 @@ int main(void) {
     for (size_t s = 0; s < sizeof(tshapes) / sizeof(tshapes[0]); s++)
         for (int t = 0; t < 4; t++)
             check_threads(t >> 1, t & 1, tshapes[s][0], tshapes[s][1], tshapes[s][2], (int)(s % 2));
+
+    for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0); check_batch(t >> 1, t & 1, 1); }
 
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;

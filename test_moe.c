@@ -697,6 +697,17 @@ static void test_determinism(void) {
     omp_set_num_threads(omp_get_num_procs());
 #endif
     CHECK(memcmp(a, b, sizeof(a)) == 0, "determinism: two runs with the same seed and threads differ");
+    {   // the AdamW step leaves the gradients zero for the next step
+        MoEModel m;
+        moe_build(&m, &cfg);
+        moe_init_params(&m, 5, 0.02f);
+        float l1[1];
+        train_steps(&m, 1, l1);
+        int zero = 1;
+        for (size_t i = 0; i < m.num_parameters; i++) zero &= m.grads_memory[i] == 0.0f;
+        CHECK(zero, "moe_adamw_update must leave the gradients zero");
+        moe_free(&m);
+    }
     CHECK(memcmp(a, c1, sizeof(a)) == 0, "determinism: 1 thread and 2 threads give different losses (%.9g vs %.9g)", a[5], c1[5]);
     CHECK(a[5] < a[0], "training on random tokens should still lower the loss: %g -> %g", a[0], a[5]);
 }

@@ -480,7 +480,7 @@ int main(int argc, char** argv) {
 
         // one optimizer step
         double t0 = now_seconds();
-        moe_zero_grad(&model);
+        // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
         metrics_reset(&metrics);
         model.compete_layers = schedule != NULL ? schedule + (size_t)step * cfg->num_layers : NULL;
         double loss = 0.0, aux = 0.0, zl = 0.0, comp = 0.0, tm = 0.0;

@@ -2573,6 +2573,33 @@ static void test_eval_make_cloze(void) {
         free(data);
     }
     CHECK(bad == 0, "cloze_text: %d examples are not context + next line + 3 other lines", bad);
+
+    // --split-line: the context runs into the true line ("... line NN"), the endings are second
+    // halves ("says X"), the true one the continuation of the context in the text
+    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 1, 9, jpath, err, sizeof(err));
+    CHECK(n == 12, "cloze_text --split-line: %d examples (%s)", n, err);
+    bad = 0;
+    if (n > 0 && eval_read_file(jpath, &data, &size, err, sizeof(err)) == 0) {
+        char* line = (char*)data;
+        for (int e = 0; e < n; e++) {
+            char* nl = strchr(line, '\n');
+            JsonValue v;
+            if (nl == NULL || json_parse((unsigned char*)line, (size_t)(nl - line), &v, err, sizeof(err)) != 0) { bad++; break; }
+            const JsonValue *ctx = json_get(&v, "ctx"), *sep = json_get(&v, "sep"), *ends = json_get(&v, "endings");
+            int label = (int)json_get(&v, "label")->number;
+            char joined[1024];
+            snprintf(joined, sizeof(joined), "%s%s%s\n", ctx->str, sep->str, ends->items[label].str);
+            size_t cl = strlen(ctx->str);
+            int ok = strstr(text, joined) != NULL && strcmp(sep->str, " ") == 0 && cl >= 7 &&
+                     strncmp(ctx->str + cl - 7, "line ", 5) == 0;
+            for (int j = 0; ok && j < 4; j++) ok = strncmp(ends->items[j].str, "says ", 5) == 0;
+            bad += !ok;
+            json_free(&v);
+            line = nl + 1;
+        }
+        free(data);
+    }
+    CHECK(bad == 0, "cloze_text --split-line: %d examples are not context + first half | second halves", bad);
 }
 
 static void test_eval_sampling(void) {

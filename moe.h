@@ -932,7 +932,7 @@ static void experts_bias_backward(float* dbias, const float* const* d, const int
 static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, C = c->channels, H = c->expert_hidden;
-    SgemmProblem p[256];
+    SgemmProblem p[256] = {{0}};
     for (int e = 0; e < E; e++)
         p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch};
     sgemm_batch(0, 1, p, E, C, C, H, 0);
@@ -966,7 +966,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
 static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, C = c->channels, H = c->expert_hidden;
-    SgemmProblem p[256];
+    SgemmProblem p[256] = {{0}};
     const float* rows_d[256];
     int rows[256];
     size_t le0 = (size_t)l * E;

@@ -348,14 +348,26 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
 // With a = softmax(s), s = q.k * scale, o = sum a v:
 //   dv += a * do,  da = do . v,  ds = a * (da - sum(a * da)),  dq += ds * k * scale,  dk += ds * q * scale.
 // One (b,h) pair per thread iteration: it owns its head's slice of dqkv, so no two threads write
-// the same float. datt_row is scratch of T floats per thread.
+// the same float. scratch holds T floats per thread (attention_scratch_floats).
+static size_t attention_scratch_floats(int T) {
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    return (size_t)threads * T;
+}
 static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                               int B, int T, int C, int NH) {
+                               int B, int T, int C, int NH, float* scratch, size_t scratch_floats) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel
+    int rows = (int)(scratch_floats / (size_t)T);  // never more threads than scratch rows
+    #pragma omp parallel num_threads(rows)
     {
-        float* da = (float*)mallocCheck((size_t)T * sizeof(float));
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float* da = scratch + (size_t)tid * T;
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
@@ -383,7 +395,6 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
                 }
             }
         }
-        free(da);
     }
 }
 
@@ -671,6 +682,7 @@ typedef struct {
     float* dexpert_in;  // (N*K, C)
     float* drouter;     // (N, E) gradient into the raw router logits
     float* dgate;       // (N, K)
+    float* datt;        // (threads, T) attention backward rows
 } BackwardScratch;
 
 // A competing layer runs every expert on every token, so it keeps E full-size expert activations.
@@ -715,6 +727,7 @@ typedef struct {
     float* acts_memory;
     int* idx_memory;
     float* scratch_memory;
+    size_t scratch_datt_floats;  // size of scratch.datt (threads at allocation x T)
     const int* inputs;   // the last forward's (B,T) inputs and targets (caller-owned)
     const int* targets;
     // results of the last forward
@@ -798,15 +811,16 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     int* q = m->idx_memory;
     for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) { *iptrs[i] = q; q += isizes[i]; }
 
-    size_t ssizes[7] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K};
-    float** sptrs[7] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
-                        &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate};
+    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K, attention_scratch_floats(T)};
+    float** sptrs[8] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
+                        &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate, &m->scratch.datt};
     total = 0;
-    for (int i = 0; i < 7; i++) total += ssizes[i];
+    for (int i = 0; i < 8; i++) total += ssizes[i];
     free(m->scratch_memory);
     m->scratch_memory = (float*)callocCheck(total, sizeof(float));
     p = m->scratch_memory;
-    for (int i = 0; i < 7; i++) { *sptrs[i] = p; p += ssizes[i]; }
+    for (int i = 0; i < 8; i++) { *sptrs[i] = p; p += ssizes[i]; }
+    m->scratch_datt_floats = ssizes[7];
     m->batch_size = B;
     m->seq_len = T;
 }
@@ -1509,7 +1523,8 @@ static void moe_backward(MoEModel* m, float loss_scale) {
         memset(s->dbig, 0, NC * 4 * sizeof(float));
         matmul_backward(datty, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
                         a->atty + l * NC, p->attprojw + (size_t)l * C * C, N, C, C);
-        attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH);
+        attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH, s->datt,
+                           m->scratch_datt_floats);
         memset(s->dln, 0, NC * sizeof(float));
         matmul_backward(s->dln, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
                         a->ln1 + l * NC, p->qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);

@@ -309,93 +309,80 @@ static void matmul_backward(float* dinp, float* dweight, float* dbias, const flo
 }
 
 // Causal self-attention. qkv (B,T,3C) holds q | k | v, head h in channels [h*hs, (h+1)*hs).
-// out (B,T,C); att (B,NH,T,T) holds the softmax probabilities (row t, columns <= t) for backward.
+// out (B,T,C); att (B,NH,T,T) holds the softmax probabilities (row t, zeros after column t) for
+// backward. Per (b,h) it is two matmuls around a row softmax, S = Q K^T and O = P V, so all B*NH
+// heads go through one batched sgemm each (the full T x T of S is computed and the upper triangle
+// masked: twice the causal FLOPs, at matmul speed rather than dot-product speed).
 static void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
-    int hs = C / NH;
+    int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++) {
+    SgemmProblem pr[BH];
+    for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            for (int t = 0; t < T; t++) {
-                const float* q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                float maxval = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float* k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    float dot = 0.0f;
-                    #pragma omp simd reduction(+ : dot)
-                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-                    a[t2] = dot * scale;
-                    if (a[t2] > maxval) maxval = a[t2];
-                }
-                float sum = 0.0f;
-                #pragma omp simd reduction(+ : sum)
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-                float* o = out + ((size_t)b * T + t) * C + h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float* v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                    float w = a[t2];
-                    for (int i = 0; i < hs; i++) o[i] += w * v[i];
-                }
-            }
+            const float* q = qkv + (size_t)b * T * C3 + h * hs;
+            pr[b * NH + h] = (SgemmProblem){T, T, hs, q, q + C, att + ((size_t)b * NH + h) * T * T};
         }
+    sgemm_batch(0, 1, pr, BH, C3, C3, T, 0);
+    #pragma omp parallel for schedule(static)
+    for (int row = 0; row < BH * T; row++) {
+        int t = row % T;
+        float* a = att + (size_t)row * T;
+        float maxval = -INFINITY;
+        for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = fmaxf(maxval, a[t2]); }
+        float sum = 0.0f;
+        #pragma omp simd reduction(+ : sum)
+        for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
+        float inv = 1.0f / sum;
+        for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
     }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T,
+                                            qkv + (size_t)b * T * C3 + 2 * C + h * hs, out + (size_t)b * T * C + h * hs};
+    sgemm_batch(0, 0, pr, BH, T, C3, C, 0);
 }
-// With a = softmax(s), s = q.k * scale, o = sum a v:
-//   dv += a * do,  da = do . v,  ds = a * (da - sum(a * da)),  dq += ds * k * scale,  dk += ds * q * scale.
-// One (b,h) pair per thread iteration: it owns its head's slice of dqkv, so no two threads write
-// the same float. scratch holds T floats per thread (attention_scratch_floats).
-static size_t attention_scratch_floats(int T) {
-    int threads = 1;
-#ifdef _OPENMP
-    threads = omp_get_max_threads();
-#endif
-    return (size_t)threads * T;
-}
+// With P = softmax(S * scale), O = P V, per (b,h):
+//   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)) * scale,  dQ += dS K,  dK += dS^T Q.
+// dP and dS live in datt (B,NH,T,T), scratch. Each (b,h) owns its head's slices of dqkv.
 static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                               int B, int T, int C, int NH, float* scratch, size_t scratch_floats) {
-    int hs = C / NH;
+                               int B, int T, int C, int NH, float* datt) {
+    int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    int rows = (int)(scratch_floats / (size_t)T);  // never more threads than scratch rows
-    #pragma omp parallel num_threads(rows)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float* da = scratch + (size_t)tid * T;
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                for (int t = 0; t < T; t++) {
-                    const float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                    const float* d = dout + ((size_t)b * T + t) * C + h * hs;
-                    const float* q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                    float* dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                    float dot_ada = 0.0f;
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        const float* v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                        float* dv = dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                        float x = 0.0f;
-                        #pragma omp simd reduction(+ : x)
-                        for (int i = 0; i < hs; i++) { x += d[i] * v[i]; dv[i] += a[t2] * d[i]; }
-                        da[t2] = x;
-                        dot_ada += a[t2] * x;
-                    }
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        float ds = a[t2] * (da[t2] - dot_ada) * scale;
-                        const float* k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                        float* dk = dqkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                        for (int i = 0; i < hs; i++) { dq[i] += ds * k[i]; dk[i] += ds * q[i]; }
-                    }
-                }
-            }
-        }
+    SgemmProblem pr[BH];
+    #define HEAD(base, ld, b, h, off) ((base) + (size_t)(b) * T * (ld) + (off) + (h) * hs)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)  // dP = dO V^T
+            pr[b * NH + h] = (SgemmProblem){T, T, hs, HEAD(dout, C, b, h, 0), HEAD(qkv, C3, b, h, 2 * C),
+                                            datt + ((size_t)b * NH + h) * T * T};
+    sgemm_batch(0, 1, pr, BH, C, C3, T, 0);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)  // dV += P^T dO
+            pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T, HEAD(dout, C, b, h, 0),
+                                            HEAD(dqkv, C3, b, h, 2 * C)};
+    sgemm_batch(1, 0, pr, BH, T, C, C3, 1);
+    #pragma omp parallel for schedule(static)
+    for (int row = 0; row < BH * T; row++) {
+        int t = row % T;
+        const float* p = att + (size_t)row * T;
+        float* d = datt + (size_t)row * T;
+        float dot = 0.0f;
+        #pragma omp simd reduction(+ : dot)
+        for (int t2 = 0; t2 <= t; t2++) dot += p[t2] * d[t2];
+        for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+        for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
     }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)  // dQ += dS K
+            pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, C),
+                                            HEAD(dqkv, C3, b, h, 0)};
+    sgemm_batch(0, 0, pr, BH, T, C3, C3, 1);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)  // dK += dS^T Q
+            pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, 0),
+                                            HEAD(dqkv, C3, b, h, C)};
+    sgemm_batch(1, 0, pr, BH, T, C3, C3, 1);
+    #undef HEAD
 }
 
 // GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). Computed through the
@@ -682,7 +669,7 @@ typedef struct {
     float* dexpert_in;  // (N*K, C)
     float* drouter;     // (N, E) gradient into the raw router logits
     float* dgate;       // (N, K)
-    float* datt;        // (threads, T) attention backward rows
+    float* datt;        // (B, NH, T, T) attention backward dP / dS
 } BackwardScratch;
 
 // A competing layer runs every expert on every token, so it keeps E full-size expert activations.
@@ -727,7 +714,6 @@ typedef struct {
     float* acts_memory;
     int* idx_memory;
     float* scratch_memory;
-    size_t scratch_datt_floats;  // size of scratch.datt (threads at allocation x T)
     const int* inputs;   // the last forward's (B,T) inputs and targets (caller-owned)
     const int* targets;
     // results of the last forward
@@ -811,7 +797,7 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     int* q = m->idx_memory;
     for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) { *iptrs[i] = q; q += isizes[i]; }
 
-    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K, attention_scratch_floats(T)};
+    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K, (size_t)B * NH * T * T};
     float** sptrs[8] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
                         &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate, &m->scratch.datt};
     total = 0;
@@ -820,7 +806,6 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     m->scratch_memory = (float*)callocCheck(total, sizeof(float));
     p = m->scratch_memory;
     for (int i = 0; i < 8; i++) { *sptrs[i] = p; p += ssizes[i]; }
-    m->scratch_datt_floats = ssizes[7];
     m->batch_size = B;
     m->seq_len = T;
 }
@@ -1523,8 +1508,7 @@ static void moe_backward(MoEModel* m, float loss_scale) {
         memset(s->dbig, 0, NC * 4 * sizeof(float));
         matmul_backward(datty, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
                         a->atty + l * NC, p->attprojw + (size_t)l * C * C, N, C, C);
-        attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH, s->datt,
-                           m->scratch_datt_floats);
+        attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH, s->datt);
         memset(s->dln, 0, NC * sizeof(float));
         matmul_backward(s->dln, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
                         a->ln1 + l * NC, p->qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);

@@ -942,6 +942,27 @@ static void test_trainer_gatepro_swap(void) {
     CHECK(rc == 0, "a gatepro checkpoint must resume under --router topk (exit %d)", rc);
 }
 
+// A non-finite loss skips the update, saves the last good state and exits 1 with a message.
+static void test_trainer_nan(void) {
+    MoEConfig cfg = {.max_seq_len = 16, .vocab_size = 512, .padded_vocab_size = 512, .num_layers = 2, .num_heads = 2,
+                     .channels = 32, .n_expert = 4, .top_k = 2, .expert_hidden = 128};
+    MoEModel m;
+    moe_build(&m, &cfg);
+    moe_init_params(&m, 1, 0.02f);
+    m.params.lnfw[0] = NAN;  // every logit becomes NaN
+    char path[512], err[512], cmd[2048], out[512];
+    snprintf(path, sizeof(path), "%s/nan.bin", test_dir);
+    CHECK(moe_save_checkpoint(&m, path, 0, 0, 1, 0, NULL, err, sizeof(err)) == 0, "nan checkpoint: %s", err);
+    moe_free(&m);
+    snprintf(out, sizeof(out), "%s/nan.txt", test_dir);
+    snprintf(cmd, sizeof(cmd), "%s -x 4 -e %s -o %s/nan_run", SMALL_RUN, path, test_dir);
+    int rc = run_cmd(cmd, out);
+    char saved[512];
+    snprintf(saved, sizeof(saved), "%s/nan_run/model_00000000.bin", test_dir);
+    CHECK(rc == 1 && file_contains(out, "not finite") && access(saved, F_OK) == 0,
+          "NaN loss: expected exit 1, a 'not finite' message and a saved checkpoint (exit %d, see %s)", rc, out);
+}
+
 // A wrong flag must exit non-zero with a message that says what is wrong.
 static void expect_refusal(const char* args, const char* needle) {
     char cmd[2048], out[512];
@@ -2681,6 +2702,7 @@ int main(void) {
     test_trainer_resume("compete", "--router compete --compete-rate 0.5 --compete-max-layers 1");
     test_trainer_signal();
     test_trainer_gatepro_swap();
+    test_trainer_nan();
     test_trainer_refusals();
     printf("[data loader]\n");
     test_dataloader();

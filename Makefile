@@ -39,7 +39,11 @@ dev/test_sgemm: dev/test_sgemm.c matmul.h
 test: all dev/test_sgemm
 	@sh dev/test_all.sh
 
+# everything CI runs: the fast suites, then the slow ones (dev/ci/*.sh)
+ci: all dev/test_sgemm
+	@sh dev/test_all.sh --all
+
 clean:
 	rm -f train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm
 
-.PHONY: all test clean
+.PHONY: all test ci clean

@@ -1,9 +1,18 @@
 #!/bin/sh
-# Every test suite of moe.c, then one combined "N passed, N failed" line (what `make test` runs):
+# Every test suite of moe.c, then one combined "N passed, N failed" line.
+#   sh dev/test_all.sh        what `make test` runs: the fast suites (about a minute)
+#   sh dev/test_all.sh --all  what `make ci` and CI run: the fast suites, then the slow ones
+#                             (sanitizers, fuzzers, crash campaign, study smoke test, MPI, bench smoke)
+# Fast suites:
 #   test_moe             ops, model, PyTorch reference, routers, checkpoints, trainer, data, tokenizer
 #   dev/test_sgemm       the matmul kernel against its scalar definition, and thread-count bit-identity
 #   gpt2_tokenizer/check.sh   tokenizer.h against the npm gpt-3-encoder package (needs node + npm);
 #                        also on tinyshakespeare when ../shared/data/tinyshakespeare.txt exists
+# A slow suite is a script dev/ci/NAME.sh that prints its own "N passed, N failed" as its last
+# such line; it is listed in SLOW_SUITES below.
+ALL=0
+[ "${1:-}" = "--all" ] && ALL=1
+SLOW_SUITES=""
 passed=0
 failed=0
 count() {  # count LOGFILE: add the suite's closing "N passed, N failed"
@@ -28,6 +37,14 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     failed=$((failed + $(grep -c '^FAIL' "$log")))
 else
     echo "SKIP: node and npm are not installed (apt-get install nodejs npm)"
+fi
+if [ "$ALL" = 1 ]; then
+    for s in $SLOW_SUITES; do
+        echo "== dev/ci/$s.sh"
+        t0=$(date +%s)
+        sh "dev/ci/$s.sh" > "$log" 2>&1; cat "$log"; count "$log"
+        echo "(dev/ci/$s.sh took $(( $(date +%s) - t0 )) s)"
+    done
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

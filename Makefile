@@ -14,7 +14,7 @@ else
   $(warning OpenMP not found: building single-threaded)
 endif
 
-HEADERS = moe.h matmul.h dataloader.h tokenizer.h flags.h data/unicode_tables.h
+HEADERS = moe.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h data/cloze.h data/unicode_tables.h
 
 all: train_moe eval_moe test_moe data/prepare_text data/make_cloze
 
@@ -24,10 +24,10 @@ train_moe: train_moe.c $(HEADERS)
 eval_moe: eval_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
-data/make_cloze: data/make_cloze.c eval_moe.c $(HEADERS)
+data/make_cloze: data/make_cloze.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
-test_moe: test_moe.c eval_moe.c data/make_cloze.c $(HEADERS)
+test_moe: test_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
 data/prepare_text: data/prepare_text.c $(HEADERS)

@@ -10,6 +10,7 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 #include <time.h>
 #include <sys/stat.h>
 #include "moe.h"
+#include "metrics.h"
 #include "dataloader.h"
 #include "tokenizer.h"
 #include "flags.h"

@@ -48,299 +48,374 @@ static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
 };
 
 // ----------------------------------------------------------------------------
-// the program
+// the program: main is the list of steps at the bottom; each step is one function below, in order
+
+typedef struct {
+    // options (parse_flags)
+    const char* ckpt_path;
+    const char* val_pattern;   // -j, or ""
+    const char* mc_path;       // --mc, or ""
+    const char* prompt_text;   // --prompt, or ""
+    int B, T, val_batches, mc_limit, gen_len, top_k, do_generate;
+    float temperature;
+    size_t synth_tokens;
+    int seed_given;
+    uint64_t seed;                 // --seed, else the checkpoint's
+    int router_flag, gate_norm_flag;  // --router, --gate-norm: the choice, or -1 when not given
+    float gatepro_lambda_flag;        // --gatepro-lambda, or -1 when not given
+    char json_path[4096];
+    int threads;
+    // the model (load_model)
+    MoEModel model;
+    CheckpointInfo info;
+    int ckpt_router, eval_router;  // the checkpoint's router, the one evaluated (before compete -> topk)
+    // the data (set_up_data)
+    Tokenizer tokenizer;
+    int have_tok, eot;
+    char tok_path[4096];
+    DataLoader dl;                 // the loss pass's data
+    int have_dl;
+    char loss_data[4096];
+    // the results
+    ExpertAnalysis xa;
+    LossResult loss;
+    int did_loss;
+    double loss_seconds;
+    MCSet set;
+    MCResult mc;
+    int did_mc;
+    double mc_seconds;
+    int* prompt;                   // end-of-text, then the prompt's tokens
+    int n_prompt, n_prompt_text;
+    int* gen;                      // (gen_len) generated tokens
+    unsigned char* gen_text;       // prompt + generation decoded, or NULL without a tokenizer
+    size_t gen_text_len;
+} EvalRun;
 
 static void print_rule(void) { printf("------------------------------------------------------------------------\n"); }
 
-int eval_main(int argc, char** argv) {
+static void parse_flags(EvalRun* r, int argc, char** argv) {
     Flags flags;
     flags_parse(&flags, EVAL_FLAGS, EVAL_NUM_FLAGS, "eval_moe -e CHECKPOINT [flags]", argc, argv);
-    const char* ckpt_path = flags.value[EF_CHECKPOINT];
-    if (!ckpt_path[0]) die("-e CHECKPOINT is required (see --help)");
-    int B = (int)flag_int(&flags, EF_BATCH, 1, 1 << 20);
-    int T = (int)flag_int(&flags, EF_SEQ_LEN, 0, 1 << 20);
-    int val_batches = (int)flag_int(&flags, EF_VAL_BATCHES, -1, 1L << 30);
-    int mc_limit = (int)flag_int(&flags, EF_MC_LIMIT, -1, 1L << 30);
-    int gen_len = (int)flag_int(&flags, EF_GEN_LEN, 1, 1 << 20);
-    float temperature = flag_float(&flags, EF_TEMPERATURE, 0.0f, 1e6f);
-    int top_k = (int)flag_int(&flags, EF_TOP_K_SAMPLE, 0, 1L << 30);
-    size_t synth_tokens = (size_t)flag_int(&flags, EF_SYNTH_TOKENS, 10000, 1L << 31);
-    int do_generate = flags.given[EF_PROMPT] || flags.given[EF_GEN_LEN];
-
-    // --- the checkpoint
-    char err[1024];
-    MoEModel model;
-    memset(&model, 0, sizeof(model));
-    CheckpointInfo info;
-    memset(&info, 0, sizeof(info));
-    if (moe_load_checkpoint(&model, ckpt_path, &info, NULL, err, sizeof(err)) != 0) die("%s", err);
-    free(model.m_memory); free(model.v_memory);  // evaluation needs no optimizer state
-    model.m_memory = model.v_memory = NULL;
-    const MoEConfig* cfg = &model.config;
-    int V = cfg->vocab_size;
-    if (T == 0) T = cfg->max_seq_len;
-    if (T > cfg->max_seq_len) die("-t %d exceeds the checkpoint's maxT = %d", T, cfg->max_seq_len);
-    uint64_t seed = flags.value[EF_SEED][0] ? (uint64_t)flag_int(&flags, EF_SEED, 0, 0xFFFFFFFFL) : info.seed;
-
-    // --- router at evaluation: the checkpoint's unless overridden
-    int ckpt_router = model.router.router;
-    if (flags.given[EF_ROUTER]) model.router.router = flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, 3);
-    if (flags.given[EF_GATE_NORM]) model.router.gate_norm = flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2);
-    if (flags.given[EF_GATEPRO_LAMBDA]) {
-        if (model.router.router != ROUTER_GATEPRO) die("--gatepro-lambda needs router gatepro (give --router gatepro)");
-        model.router.gatepro_lambda = flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f);
-    }
-    if (model.router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("router gatepro needs E >= 2 (the checkpoint has E=%d)", cfg->n_expert);
-    int eval_router = model.router.router;
-    // CompeteSMoE evaluates as its router step: top-k on the trained router's logits.
-    if (model.router.router == ROUTER_COMPETE) model.router.router = ROUTER_TOPK;
-    model.gatepro_active = model.router.router == ROUTER_GATEPRO;
-
-    // --- tokenizer: --tokenizer, else tokenizer.bin beside the -j shards, else beside --mc
-    Tokenizer tokenizer;
-    memset(&tokenizer, 0, sizeof(tokenizer));
-    int have_tok = 0;
-    char tok_path[4096] = "";
-    if (flags.value[EF_TOKENIZER][0]) snprintf(tok_path, sizeof(tok_path), "%s", flags.value[EF_TOKENIZER]);
-    else {
-        char guess[4096];
-        if (flags.value[EF_VAL][0]) {
-            eval_beside(guess, sizeof(guess), flags.value[EF_VAL], "tokenizer.bin");
-            if (eval_file_exists(guess)) snprintf(tok_path, sizeof(tok_path), "%s", guess);
-        }
-        if (!tok_path[0] && flags.value[EF_MC][0]) {
-            eval_beside(guess, sizeof(guess), flags.value[EF_MC], "tokenizer.bin");
-            if (eval_file_exists(guess)) snprintf(tok_path, sizeof(tok_path), "%s", guess);
-        }
-    }
-    if (tok_path[0]) {
-        if (tokenizer_load(&tokenizer, tok_path, err, sizeof(err)) != 0) die("%s", err);
-        if ((int)tokenizer.vocab_size != V)
-            die("tokenizer %s has V=%u but the checkpoint has V=%d: not this model's tokenizer", tok_path, tokenizer.vocab_size, V);
-        have_tok = 1;
-    }
-    int eot = have_tok ? (int)tokenizer.eot_token : V - 1;
-
-    // --- header of the report
-    char json_path[4096];
-    if (flags.value[EF_JSON][0]) snprintf(json_path, sizeof(json_path), "%s", flags.value[EF_JSON]);
-    else snprintf(json_path, sizeof(json_path), "%s.eval.json", ckpt_path);
-    int threads = 1;
+    r->ckpt_path = flags.value[EF_CHECKPOINT];
+    if (!r->ckpt_path[0]) die("-e CHECKPOINT is required (see --help)");
+    r->B = (int)flag_int(&flags, EF_BATCH, 1, 1 << 20);
+    r->T = (int)flag_int(&flags, EF_SEQ_LEN, 0, 1 << 20);
+    r->val_batches = (int)flag_int(&flags, EF_VAL_BATCHES, -1, 1L << 30);
+    r->mc_limit = (int)flag_int(&flags, EF_MC_LIMIT, -1, 1L << 30);
+    r->gen_len = (int)flag_int(&flags, EF_GEN_LEN, 1, 1 << 20);
+    r->temperature = flag_float(&flags, EF_TEMPERATURE, 0.0f, 1e6f);
+    r->top_k = (int)flag_int(&flags, EF_TOP_K_SAMPLE, 0, 1L << 30);
+    r->synth_tokens = (size_t)flag_int(&flags, EF_SYNTH_TOKENS, 10000, 1L << 31);
+    r->do_generate = flags.given[EF_PROMPT] || flags.given[EF_GEN_LEN];
+    r->val_pattern = flags.value[EF_VAL];
+    r->mc_path = flags.value[EF_MC];
+    r->prompt_text = flags.value[EF_PROMPT];
+    r->seed_given = flags.value[EF_SEED][0] != 0;
+    if (r->seed_given) r->seed = (uint64_t)flag_int(&flags, EF_SEED, 0, 0xFFFFFFFFL);
+    if (flags.value[EF_TOKENIZER][0]) snprintf(r->tok_path, sizeof(r->tok_path), "%s", flags.value[EF_TOKENIZER]);
+    if (flags.value[EF_JSON][0]) snprintf(r->json_path, sizeof(r->json_path), "%s", flags.value[EF_JSON]);
+    else snprintf(r->json_path, sizeof(r->json_path), "%s.eval.json", r->ckpt_path);
+    r->threads = 1;
 #ifdef _OPENMP
-    threads = omp_get_max_threads();
+    r->threads = omp_get_max_threads();
 #endif
-    printf("eval_moe: %s (step %d), %d threads\n", ckpt_path, info.step, threads);
+    r->router_flag = flags.given[EF_ROUTER] ? flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, 3) : -1;
+    r->gate_norm_flag = flags.given[EF_GATE_NORM] ? flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2) : -1;
+    r->gatepro_lambda_flag = flags.given[EF_GATEPRO_LAMBDA] ? flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f) : -1.0f;
+}
+
+// The checkpoint, without its optimizer state; then the router at evaluation: the checkpoint's
+// unless overridden.
+static void load_model(EvalRun* r) {
+    char err[1024];
+    if (moe_load_checkpoint(&r->model, r->ckpt_path, &r->info, NULL, err, sizeof(err)) != 0) die("%s", err);
+    MoEModel* m = &r->model;
+    free(m->m_memory); free(m->v_memory);  // evaluation needs no optimizer state
+    m->m_memory = m->v_memory = NULL;
+    const MoEConfig* cfg = &m->config;
+    if (r->T == 0) r->T = cfg->max_seq_len;
+    if (r->T > cfg->max_seq_len) die("-t %d exceeds the checkpoint's maxT = %d", r->T, cfg->max_seq_len);
+    if (!r->seed_given) r->seed = r->info.seed;
+
+    r->ckpt_router = m->router.router;
+    if (r->router_flag >= 0) m->router.router = r->router_flag;
+    if (r->gate_norm_flag >= 0) m->router.gate_norm = r->gate_norm_flag;
+    if (r->gatepro_lambda_flag >= 0.0f) {
+        if (m->router.router != ROUTER_GATEPRO) die("--gatepro-lambda needs router gatepro (give --router gatepro)");
+        m->router.gatepro_lambda = r->gatepro_lambda_flag;
+    }
+    if (m->router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("router gatepro needs E >= 2 (the checkpoint has E=%d)", cfg->n_expert);
+    r->eval_router = m->router.router;
+    // CompeteSMoE evaluates as its router step: top-k on the trained router's logits.
+    if (m->router.router == ROUTER_COMPETE) m->router.router = ROUTER_TOPK;
+    m->gatepro_active = m->router.router == ROUTER_GATEPRO;
+}
+
+// The tokenizer (--tokenizer, else tokenizer.bin beside the -j shards, else beside --mc) and the
+// loss pass's data (-j, else the synthetic corpus's val split for a V=512 model, else none).
+static void set_up_data(EvalRun* r) {
+    char err[1024];
+    int V = r->model.config.vocab_size;
+    if (!r->tok_path[0]) {
+        char guess[4096];
+        if (r->val_pattern[0]) {
+            eval_beside(guess, sizeof(guess), r->val_pattern, "tokenizer.bin");
+            if (eval_file_exists(guess)) snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess);
+        }
+        if (!r->tok_path[0] && r->mc_path[0]) {
+            eval_beside(guess, sizeof(guess), r->mc_path, "tokenizer.bin");
+            if (eval_file_exists(guess)) snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess);
+        }
+    }
+    if (r->tok_path[0]) {
+        if (tokenizer_load(&r->tokenizer, r->tok_path, err, sizeof(err)) != 0) die("%s", err);
+        if ((int)r->tokenizer.vocab_size != V)
+            die("tokenizer %s has V=%u but the checkpoint has V=%d: not this model's tokenizer", r->tok_path,
+                r->tokenizer.vocab_size, V);
+        r->have_tok = 1;
+    }
+    r->eot = r->have_tok ? (int)r->tokenizer.eot_token : V - 1;
+
+    if (r->val_batches == 0) return;
+    if (r->val_pattern[0]) {
+        if (dataloader_open(&r->dl, r->val_pattern, r->B, r->T, V, 0, 0, err, sizeof(err)) != 0) die("%s", err);
+        snprintf(r->loss_data, sizeof(r->loss_data), "%s", r->val_pattern);
+        r->have_dl = 1;
+    } else if (V == SYNTH_VOCAB) {
+        SyntheticCorpus corpus;
+        synthetic_corpus_generate(&corpus, 1, r->synth_tokens / 16, r->seed);  // the val split only (train_len 1)
+        if (dataloader_open_memory(&r->dl, corpus.val_tokens, corpus.val_domains, corpus.val_len, r->B, r->T, V, 0, 0,
+                                   err, sizeof(err)) != 0) die("%s", err);
+        synthetic_corpus_free(&corpus);
+        snprintf(r->loss_data, sizeof(r->loss_data), "synthetic val split (seed %llu, %zu tokens)",
+                 (unsigned long long)r->seed, r->synth_tokens / 16);
+        r->have_dl = 1;
+    }
+}
+
+static void print_header(const EvalRun* r) {
+    const MoEConfig* cfg = &r->model.config;
+    const RouterConfig* rc = &r->model.router;
+    printf("eval_moe: %s (step %d), %d threads\n", r->ckpt_path, r->info.step, r->threads);
     printf("model     L=%d NH=%d C=%d E=%d K=%d H=%d maxT=%d V=%d (Vp=%d), %zu parameters\n", cfg->num_layers,
-           cfg->num_heads, cfg->channels, cfg->n_expert, cfg->top_k, cfg->expert_hidden, cfg->max_seq_len, V,
-           cfg->padded_vocab_size, model.num_parameters);
-    printf("router    %s%s (checkpoint: %s), gate-norm %s", ROUTER_NAMES[eval_router],
-           eval_router == ROUTER_COMPETE ? " = topk on the trained router" : "", ROUTER_NAMES[ckpt_router],
-           GATE_NORM_NAMES[model.router.gate_norm]);
-    if (model.router.router == ROUTER_GATEPRO) printf(", GatePro penalty on, lambda %g", model.router.gatepro_lambda);
-    printf("\ntokenizer %s\n", have_tok ? tok_path : "(none)");
+           cfg->num_heads, cfg->channels, cfg->n_expert, cfg->top_k, cfg->expert_hidden, cfg->max_seq_len,
+           cfg->vocab_size, cfg->padded_vocab_size, r->model.num_parameters);
+    printf("router    %s%s (checkpoint: %s), gate-norm %s", ROUTER_NAMES[r->eval_router],
+           r->eval_router == ROUTER_COMPETE ? " = topk on the trained router" : "", ROUTER_NAMES[r->ckpt_router],
+           GATE_NORM_NAMES[rc->gate_norm]);
+    if (rc->router == ROUTER_GATEPRO) printf(", GatePro penalty on, lambda %g", rc->gatepro_lambda);
+    printf("\ntokenizer %s\n", r->have_tok ? r->tok_path : "(none)");
+}
 
-    // --- 1. loss
-    LossResult loss;
-    memset(&loss, 0, sizeof(loss));
-    int did_loss = 0;
-    double loss_seconds = 0.0;
-    char loss_data[4096] = "";
-    ExpertAnalysis xa;
-    expert_analysis_begin(&xa, &model);
-    if (val_batches != 0) {
-        DataLoader dl;
-        int have_dl = 0;
-        if (flags.value[EF_VAL][0]) {
-            if (dataloader_open(&dl, flags.value[EF_VAL], B, T, V, 0, 0, err, sizeof(err)) != 0) die("%s", err);
-            snprintf(loss_data, sizeof(loss_data), "%s", flags.value[EF_VAL]);
-            have_dl = 1;
-        } else if (V == SYNTH_VOCAB) {
-            SyntheticCorpus corpus;
-            synthetic_corpus_generate(&corpus, 1, synth_tokens / 16, seed);  // the val split only (train_len 1)
-            if (dataloader_open_memory(&dl, corpus.val_tokens, corpus.val_domains, corpus.val_len, B, T, V, 0, 0,
-                                       err, sizeof(err)) != 0) die("%s", err);
-            synthetic_corpus_free(&corpus);
-            snprintf(loss_data, sizeof(loss_data), "synthetic val split (seed %llu, %zu tokens)",
-                     (unsigned long long)seed, synth_tokens / 16);
-            have_dl = 1;
-        }
-        if (have_dl) {
-            double t0 = eval_now();
-            double* token_bytes = have_tok ? token_byte_counts(&tokenizer) : NULL;
-            eval_loss(&model, &dl, val_batches, token_bytes, &xa, &loss);
-            loss_seconds = eval_now() - t0;
-            free(token_bytes);
-            dataloader_free(&dl);
-            did_loss = 1;
-        }
-    }
-    print_rule();
-    if (did_loss) {
-        printf("validation     %s\n", loss_data);
-        printf("  batches      %d of B=%d x T=%d = %ld tokens (%.1f s)\n", loss.batches, B, T, loss.tokens, loss_seconds);
-        printf("  loss         %.6f nats/token\n", loss.loss);
-        printf("  perplexity   %.4f\n", loss.perplexity);
-        if (loss.have_bpb) printf("  bits/byte    %.6f (%.0f target bytes)\n", loss.bpb, loss.bytes);
-        else printf("  bits/byte    - (%s)\n", have_tok ? "no target bytes" : "no tokenizer");
-    } else {
-        printf("validation     skipped (%s)\n", val_batches == 0 ? "-m 0" : "no -j and not a synthetic-corpus model");
-    }
-    // the hook: per-layer expert metrics on the loss pass's tokens
-    expert_analysis_report(&xa, stdout, NULL);
-
-    // --- 2. multiple choice
-    MCResult mc;
-    memset(&mc, 0, sizeof(mc));
-    MCSet set;
-    memset(&set, 0, sizeof(set));
-    double mc_seconds = 0.0;
-    int did_mc = 0;
-    if (flags.value[EF_MC][0]) {
-        if (mc_load(flags.value[EF_MC], have_tok ? &tokenizer : NULL, V, eot, &set, err, sizeof(err)) != 0) die("%s", err);
+// 1. loss, perplexity, bits per byte over the loss data; its tokens feed the expert analysis
+static void evaluate_loss(EvalRun* r) {
+    expert_analysis_begin(&r->xa, &r->model);
+    if (r->have_dl) {
         double t0 = eval_now();
-        mc_evaluate(&model, &set, mc_limit, B, T, eot, &mc, NULL);
-        mc_seconds = eval_now() - t0;
-        did_mc = 1;
-        print_rule();
-        printf("multiple choice %s (%s), %d examples, T=%d, %.1f s\n", flags.value[EF_MC], set.format, mc.examples,
-               mc.T_run, mc_seconds);
-        printf("  acc          %.4f (%d/%d)\n", mc.acc, mc.correct, mc.scored);
-        printf("  acc_norm     %.4f (%d/%d)\n", mc.acc_norm, mc.correct_norm, mc.scored);
-        printf("  chance       %.4f\n", mc.chance);
-        printf("  truncated    %d (context cut on the left to fit T=%d)\n", mc.truncated, T);
-        printf("  skipped      %d (an ending alone longer than T)\n", mc.skipped);
+        double* token_bytes = r->have_tok ? token_byte_counts(&r->tokenizer) : NULL;
+        eval_loss(&r->model, &r->dl, r->val_batches, token_bytes, &r->xa, &r->loss);
+        r->loss_seconds = eval_now() - t0;
+        free(token_bytes);
+        dataloader_free(&r->dl);
+        r->did_loss = 1;
     }
-
-    // --- 3. generation
-    int* prompt = NULL;
-    int n_prompt = 0, n_prompt_text = 0;
-    int* gen = NULL;
-    unsigned char* gen_text = NULL;
-    size_t gen_text_len = 0;
-    if (do_generate) {
-        const char* p = flags.value[EF_PROMPT];
-        size_t plen = strlen(p);
-        prompt = (int*)mallocCheck(sizeof(int) * (plen + 2));
-        prompt[n_prompt++] = eot;  // documents start with end-of-text, as in the shards
-        if (have_tok) {
-            uint32_t* ids;
-            size_t n_ids;
-            if (tokenizer_encode(&tokenizer, (const unsigned char*)p, plen, &ids, &n_ids, err, sizeof(err)) != 0)
-                die("--prompt: %s", err);
-            for (size_t i = 0; i < n_ids; i++) prompt[n_prompt++] = (int)ids[i];
-            free(ids);
-        } else {  // token ids separated by spaces
-            char* end;
-            const char* s = p;
-            for (;;) {
-                while (*s == ' ' || *s == ',') s++;
-                if (!*s) break;
-                errno = 0;
-                long id = strtol(s, &end, 10);
-                if (end == s || errno || id < 0 || id >= V)
-                    die("--prompt: without a tokenizer the prompt is token ids in [0, %d) separated by spaces; got '%s'", V, s);
-                prompt[n_prompt++] = (int)id;
-                s = end;
-            }
-        }
-        n_prompt_text = n_prompt - 1;
-        gen = (int*)mallocCheck(sizeof(int) * (size_t)gen_len);
-        uint64_t rng = derive_seed(seed, STREAM_SAMPLE);
-        generate(&model, prompt, n_prompt, gen_len, temperature, top_k, eot, &rng, gen);
-        print_rule();
-        printf("generation     %d tokens, temperature %g, top-k %d, seed %llu\n", gen_len, temperature, top_k,
-               (unsigned long long)seed);
-        if (have_tok) {
-            uint32_t* all = (uint32_t*)mallocCheck(sizeof(uint32_t) * (size_t)(n_prompt_text + gen_len));
-            for (int i = 0; i < n_prompt_text; i++) all[i] = (uint32_t)prompt[1 + i];
-            for (int i = 0; i < gen_len; i++) all[n_prompt_text + i] = (uint32_t)gen[i];
-            if (tokenizer_decode(&tokenizer, all, (size_t)(n_prompt_text + gen_len), &gen_text, &gen_text_len, err, sizeof(err)) != 0)
-                die("%s", err);
-            free(all);
-            fwrite(gen_text, 1, gen_text_len, stdout);
-            printf("\n");
-        } else {
-            for (int i = 0; i < n_prompt_text; i++) printf("%d ", prompt[1 + i]);
-            printf("|");
-            for (int i = 0; i < gen_len; i++) printf(" %d", gen[i]);
-            printf("\n");
-        }
-    }
+    const LossResult* loss = &r->loss;
     print_rule();
+    if (r->did_loss) {
+        printf("validation     %s\n", r->loss_data);
+        printf("  batches      %d of B=%d x T=%d = %ld tokens (%.1f s)\n", loss->batches, r->B, r->T, loss->tokens,
+               r->loss_seconds);
+        printf("  loss         %.6f nats/token\n", loss->loss);
+        printf("  perplexity   %.4f\n", loss->perplexity);
+        if (loss->have_bpb) printf("  bits/byte    %.6f (%.0f target bytes)\n", loss->bpb, loss->bytes);
+        else printf("  bits/byte    - (%s)\n", r->have_tok ? "no target bytes" : "no tokenizer");
+    } else {
+        printf("validation     skipped (%s)\n", r->val_batches == 0 ? "-m 0" : "no -j and not a synthetic-corpus model");
+    }
+}
 
-    // --- the JSON file: every number above
-    FILE* jf = fopen(json_path, "w");
-    if (jf == NULL) die("cannot write %s: %s", json_path, strerror(errno));
+// the per-layer expert metrics on the loss pass's tokens
+static void report_experts(const EvalRun* r) { expert_analysis_report(&r->xa, stdout, NULL); }
+
+// 2. multiple choice
+static void multiple_choice(EvalRun* r) {
+    if (!r->mc_path[0]) return;
+    char err[1024];
+    if (mc_load(r->mc_path, r->have_tok ? &r->tokenizer : NULL, r->model.config.vocab_size, r->eot, &r->set, err,
+                sizeof(err)) != 0) die("%s", err);
+    double t0 = eval_now();
+    mc_evaluate(&r->model, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
+    r->mc_seconds = eval_now() - t0;
+    r->did_mc = 1;
+    const MCResult* mc = &r->mc;
+    print_rule();
+    printf("multiple choice %s (%s), %d examples, T=%d, %.1f s\n", r->mc_path, r->set.format, mc->examples,
+           mc->T_run, r->mc_seconds);
+    printf("  acc          %.4f (%d/%d)\n", mc->acc, mc->correct, mc->scored);
+    printf("  acc_norm     %.4f (%d/%d)\n", mc->acc_norm, mc->correct_norm, mc->scored);
+    printf("  chance       %.4f\n", mc->chance);
+    printf("  truncated    %d (context cut on the left to fit T=%d)\n", mc->truncated, r->T);
+    printf("  skipped      %d (an ending alone longer than T)\n", mc->skipped);
+}
+
+// The prompt as tokens: end-of-text (documents start with it, as in the shards), then the text
+// encoded, or without a tokenizer the token ids it lists.
+static void encode_prompt(EvalRun* r) {
+    char err[1024];
+    int V = r->model.config.vocab_size;
+    const char* p = r->prompt_text;
+    size_t plen = strlen(p);
+    r->prompt = (int*)mallocCheck(sizeof(int) * (plen + 2));
+    r->prompt[r->n_prompt++] = r->eot;
+    if (r->have_tok) {
+        uint32_t* ids;
+        size_t n_ids;
+        if (tokenizer_encode(&r->tokenizer, (const unsigned char*)p, plen, &ids, &n_ids, err, sizeof(err)) != 0)
+            die("--prompt: %s", err);
+        for (size_t i = 0; i < n_ids; i++) r->prompt[r->n_prompt++] = (int)ids[i];
+        free(ids);
+    } else {  // token ids separated by spaces
+        char* end;
+        const char* s = p;
+        for (;;) {
+            while (*s == ' ' || *s == ',') s++;
+            if (!*s) break;
+            errno = 0;
+            long id = strtol(s, &end, 10);
+            if (end == s || errno || id < 0 || id >= V)
+                die("--prompt: without a tokenizer the prompt is token ids in [0, %d) separated by spaces; got '%s'", V, s);
+            r->prompt[r->n_prompt++] = (int)id;
+            s = end;
+        }
+    }
+    r->n_prompt_text = r->n_prompt - 1;
+}
+
+// 3. generation
+static void generate_text(EvalRun* r) {
+    if (!r->do_generate) return;
+    char err[1024];
+    encode_prompt(r);
+    r->gen = (int*)mallocCheck(sizeof(int) * (size_t)r->gen_len);
+    uint64_t rng = derive_seed(r->seed, STREAM_SAMPLE);
+    generate(&r->model, r->prompt, r->n_prompt, r->gen_len, r->temperature, r->top_k, r->eot, &rng, r->gen);
+    print_rule();
+    printf("generation     %d tokens, temperature %g, top-k %d, seed %llu\n", r->gen_len, r->temperature, r->top_k,
+           (unsigned long long)r->seed);
+    int n_text = r->n_prompt_text, n_all = r->n_prompt_text + r->gen_len;
+    if (r->have_tok) {
+        uint32_t* all = (uint32_t*)mallocCheck(sizeof(uint32_t) * (size_t)n_all);
+        for (int i = 0; i < n_text; i++) all[i] = (uint32_t)r->prompt[1 + i];
+        for (int i = 0; i < r->gen_len; i++) all[n_text + i] = (uint32_t)r->gen[i];
+        if (tokenizer_decode(&r->tokenizer, all, (size_t)n_all, &r->gen_text, &r->gen_text_len, err, sizeof(err)) != 0)
+            die("%s", err);
+        free(all);
+        fwrite(r->gen_text, 1, r->gen_text_len, stdout);
+        printf("\n");
+    } else {
+        for (int i = 0; i < n_text; i++) printf("%d ", r->prompt[1 + i]);
+        printf("|");
+        for (int i = 0; i < r->gen_len; i++) printf(" %d", r->gen[i]);
+        printf("\n");
+    }
+}
+
+// the JSON file: every number printed above
+static void write_json(const EvalRun* r) {
+    const MoEModel* m = &r->model;
+    const MoEConfig* cfg = &m->config;
+    FILE* jf = fopen(r->json_path, "w");
+    if (jf == NULL) die("cannot write %s: %s", r->json_path, strerror(errno));
     fprintf(jf, "{\n  \"checkpoint\": ");
-    json_write_cstr(jf, ckpt_path);
-    fprintf(jf, ",\n  \"step\": %d,\n  \"seed\": %llu,\n  \"threads\": %d,\n", info.step, (unsigned long long)seed, threads);
+    json_write_cstr(jf, r->ckpt_path);
+    fprintf(jf, ",\n  \"step\": %d,\n  \"seed\": %llu,\n  \"threads\": %d,\n", r->info.step, (unsigned long long)r->seed,
+            r->threads);
     fprintf(jf, "  \"model\": {\"maxT\": %d, \"V\": %d, \"Vp\": %d, \"L\": %d, \"NH\": %d, \"C\": %d, \"E\": %d, \"K\": %d, "
-                "\"H\": %d, \"parameters\": %zu},\n", cfg->max_seq_len, V, cfg->padded_vocab_size, cfg->num_layers,
-            cfg->num_heads, cfg->channels, cfg->n_expert, cfg->top_k, cfg->expert_hidden, model.num_parameters);
+                "\"H\": %d, \"parameters\": %zu},\n", cfg->max_seq_len, cfg->vocab_size, cfg->padded_vocab_size,
+            cfg->num_layers, cfg->num_heads, cfg->channels, cfg->n_expert, cfg->top_k, cfg->expert_hidden, m->num_parameters);
     fprintf(jf, "  \"router\": {\"router\": \"%s\", \"checkpoint_router\": \"%s\", \"forward_router\": \"%s\", "
-                "\"gate_norm\": \"%s\", \"gatepro_lambda\": ", ROUTER_NAMES[eval_router], ROUTER_NAMES[ckpt_router],
-            ROUTER_NAMES[model.router.router], GATE_NORM_NAMES[model.router.gate_norm]);
-    json_write_number(jf, model.router.gatepro_lambda);
-    fprintf(jf, ", \"gatepro_active\": %d},\n  \"tokenizer\": ", model.gatepro_active);
-    if (have_tok) json_write_cstr(jf, tok_path); else fputs("null", jf);
+                "\"gate_norm\": \"%s\", \"gatepro_lambda\": ", ROUTER_NAMES[r->eval_router], ROUTER_NAMES[r->ckpt_router],
+            ROUTER_NAMES[m->router.router], GATE_NORM_NAMES[m->router.gate_norm]);
+    json_write_number(jf, m->router.gatepro_lambda);
+    fprintf(jf, ", \"gatepro_active\": %d},\n  \"tokenizer\": ", m->gatepro_active);
+    if (r->have_tok) json_write_cstr(jf, r->tok_path); else fputs("null", jf);
     fprintf(jf, ",\n  \"loss\": ");
-    if (did_loss) {
+    if (r->did_loss) {
+        const LossResult* loss = &r->loss;
         fprintf(jf, "{\"data\": ");
-        json_write_cstr(jf, loss_data);
-        fprintf(jf, ", \"batch\": %d, \"seq_len\": %d, \"batches\": %d, \"tokens\": %ld, \"loss\": ", B, T, loss.batches, loss.tokens);
-        json_write_number(jf, loss.loss);
+        json_write_cstr(jf, r->loss_data);
+        fprintf(jf, ", \"batch\": %d, \"seq_len\": %d, \"batches\": %d, \"tokens\": %ld, \"loss\": ", r->B, r->T,
+                loss->batches, loss->tokens);
+        json_write_number(jf, loss->loss);
         fprintf(jf, ", \"perplexity\": ");
-        json_write_number(jf, loss.perplexity);
+        json_write_number(jf, loss->perplexity);
         fprintf(jf, ", \"bits_per_byte\": ");
-        if (loss.have_bpb) json_write_number(jf, loss.bpb); else fputs("null", jf);
-        fprintf(jf, ", \"target_bytes\": %.0f, \"nll_sum\": ", loss.bytes);
-        json_write_number(jf, loss.nll_sum);
-        fprintf(jf, ", \"seconds\": %.3f}", loss_seconds);
+        if (loss->have_bpb) json_write_number(jf, loss->bpb); else fputs("null", jf);
+        fprintf(jf, ", \"target_bytes\": %.0f, \"nll_sum\": ", loss->bytes);
+        json_write_number(jf, loss->nll_sum);
+        fprintf(jf, ", \"seconds\": %.3f}", r->loss_seconds);
     } else {
         fputs("null", jf);
     }
     fprintf(jf, ",\n  \"experts\": ");
-    expert_analysis_report(&xa, NULL, jf);
+    expert_analysis_report(&r->xa, NULL, jf);
     fprintf(jf, ",\n  \"mc\": ");
-    if (did_mc) {
+    if (r->did_mc) {
+        const MCResult* mc = &r->mc;
         fprintf(jf, "{\"file\": ");
-        json_write_cstr(jf, flags.value[EF_MC]);
+        json_write_cstr(jf, r->mc_path);
         fprintf(jf, ", \"format\": \"%s\", \"examples\": %d, \"scored\": %d, \"truncated\": %d, \"skipped\": %d, "
-                    "\"correct\": %d, \"correct_norm\": %d, \"acc\": ", set.format, mc.examples, mc.scored, mc.truncated,
-                mc.skipped, mc.correct, mc.correct_norm);
-        json_write_number(jf, mc.acc);
+                    "\"correct\": %d, \"correct_norm\": %d, \"acc\": ", r->set.format, mc->examples, mc->scored,
+                mc->truncated, mc->skipped, mc->correct, mc->correct_norm);
+        json_write_number(jf, mc->acc);
         fprintf(jf, ", \"acc_norm\": ");
-        json_write_number(jf, mc.acc_norm);
+        json_write_number(jf, mc->acc_norm);
         fprintf(jf, ", \"chance\": ");
-        json_write_number(jf, mc.chance);
-        fprintf(jf, ", \"seq_len\": %d, \"batch\": %d, \"seconds\": %.3f}", mc.T_run, B, mc_seconds);
+        json_write_number(jf, mc->chance);
+        fprintf(jf, ", \"seq_len\": %d, \"batch\": %d, \"seconds\": %.3f}", mc->T_run, r->B, r->mc_seconds);
     } else {
         fputs("null", jf);
     }
     fprintf(jf, ",\n  \"generation\": ");
-    if (do_generate) {
+    if (r->do_generate) {
         fprintf(jf, "{\"temperature\": ");
-        json_write_number(jf, temperature);
-        fprintf(jf, ", \"top_k\": %d, \"length\": %d, \"prompt_tokens\": [", top_k, gen_len);
-        for (int i = 0; i < n_prompt_text; i++) fprintf(jf, "%s%d", i ? ", " : "", prompt[1 + i]);
+        json_write_number(jf, r->temperature);
+        fprintf(jf, ", \"top_k\": %d, \"length\": %d, \"prompt_tokens\": [", r->top_k, r->gen_len);
+        for (int i = 0; i < r->n_prompt_text; i++) fprintf(jf, "%s%d", i ? ", " : "", r->prompt[1 + i]);
         fprintf(jf, "], \"tokens\": [");
-        for (int i = 0; i < gen_len; i++) fprintf(jf, "%s%d", i ? ", " : "", gen[i]);
+        for (int i = 0; i < r->gen_len; i++) fprintf(jf, "%s%d", i ? ", " : "", r->gen[i]);
         fprintf(jf, "], \"text\": ");
-        if (gen_text != NULL) json_write_string(jf, gen_text, gen_text_len); else fputs("null", jf);
+        if (r->gen_text != NULL) json_write_string(jf, r->gen_text, r->gen_text_len); else fputs("null", jf);
         fputc('}', jf);
     } else {
         fputs("null", jf);
     }
     fprintf(jf, "\n}\n");
-    if (fclose(jf) != 0) die("cannot write %s: %s", json_path, strerror(errno));
-    printf("wrote %s\n", json_path);
-
-    free(prompt); free(gen); free(gen_text);
-    mc_free(&set);
-    if (have_tok) tokenizer_free(&tokenizer);
-    expert_analysis_free(&xa);
-    moe_free(&model);
-    return 0;
+    if (fclose(jf) != 0) die("cannot write %s: %s", r->json_path, strerror(errno));
+    printf("wrote %s\n", r->json_path);
 }
 
-int main(int argc, char** argv) { return eval_main(argc, argv); }
+static void finish(EvalRun* r) {
+    free(r->prompt); free(r->gen); free(r->gen_text);
+    mc_free(&r->set);
+    if (r->have_tok) tokenizer_free(&r->tokenizer);
+    expert_analysis_free(&r->xa);
+    moe_free(&r->model);
+}
+
+int main(int argc, char** argv) {
+    static EvalRun run;  // zeroed
+    parse_flags(&run, argc, argv);
+    load_model(&run);
+    set_up_data(&run);
+    print_header(&run);
+    evaluate_loss(&run);
+    report_experts(&run);
+    multiple_choice(&run);
+    generate_text(&run);
+    print_rule();
+    write_json(&run);
+    finish(&run);
+    return 0;
+}

@@ -1594,7 +1594,12 @@ static float lr_schedule(float lr, int s, int W, int S, float final_frac) {
 //   [22] float32 bits of --compete-rate  [23] float32 bits of --compete-warmup  [24] --compete-max-layers
 //   [25] --compete-weights (0 norm, 1 softmax)  [26] float32 bits of --compete-alpha
 //   [27] float32 bits of --compete-router-coef  [28] float32 bits of --compete-div-coef
-//   [29] float32 bits of --compete-bal-coef; the rest 0.
+//   [29] float32 bits of --compete-bal-coef
+//   [64..95] the trainer's run settings (TrainState.run_header; train_moe.c's RESUME_RULES say which
+//   flag each holds): [64] 1 if present  [65] B  [66] T  [67] -d total batch as given  [68] float32
+//   bits of the lr  [69] warmup steps  [70] float32 bits of the final lr fraction  [71] of the
+//   weight decay  [72] of the gradient clip  [73] --synthetic-tokens  [74] data source (1 the
+//   synthetic corpus, 2 shards)  [75] crc32 of the -i pattern; the rest 0.
 // Then the parameters, float32, in the §2.1 order. Then, if [13]: AdamW m (all parameters), AdamW
 // v (all parameters), then the train state below (TRAIN_STATE_BYTES bytes). Last: uint32 zlib
 // crc32 (initial value 0) of every byte before it. Written to a temp file, fsync'd, renamed.
@@ -1608,12 +1613,16 @@ enum {
     HDR_ROUTER, HDR_GATE_NORM, HDR_HAS_OPT, HDR_STEP, HDR_GATEPRO_LAMBDA, HDR_GATEPRO_START,
     HDR_GATEPRO_STOP, HDR_SEED, HDR_AUX_COEF, HDR_Z_COEF, HDR_TOTAL_STEPS, HDR_COMPETE_RATE, HDR_COMPETE_WARMUP,
     HDR_COMPETE_MAX_LAYERS, HDR_COMPETE_WEIGHTS, HDR_COMPETE_ALPHA, HDR_COMPETE_ROUTER_COEF, HDR_COMPETE_DIV_COEF,
-    HDR_COMPETE_BAL_COEF
+    HDR_COMPETE_BAL_COEF,
+    HDR_RUN_FIRST = 64, HDR_RUN_PRESENT = 64, HDR_RUN_BATCH, HDR_RUN_SEQ_LEN, HDR_RUN_TOTAL_BATCH, HDR_RUN_LR,
+    HDR_RUN_WARMUP, HDR_RUN_FINAL_LR, HDR_RUN_WEIGHT_DECAY, HDR_RUN_GRAD_CLIP, HDR_RUN_SYNTH_TOKENS,
+    HDR_RUN_DATA_SOURCE, HDR_RUN_TRAIN_CRC, HDR_RUN_END = 96
 };
 typedef struct {
-    int64_t data_epoch, data_shard_pos, data_sample_pos;
+    int64_t data_epoch, data_shard_pos, data_sample_pos;  // the first TRAIN_STATE_BYTES are the file's
     uint64_t sample_rng;
     int64_t reserved[4];
+    int32_t run_header[HDR_RUN_END - HDR_RUN_FIRST];      // header[64..95], written when ts is given
 } TrainState;
 #define TRAIN_STATE_BYTES 64
 
@@ -1676,6 +1685,7 @@ static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_opt
     header[HDR_COMPETE_ROUTER_COEF] = (int)float_bits(rc->compete_router_coef);
     header[HDR_COMPETE_DIV_COEF] = (int)float_bits(rc->compete_div_coef);
     header[HDR_COMPETE_BAL_COEF] = (int)float_bits(rc->compete_bal_coef);
+    if (ts != NULL) memcpy(header + HDR_RUN_FIRST, ts->run_header, sizeof(ts->run_header));
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
     FILE* f = fopen(tmp, "wb");
@@ -1685,8 +1695,7 @@ static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_opt
     bad |= write_all(f, m->params_memory, m->num_parameters * sizeof(float), &crc);
     if (header[HDR_HAS_OPT]) {
         unsigned char state[TRAIN_STATE_BYTES] = {0};
-        TrainState zero = {0};
-        memcpy(state, ts != NULL ? ts : &zero, sizeof(TrainState));
+        if (ts != NULL) memcpy(state, ts, TRAIN_STATE_BYTES);
         bad |= write_all(f, m->m_memory, m->num_parameters * sizeof(float), &crc);
         bad |= write_all(f, m->v_memory, m->num_parameters * sizeof(float), &crc);
         bad |= write_all(f, state, sizeof(state), &crc);
@@ -1794,7 +1803,7 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
         }
         memcpy(m->m_memory, buf + 1024 + nparams * 4, nparams * 4);
         memcpy(m->v_memory, buf + 1024 + 2 * nparams * 4, nparams * 4);
-        if (ts != NULL) memcpy(ts, buf + 1024 + 3 * nparams * 4, sizeof(TrainState));
+        if (ts != NULL) memcpy(ts, buf + 1024 + 3 * nparams * 4, TRAIN_STATE_BYTES);
     }
     if (info != NULL) {
         info->has_optimizer = header[HDR_HAS_OPT];
@@ -1803,6 +1812,7 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
         info->total_steps = header[HDR_TOTAL_STEPS];
         memcpy(info->header, header, sizeof(header));
     }
+    if (ts != NULL) memcpy(ts->run_header, header + HDR_RUN_FIRST, sizeof(ts->run_header));
 done:
     free(buf);
     return rc;

@@ -737,7 +737,7 @@ static void test_checkpoint(void) {
     train_steps(&m, 3, losses);
     char path[512], err[512];
     snprintf(path, sizeof(path), "%s/ckpt.bin", test_dir);
-    TrainState ts = {5, 6, 7, 0xDEADBEEFCAFEull, {0}};
+    TrainState ts = {5, 6, 7, 0xDEADBEEFCAFEull, {0}, {0}};
     CHECK(moe_save_checkpoint(&m, path, 1, 3, 1337, 100, &ts, err, sizeof(err)) == 0, "checkpoint save: %s", err);
     MoEModel r;
     memset(&r, 0, sizeof(r));
@@ -825,29 +825,34 @@ static void read_train_losses(const char* log, char* out, size_t n) {
 
 static const char* SMALL_RUN = "./train_moe --synthetic-tokens 40000 --layers 2 --channels 32 --heads 2 --experts 4 -b 4 -t 16 -v 0";
 
-// A run interrupted at step 4 and resumed gives bit-identical losses and final checkpoint.
+// A run interrupted at step 4 and resumed gives bit-identical losses and final checkpoint, both
+// when the resume repeats the flags and when it gives -e alone (the checkpoint's settings hold).
 static void test_trainer_resume(const char* name, const char* extra) {
     char cmd[2048], out[512], a[8192], b[8192], log[512];
     snprintf(out, sizeof(out), "%s/out.txt", test_dir);
     snprintf(cmd, sizeof(cmd), "%s %s -x 8 -n 4 -o %s/%s_full", SMALL_RUN, extra, test_dir, name);
     int rc = run_cmd(cmd, out);
     CHECK(rc == 0, "train_moe %s: small run exited %d (see %s)", name, rc, out);
-    snprintf(cmd, sizeof(cmd), "%s %s -x 8 -e %s/%s_full/model_00000004.bin -o %s/%s_resumed", SMALL_RUN, extra, test_dir,
-             name, test_dir, name);
-    rc = run_cmd(cmd, out);
-    CHECK(rc == 0, "train_moe %s: resume exited %d (see %s)", name, rc, out);
     snprintf(log, sizeof(log), "%s/%s_full/main.log", test_dir, name);
     read_train_losses(log, a, sizeof(a));
-    snprintf(log, sizeof(log), "%s/%s_resumed/main.log", test_dir, name);
-    read_train_losses(log, b, sizeof(b));
     const char* tail = strstr(a, "s:4 trl:");
-    CHECK(tail != NULL && strcmp(tail, b) == 0, "%s: resume at step 4 is not bit-identical:\n--- full\n%s--- resumed\n%s",
-          name, tail ? tail : a, b);
-    char p1[512], p2[512];
-    snprintf(p1, sizeof(p1), "%s/%s_full/model_00000008.bin", test_dir, name);
-    snprintf(p2, sizeof(p2), "%s/%s_resumed/model_00000008.bin", test_dir, name);
-    snprintf(cmd, sizeof(cmd), "cmp -s %s %s", p1, p2);
-    CHECK(system(cmd) == 0, "%s: final checkpoints of the full and resumed runs differ", name);
+    for (int alone = 0; alone <= 1; alone++) {
+        if (alone) snprintf(cmd, sizeof(cmd), "./train_moe -v 0 -e %s/%s_full/model_00000004.bin -o %s/%s_resumed%d",
+                            test_dir, name, test_dir, name, alone);
+        else snprintf(cmd, sizeof(cmd), "%s %s -x 8 -e %s/%s_full/model_00000004.bin -o %s/%s_resumed%d", SMALL_RUN,
+                      extra, test_dir, name, test_dir, name, alone);
+        rc = run_cmd(cmd, out);
+        CHECK(rc == 0, "train_moe %s: resume%s exited %d (see %s)", name, alone ? " with -e alone" : "", rc, out);
+        snprintf(log, sizeof(log), "%s/%s_resumed%d/main.log", test_dir, name, alone);
+        read_train_losses(log, b, sizeof(b));
+        CHECK(tail != NULL && strcmp(tail, b) == 0, "%s: resume%s at step 4 is not bit-identical:\n--- full\n%s--- resumed\n%s",
+              name, alone ? " with -e alone" : "", tail ? tail : a, b);
+        char p1[512], p2[512];
+        snprintf(p1, sizeof(p1), "%s/%s_full/model_00000008.bin", test_dir, name);
+        snprintf(p2, sizeof(p2), "%s/%s_resumed%d/model_00000008.bin", test_dir, name, alone);
+        snprintf(cmd, sizeof(cmd), "cmp -s %s %s", p1, p2);
+        CHECK(system(cmd) == 0, "%s: final checkpoints of the full and resumed%s runs differ", name, alone ? " (-e alone)" : "");
+    }
     // metrics.tsv: a header and one row per (step, layer) of the 8 steps and 2 layers
     char tsv[512];
     snprintf(tsv, sizeof(tsv), "%s/%s_full/metrics.tsv", test_dir, name);
@@ -862,6 +867,35 @@ static void test_trainer_resume(const char* name, const char* extra) {
     }
     if (f != NULL) fclose(f);
     CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 21 fields (%d lines, header %d, fields %d)", name, rows, header_ok, fields_ok);
+}
+
+// What a resume takes from the checkpoint and what it refuses or applies (train_moe.c RESUME_RULES).
+static void expect_refusal(const char* args, const char* needle);
+static void test_trainer_resume_rules(void) {
+    char args[1024], cmd[2048], out[512];
+    const char* ckpt = "topk_full/model_00000004.bin";  // --seed 42, -x 8, synthetic corpus
+    snprintf(args, sizeof(args), "-e %s/%s --seed 7", test_dir, ckpt);
+    expect_refusal(args, "--seed 7: the checkpoint");
+    snprintf(args, sizeof(args), "-e %s/%s -b 8", test_dir, ckpt);
+    expect_refusal(args, "--batch 8: the checkpoint");
+    snprintf(args, sizeof(args), "-e %s/%s -i /nonexistent/x_train.bin -j /nonexistent/x_val.bin --vocab-size 512",
+             test_dir, ckpt);
+    expect_refusal(args, "synthetic corpus");
+    snprintf(out, sizeof(out), "%s/rules.txt", test_dir);
+    snprintf(cmd, sizeof(cmd), "./train_moe -v 0 -x 6 -l 5e-4 -e %s/%s -o %s/rules", test_dir, ckpt, test_dir);
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 0 && file_contains(out, "resume: --steps 6 replaces the checkpoint's 8") &&
+          file_contains(out, "resume: --lr 5e-4 replaces the checkpoint's 0.00100000005") && file_contains(out, "seed 42"),
+          "resume with -x 6 -l 5e-4 should say what changed and keep seed 42 (exit %d, see %s)", rc, out);
+    MoEModel m;
+    memset(&m, 0, sizeof(m));
+    CheckpointInfo info;
+    char path[512], err[512];
+    snprintf(path, sizeof(path), "%s/rules/model_00000006.bin", test_dir);
+    rc = moe_load_checkpoint(&m, path, &info, NULL, err, sizeof(err));
+    CHECK(rc == 0 && info.seed == 42 && info.total_steps == 6 && bits_float((uint32_t)info.header[HDR_RUN_LR]) == 5e-4f,
+          "the resumed run's checkpoint should say seed 42, 6 steps, lr 5e-4: %s", rc ? err : "");
+    moe_free(&m);
 }
 
 static void test_trainer_signal(void) {
@@ -2696,8 +2730,9 @@ int main(void) {
     test_determinism();
     test_checkpoint();
     printf("[train_moe: resume, signals, refusals]\n");
-    test_trainer_resume("topk", "");
-    test_trainer_resume("compete", "--router compete --compete-rate 0.5 --compete-max-layers 1");
+    test_trainer_resume("topk", "--seed 42");
+    test_trainer_resume("compete", "--seed 42 --router compete --compete-rate 0.5 --compete-max-layers 1");
+    test_trainer_resume_rules();
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_nan();

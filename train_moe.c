@@ -200,226 +200,414 @@ static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eo
 }
 
 // ----------------------------------------------------------------------------
+// resuming: which settings a checkpoint keeps (docs/formats.md, "Resume rules")
+//
+// With -e, every flag below that the checkpoint stores takes the checkpoint's value unless it is
+// given on the command line. A given value that differs is either applied, with a printed line
+// saying what changed, or refused: the seed, the batch shape and the corpus define the run's data,
+// so changing them cannot continue the same run (--weights-only starts a new one). Router flags
+// apply to any -e; the rest only when the checkpoint holds optimizer state (a resume).
 
-int main(int argc, char** argv) {
+typedef enum { VALUE_INT, VALUE_FLOAT, VALUE_CHOICE } ValueKind;
+typedef enum { CHANGE_APPLIED, CHANGE_REFUSED } OnChange;
+typedef struct {
+    int flag;                    // F_*
+    int field;                   // checkpoint header index that stores it
+    ValueKind kind;
+    const char* const* choices;  // VALUE_CHOICE: the names, the header holds the index
+    int num_choices;
+    OnChange on_change;
+    int resume_only;             // 1: only when resuming with optimizer state
+    int present_if;              // header field that is non-zero iff this one was written (-1: always)
+} ResumeRule;
+
+static const ResumeRule RESUME_RULES[] = {
+    {F_SEED,                 HDR_SEED,                 VALUE_INT,   NULL, 0, CHANGE_REFUSED, 1, -1},
+    {F_STEPS,                HDR_TOTAL_STEPS,          VALUE_INT,   NULL, 0, CHANGE_APPLIED, 1, HDR_TOTAL_STEPS},
+    {F_BATCH,                HDR_RUN_BATCH,            VALUE_INT,   NULL, 0, CHANGE_REFUSED, 1, HDR_RUN_PRESENT},
+    {F_SEQ_LEN,              HDR_RUN_SEQ_LEN,          VALUE_INT,   NULL, 0, CHANGE_REFUSED, 1, HDR_RUN_PRESENT},
+    {F_SYNTH_TOKENS,         HDR_RUN_SYNTH_TOKENS,     VALUE_INT,   NULL, 0, CHANGE_REFUSED, 1, HDR_RUN_PRESENT},
+    {F_TOTAL_BATCH,          HDR_RUN_TOTAL_BATCH,      VALUE_INT,   NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_LR,                   HDR_RUN_LR,               VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_WARMUP,               HDR_RUN_WARMUP,           VALUE_INT,   NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_FINAL_LR,             HDR_RUN_FINAL_LR,         VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_WEIGHT_DECAY,         HDR_RUN_WEIGHT_DECAY,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_GRAD_CLIP,            HDR_RUN_GRAD_CLIP,        VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
+    {F_ROUTER,               HDR_ROUTER,               VALUE_CHOICE, ROUTER_NAMES, 3, CHANGE_APPLIED, 0, -1},
+    {F_GATE_NORM,            HDR_GATE_NORM,            VALUE_CHOICE, GATE_NORM_NAMES, 2, CHANGE_APPLIED, 0, -1},
+    {F_AUX_LOSS,             HDR_AUX_COEF,             VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
+    {F_Z_LOSS,               HDR_Z_COEF,               VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
+    {F_GATEPRO_LAMBDA,       HDR_GATEPRO_LAMBDA,       VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
+    {F_GATEPRO_START,        HDR_GATEPRO_START,        VALUE_INT,   NULL, 0, CHANGE_APPLIED, 0, -1},
+    {F_GATEPRO_STOP,         HDR_GATEPRO_STOP,         VALUE_INT,   NULL, 0, CHANGE_APPLIED, 0, -1},
+    {F_COMPETE_RATE,         HDR_COMPETE_RATE,         VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_WARMUP,       HDR_COMPETE_WARMUP,       VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_MAX_LAYERS,   HDR_COMPETE_MAX_LAYERS,   VALUE_INT,   NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_WEIGHTS,      HDR_COMPETE_WEIGHTS,      VALUE_CHOICE, COMPETE_WEIGHTS_NAMES, 2, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_ALPHA,        HDR_COMPETE_ALPHA,        VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_ROUTER_COEF,  HDR_COMPETE_ROUTER_COEF,  VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_DIV_COEF,     HDR_COMPETE_DIV_COEF,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_COMPETE_BAL_COEF,     HDR_COMPETE_BAL_COEF,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+};
+#define NUM_RESUME_RULES (int)(sizeof(RESUME_RULES) / sizeof(RESUME_RULES[0]))
+
+// a header value as the flag's text ("%.9g" gives a float back bit for bit); 0, or -1 if out of range
+static int header_value_text(const ResumeRule* r, int v, char* out, size_t n) {
+    if (r->kind == VALUE_INT) { snprintf(out, n, "%d", v); return 0; }
+    if (r->kind == VALUE_FLOAT) {
+        float f = bits_float((uint32_t)v);
+        if (!isfinite(f)) return -1;
+        snprintf(out, n, "%.9g", f);
+        return 0;
+    }
+    if (v < 0 || v >= r->num_choices) return -1;
+    snprintf(out, n, "%s", r->choices[v]);
+    return 0;
+}
+
+// a flag's text as the header stores it
+static int flag_header_value(const ResumeRule* r, const char* text) {
+    if (r->kind == VALUE_INT) return (int)strtol(text, NULL, 10);
+    if (r->kind == VALUE_FLOAT) return (int)float_bits(strtof(text, NULL));
+    for (int i = 0; i < r->num_choices; i++) if (strcmp(text, r->choices[i]) == 0) return i;
+    return -1;
+}
+
+// --help (and so the README's flag table) says after each stored flag what a resume does with it.
+static void add_resume_notes(FlagSpec* spec) {
+    static char help[NUM_FLAGS][320];
+    for (int i = 0; i < NUM_RESUME_RULES; i++) {
+        const ResumeRule* r = &RESUME_RULES[i];
+        snprintf(help[r->flag], sizeof(help[r->flag]), "%s (-e: kept, %s)", spec[r->flag].help,
+                 r->on_change == CHANGE_REFUSED ? "change refused" : "change applied");
+        spec[r->flag].help = help[r->flag];
+    }
+}
+
+// Gives every stored flag that the command line leaves out the checkpoint's value, and applies or
+// refuses the ones given with a different value.
+static void flags_from_checkpoint(Flags* flags, const char* path, const CheckpointInfo* info, int resuming) {
+    static char text[NUM_FLAGS][64];
+    for (int i = 0; i < NUM_RESUME_RULES; i++) {
+        const ResumeRule* r = &RESUME_RULES[i];
+        if ((r->resume_only && !resuming) || (r->present_if >= 0 && info->header[r->present_if] == 0)) continue;
+        const char* name = FLAGS[r->flag].name;
+        if (header_value_text(r, info->header[r->field], text[r->flag], sizeof(text[r->flag])) != 0)
+            die("checkpoint %s: its --%s (header field %d = %d) is not a valid value", path, name, r->field,
+                info->header[r->field]);
+        if (!flags->given[r->flag]) { flags->value[r->flag] = text[r->flag]; continue; }
+        if (flag_header_value(r, flags->value[r->flag]) == info->header[r->field]) continue;
+        if (r->on_change == CHANGE_REFUSED)
+            die("--%s %s: the checkpoint %s was trained with %s, and a resumed run keeps it (drop the flag, or start "
+                "a new run from the weights with --weights-only)", name, flags->value[r->flag], path, text[r->flag]);
+        printf("resume: --%s %s replaces the checkpoint's %s from step %d on\n", name, flags->value[r->flag],
+               text[r->flag], info->step);
+    }
+}
+
+// The header fields [64..95] of the run's settings, from the same table.
+static void run_header_fields(TrainState* ts, const Flags* flags, int synthetic) {
+    memset(ts->run_header, 0, sizeof(ts->run_header));
+    int32_t* h = ts->run_header - HDR_RUN_FIRST;  // indexed by header field
+    h[HDR_RUN_PRESENT] = 1;
+    for (int i = 0; i < NUM_RESUME_RULES; i++) {
+        const ResumeRule* r = &RESUME_RULES[i];
+        if (r->field >= HDR_RUN_FIRST && r->field < HDR_RUN_END) h[r->field] = flag_header_value(r, flags->value[r->flag]);
+    }
+    h[HDR_RUN_DATA_SOURCE] = synthetic ? 1 : 2;
+    const char* pattern = flags->value[F_TRAIN];
+    h[HDR_RUN_TRAIN_CRC] = synthetic ? 0 : (int)(uint32_t)crc32(0L, (const Bytef*)pattern, (uInt)strlen(pattern));
+}
+
+// ----------------------------------------------------------------------------
+// one run: its settings, data, model, outputs
+
+typedef struct {
+    int B, T;
+    float lr, final_frac, weight_decay, grad_clip, router_init_std;
+    int warmup;
+    long total_batch;       // tokens per optimizer step
+    int grad_accum;         // micro-batches per optimizer step
+    int steps;              // -1 until the data says how many (one epoch)
+    int val_every, val_batches, sample_every, gen_len, ckpt_every;
+    uint64_t seed;
+    RouterConfig router;
+    const char* outdir;
+    const char* init_path;  // -e, or ""
+    int weights_only;
+} RunSettings;
+
+typedef struct {
+    int synthetic;          // 1: the built-in corpus; 0: shards
+    SyntheticCorpus corpus;
+    Tokenizer tokenizer;
+    int have_tokenizer;
+    int V;
+    DataLoader train, val;
+} RunData;
+
+typedef struct {
+    FILE* log;              // main.log
+    FILE* metrics_tsv;      // metrics.tsv
+    MoEMetrics metrics;
+    float* probe_sim;       // (L) expert-output similarity on the validation probe
+    int have_probe;
+    double metrics_seconds, step_seconds, t_start;
+} RunOutputs;
+
+typedef struct {
     Flags flags;
-    flags_parse(&flags, FLAGS, NUM_FLAGS, "train_moe [flags]", argc, argv);
-    int B = (int)flag_int(&flags, F_BATCH, 1, 1 << 20);
-    int T = (int)flag_int(&flags, F_SEQ_LEN, 1, 1 << 20);
-    float lr = flag_float(&flags, F_LR, 0.0f, 10.0f);
-    int warmup = (int)flag_int(&flags, F_WARMUP, 0, 1L << 30);
-    float final_frac = flag_float(&flags, F_FINAL_LR, 0.0f, 1.0f);
-    float weight_decay = flag_float(&flags, F_WEIGHT_DECAY, 0.0f, 10.0f);
-    long total_batch = flag_int(&flags, F_TOTAL_BATCH, 0, 1L << 40);
-    int steps = (int)flag_int(&flags, F_STEPS, -1, 1L << 30);
-    int val_every = (int)flag_int(&flags, F_VAL_EVERY, 0, 1L << 30);
-    int val_batches = (int)flag_int(&flags, F_VAL_BATCHES, 1, 1L << 30);
-    int sample_every = (int)flag_int(&flags, F_SAMPLE_EVERY, 0, 1L << 30);
-    int gen_len = (int)flag_int(&flags, F_GEN_LEN, 1, 4095);
-    int ckpt_every = (int)flag_int(&flags, F_CKPT_EVERY, 0, 1L << 30);
-    float grad_clip = flag_float(&flags, F_GRAD_CLIP, 0.0f, 1e30f);
-    uint64_t seed = (uint64_t)flag_int(&flags, F_SEED, 0, 0xFFFFFFFFL);
-    float router_init_std = flag_float(&flags, F_ROUTER_INIT_STD, 0.0f, 100.0f);
-    const char* outdir = flags.value[F_OUTPUT];
-    const char* init_path = flags.value[F_INIT];
-    int weights_only = flags.given[F_WEIGHTS_ONLY];
-    if (weights_only && !init_path[0]) die("--weights-only needs -e CHECKPOINT");
-    if (total_batch == 0) total_batch = (long)B * T;
-    if (total_batch % ((long)B * T) != 0)
-        die("-d total batch %ld tokens is not a multiple of B*T = %d*%d = %ld", total_batch, B, T, (long)B * T);
-    int grad_accum = (int)(total_batch / ((long)B * T));
+    RunSettings set;
+    RunData data;
+    MoEModel model;
+    int resuming;           // -e with optimizer state (and not --weights-only)
+    int start_step;
+    TrainState resume_state;
+    unsigned char* schedule; // CompeteSMoE: (steps, L), or NULL
+    uint64_t sample_rng;
+    RunOutputs out;
+} Run;
 
-    // routers: flags given on the command line win over a checkpoint's settings
+// --- step 1: flags, and the checkpoint's settings when -e resumes
+
+static void load_init_checkpoint(Run* run) {
+    const char* path = run->flags.value[F_INIT];
+    int weights_only = run->flags.given[F_WEIGHTS_ONLY];
+    if (weights_only && !path[0]) die("--weights-only needs -e CHECKPOINT");
+    memset(&run->model, 0, sizeof(run->model));
+    if (!path[0]) return;
+    char err[1024];
+    CheckpointInfo info = {0};
+    if (moe_load_checkpoint(&run->model, path, &info, &run->resume_state, err, sizeof(err)) != 0) die("%s", err);
+    run->resuming = info.has_optimizer && !weights_only;
+    if (weights_only) { free(run->model.m_memory); free(run->model.v_memory); run->model.m_memory = run->model.v_memory = NULL; }
+    if (run->resuming) run->start_step = info.step;
+    printf("loaded %s: step %d%s\n", path, info.step, run->resuming ? ", resuming with optimizer state" :
+           " (parameters only: a fresh run)");
+    for (int i = F_LAYERS; i <= F_MAX_SEQ_LEN; i++)
+        if (run->flags.given[i]) fprintf(stderr, "warning: --%s ignored: the architecture comes from the checkpoint\n", FLAGS[i].name);
+    flags_from_checkpoint(&run->flags, path, &info, run->resuming);
+    if (run->resuming && info.header[HDR_RUN_PRESENT]) {  // the same data source as the run that wrote it
+        int ckpt_synthetic = info.header[HDR_RUN_DATA_SOURCE] == 1, synthetic = run->flags.value[F_TRAIN][0] == '\0';
+        if (ckpt_synthetic && !synthetic)
+            die("checkpoint %s was trained on the built-in synthetic corpus: resuming it on -i %s would not be the same "
+                "run (use --weights-only to start a new run from its weights)", path, run->flags.value[F_TRAIN]);
+        if (!ckpt_synthetic && synthetic)
+            die("checkpoint %s was trained on shards: give the same -i/-j to resume it (or --weights-only to start a "
+                "new run on the synthetic corpus)", path);
+    }
+}
+
+static RouterConfig router_settings(const Flags* flags) {
     RouterConfig rc = ROUTER_DEFAULTS;
-    rc.router = flag_choice(&flags, F_ROUTER, ROUTER_NAMES, 3);
-    rc.gate_norm = flag_choice(&flags, F_GATE_NORM, GATE_NORM_NAMES, 2);
-    rc.aux_loss_coef = flag_float(&flags, F_AUX_LOSS, 0.0f, 1e6f);
-    rc.z_loss_coef = flag_float(&flags, F_Z_LOSS, 0.0f, 1e6f);
-    rc.gatepro_lambda = flag_float(&flags, F_GATEPRO_LAMBDA, 0.0f, 3e38f);
-    rc.gatepro_start = (int)flag_int(&flags, F_GATEPRO_START, 0, 1L << 30);
-    rc.gatepro_stop = (int)flag_int(&flags, F_GATEPRO_STOP, -1, 1L << 30);
-    if ((flags.given[F_GATEPRO_LAMBDA] || flags.given[F_GATEPRO_START] || flags.given[F_GATEPRO_STOP]) &&
+    rc.router = flag_choice(flags, F_ROUTER, ROUTER_NAMES, 3);
+    rc.gate_norm = flag_choice(flags, F_GATE_NORM, GATE_NORM_NAMES, 2);
+    rc.aux_loss_coef = flag_float(flags, F_AUX_LOSS, 0.0f, 1e6f);
+    rc.z_loss_coef = flag_float(flags, F_Z_LOSS, 0.0f, 1e6f);
+    rc.gatepro_lambda = flag_float(flags, F_GATEPRO_LAMBDA, 0.0f, 3e38f);
+    rc.gatepro_start = (int)flag_int(flags, F_GATEPRO_START, 0, 1L << 30);
+    rc.gatepro_stop = (int)flag_int(flags, F_GATEPRO_STOP, -1, 1L << 30);
+    if ((flags->given[F_GATEPRO_LAMBDA] || flags->given[F_GATEPRO_START] || flags->given[F_GATEPRO_STOP]) &&
         rc.router != ROUTER_GATEPRO)
         die("--gatepro-lambda/--gatepro-start/--gatepro-stop need --router gatepro");
-    rc.compete_rate = flag_float(&flags, F_COMPETE_RATE, 0.0f, 1.0f);
-    rc.compete_warmup = flag_float(&flags, F_COMPETE_WARMUP, 0.0f, 1.0f);
-    rc.compete_max_layers = (int)flag_int(&flags, F_COMPETE_MAX_LAYERS, 1, 1 << 16);
-    rc.compete_weights = flag_choice(&flags, F_COMPETE_WEIGHTS, COMPETE_WEIGHTS_NAMES, 2);
-    rc.compete_alpha = flag_float(&flags, F_COMPETE_ALPHA, 0.0f, 1e6f);
-    rc.compete_router_coef = flag_float(&flags, F_COMPETE_ROUTER_COEF, 0.0f, 1e6f);
-    rc.compete_div_coef = flag_float(&flags, F_COMPETE_DIV_COEF, 0.0f, 1e6f);
-    rc.compete_bal_coef = flag_float(&flags, F_COMPETE_BAL_COEF, 0.0f, 1e6f);
+    rc.compete_rate = flag_float(flags, F_COMPETE_RATE, 0.0f, 1.0f);
+    rc.compete_warmup = flag_float(flags, F_COMPETE_WARMUP, 0.0f, 1.0f);
+    rc.compete_max_layers = (int)flag_int(flags, F_COMPETE_MAX_LAYERS, 1, 1 << 16);
+    rc.compete_weights = flag_choice(flags, F_COMPETE_WEIGHTS, COMPETE_WEIGHTS_NAMES, 2);
+    rc.compete_alpha = flag_float(flags, F_COMPETE_ALPHA, 0.0f, 1e6f);
+    rc.compete_router_coef = flag_float(flags, F_COMPETE_ROUTER_COEF, 0.0f, 1e6f);
+    rc.compete_div_coef = flag_float(flags, F_COMPETE_DIV_COEF, 0.0f, 1e6f);
+    rc.compete_bal_coef = flag_float(flags, F_COMPETE_BAL_COEF, 0.0f, 1e6f);
     for (int i = F_COMPETE_RATE; i <= F_COMPETE_BAL_COEF; i++)
-        if (flags.given[i] && rc.router != ROUTER_COMPETE) die("--%s needs --router compete", FLAGS[i].name);
+        if (flags->given[i] && rc.router != ROUTER_COMPETE) die("--%s needs --router compete", FLAGS[i].name);
+    return rc;
+}
 
-    // --- data: shards, or the built-in synthetic corpus
-    int synthetic = flags.value[F_TRAIN][0] == '\0';
-    SyntheticCorpus corpus = {0};
-    Tokenizer tokenizer = {0};
-    int have_tokenizer = 0;
-    int V;
-    if (synthetic) {
-        if (flags.value[F_VAL][0]) die("-j needs -i: the synthetic corpus brings its own validation split");
-        size_t ntrain = (size_t)flag_int(&flags, F_SYNTH_TOKENS, 10000, 1L << 31);
-        synthetic_corpus_generate(&corpus, ntrain, ntrain / 16, seed);
-        V = corpus.vocab_size;
+static void parse_settings(RunSettings* s, const Flags* flags) {
+    s->B = (int)flag_int(flags, F_BATCH, 1, 1 << 20);
+    s->T = (int)flag_int(flags, F_SEQ_LEN, 1, 1 << 20);
+    s->lr = flag_float(flags, F_LR, 0.0f, 10.0f);
+    s->warmup = (int)flag_int(flags, F_WARMUP, 0, 1L << 30);
+    s->final_frac = flag_float(flags, F_FINAL_LR, 0.0f, 1.0f);
+    s->weight_decay = flag_float(flags, F_WEIGHT_DECAY, 0.0f, 10.0f);
+    s->total_batch = flag_int(flags, F_TOTAL_BATCH, 0, INT32_MAX);  // the checkpoint stores it as int32
+    s->steps = (int)flag_int(flags, F_STEPS, -1, 1L << 30);
+    s->val_every = (int)flag_int(flags, F_VAL_EVERY, 0, 1L << 30);
+    s->val_batches = (int)flag_int(flags, F_VAL_BATCHES, 1, 1L << 30);
+    s->sample_every = (int)flag_int(flags, F_SAMPLE_EVERY, 0, 1L << 30);
+    s->gen_len = (int)flag_int(flags, F_GEN_LEN, 1, 4095);
+    s->ckpt_every = (int)flag_int(flags, F_CKPT_EVERY, 0, 1L << 30);
+    s->grad_clip = flag_float(flags, F_GRAD_CLIP, 0.0f, 1e30f);
+    s->seed = (uint64_t)flag_int(flags, F_SEED, 0, 0xFFFFFFFFL);
+    s->router_init_std = flag_float(flags, F_ROUTER_INIT_STD, 0.0f, 100.0f);
+    s->outdir = flags->value[F_OUTPUT];
+    s->init_path = flags->value[F_INIT];
+    s->weights_only = flags->given[F_WEIGHTS_ONLY];
+    long BT = (long)s->B * s->T;
+    if (s->total_batch == 0) s->total_batch = BT;
+    if (s->total_batch % BT != 0)
+        die("-d total batch %ld tokens is not a multiple of B*T = %d*%d = %ld", s->total_batch, s->B, s->T, BT);
+    s->grad_accum = (int)(s->total_batch / BT);
+    s->router = router_settings(flags);
+}
+
+// --- step 2: data: shards, or the built-in synthetic corpus
+
+static void setup_data(RunData* d, const RunSettings* s, const Flags* flags) {
+    memset(d, 0, sizeof(*d));
+    d->synthetic = flags->value[F_TRAIN][0] == '\0';
+    if (d->synthetic) {
+        if (flags->value[F_VAL][0]) die("-j needs -i: the synthetic corpus brings its own validation split");
+        size_t ntrain = (size_t)flag_int(flags, F_SYNTH_TOKENS, 10000, 1L << 31);
+        synthetic_corpus_generate(&d->corpus, ntrain, ntrain / 16, s->seed);
+        d->V = d->corpus.vocab_size;
         printf("data: built-in synthetic corpus, %d domains, V=%d, %zu train / %zu val tokens\n",
-               corpus.num_domains, V, corpus.train_len, corpus.val_len);
+               d->corpus.num_domains, d->V, d->corpus.train_len, d->corpus.val_len);
         printf("      unigram entropy %.4f nats, source entropy rate %.4f nats/token (train stream)\n",
-               corpus.unigram_entropy, corpus.entropy_rate);
+               d->corpus.unigram_entropy, d->corpus.entropy_rate);
     } else {
-        const char* tok_path = flags.value[F_TOKENIZER];
+        const char* tok_path = flags->value[F_TOKENIZER];
         char guess[4096];
         if (!tok_path[0]) {  // tokenizer.bin beside the train shards
-            snprintf(guess, sizeof(guess), "%s", flags.value[F_TRAIN]);
+            snprintf(guess, sizeof(guess), "%s", flags->value[F_TRAIN]);
             char* slash = strrchr(guess, '/');
             if (slash) strcpy(slash + 1, "tokenizer.bin"); else strcpy(guess, "tokenizer.bin");
             if (file_exists(guess)) tok_path = guess;
         }
         if (tok_path[0]) {
             char err[512];
-            if (tokenizer_load(&tokenizer, tok_path, err, sizeof(err)) != 0) die("%s", err);
-            have_tokenizer = 1;
-            printf("tokenizer: %s (V=%d)\n", tok_path, tokenizer.vocab_size);
+            if (tokenizer_load(&d->tokenizer, tok_path, err, sizeof(err)) != 0) die("%s", err);
+            d->have_tokenizer = 1;
+            printf("tokenizer: %s (V=%d)\n", tok_path, d->tokenizer.vocab_size);
         }
-        V = (int)flag_int(&flags, F_VOCAB, 0, 1L << 30);
-        if (V == 0) {
-            if (!have_tokenizer) die("shards without a tokenizer: give --vocab-size V or --tokenizer FILE");
-            V = tokenizer.vocab_size;
+        d->V = (int)flag_int(flags, F_VOCAB, 0, 1L << 30);
+        if (d->V == 0) {
+            if (!d->have_tokenizer) die("shards without a tokenizer: give --vocab-size V or --tokenizer FILE");
+            d->V = d->tokenizer.vocab_size;
         }
-        if (!flags.value[F_VAL][0]) die("-i needs -j: give the validation shards too");
+        if (!flags->value[F_VAL][0]) die("-i needs -j: give the validation shards too");
     }
+}
 
-    // --- the model: from a checkpoint, or fresh
-    MoEModel model;
-    int start_step = 0;
-    TrainState ts = {0};
-    int resuming = 0;
-    if (init_path[0]) {
-        char err[1024];
-        memset(&model, 0, sizeof(model));
-        CheckpointInfo info;
-        if (moe_load_checkpoint(&model, init_path, &info, &ts, err, sizeof(err)) != 0) die("%s", err);
-        resuming = info.has_optimizer && !weights_only;
-        if (weights_only) { free(model.m_memory); free(model.v_memory); model.m_memory = model.v_memory = NULL; }
-        if (resuming) start_step = info.step;
-        printf("loaded %s: step %d%s\n", init_path, info.step, resuming ? ", resuming with optimizer state" :
-               " (parameters only: a fresh run)");
-        if (model.config.vocab_size != V)
-            die("checkpoint %s has V=%d but the data needs V=%d", init_path, model.config.vocab_size, V);
-        for (int i = F_LAYERS; i <= F_MAX_SEQ_LEN; i++)
-            if (flags.given[i]) fprintf(stderr, "warning: --%s ignored: the architecture comes from the checkpoint\n", FLAGS[i].name);
-        // a checkpoint's router settings hold unless the command line says otherwise
-        if (flags.given[F_ROUTER]) model.router.router = rc.router;
-        if (flags.given[F_GATE_NORM]) model.router.gate_norm = rc.gate_norm;
-        if (flags.given[F_AUX_LOSS]) model.router.aux_loss_coef = rc.aux_loss_coef;
-        if (flags.given[F_Z_LOSS]) model.router.z_loss_coef = rc.z_loss_coef;
-        if (flags.given[F_GATEPRO_LAMBDA]) model.router.gatepro_lambda = rc.gatepro_lambda;
-        if (flags.given[F_GATEPRO_START]) model.router.gatepro_start = rc.gatepro_start;
-        if (flags.given[F_GATEPRO_STOP]) model.router.gatepro_stop = rc.gatepro_stop;
-        if (flags.given[F_COMPETE_RATE]) model.router.compete_rate = rc.compete_rate;
-        if (flags.given[F_COMPETE_WARMUP]) model.router.compete_warmup = rc.compete_warmup;
-        if (flags.given[F_COMPETE_MAX_LAYERS]) model.router.compete_max_layers = rc.compete_max_layers;
-        if (flags.given[F_COMPETE_WEIGHTS]) model.router.compete_weights = rc.compete_weights;
-        if (flags.given[F_COMPETE_ALPHA]) model.router.compete_alpha = rc.compete_alpha;
-        if (flags.given[F_COMPETE_ROUTER_COEF]) model.router.compete_router_coef = rc.compete_router_coef;
-        if (flags.given[F_COMPETE_DIV_COEF]) model.router.compete_div_coef = rc.compete_div_coef;
-        if (flags.given[F_COMPETE_BAL_COEF]) model.router.compete_bal_coef = rc.compete_bal_coef;
-        if (model.router.router == ROUTER_COMPETE && model.config.n_expert < 2) die("--router compete needs E >= 2");
+static void open_data_loaders(RunData* d, const RunSettings* s, const Flags* flags) {
+    uint64_t data_seed = derive_seed(s->seed, STREAM_DATA);
+    if (d->synthetic) {
+        const SyntheticCorpus* c = &d->corpus;
+        dataloader_init_memory(&d->train, c->train_tokens, c->train_domains, c->train_len, s->B, s->T, d->V, 1, data_seed);
+        dataloader_init_memory(&d->val, c->val_tokens, c->val_domains, c->val_len, s->B, s->T, d->V, 0, 0);
+    } else {
+        dataloader_init(&d->train, flags->value[F_TRAIN], s->B, s->T, d->V, 1, data_seed);
+        dataloader_init(&d->val, flags->value[F_VAL], s->B, s->T, d->V, 0, 0);
+    }
+}
+
+// --- step 3: the model, from a checkpoint or fresh, and what the data and router need of it
+
+static void setup_model(Run* run) {
+    RunSettings* s = &run->set;
+    const Flags* flags = &run->flags;
+    MoEModel* model = &run->model;
+    if (s->init_path[0]) {
+        if (model->config.vocab_size != run->data.V)
+            die("checkpoint %s has V=%d but the data needs V=%d", s->init_path, model->config.vocab_size, run->data.V);
     } else {
         MoEConfig cfg;
-        cfg.num_layers = (int)flag_int(&flags, F_LAYERS, 1, 1 << 16);
-        cfg.num_heads = (int)flag_int(&flags, F_HEADS, 1, 1 << 16);
-        cfg.channels = (int)flag_int(&flags, F_CHANNELS, 1, 1 << 20);
-        cfg.n_expert = (int)flag_int(&flags, F_EXPERTS, 1, 256);
-        cfg.top_k = (int)flag_int(&flags, F_TOP_K, 1, 256);
-        cfg.expert_hidden = (int)flag_int(&flags, F_HIDDEN, 0, 1 << 24);
+        cfg.num_layers = (int)flag_int(flags, F_LAYERS, 1, 1 << 16);
+        cfg.num_heads = (int)flag_int(flags, F_HEADS, 1, 1 << 16);
+        cfg.channels = (int)flag_int(flags, F_CHANNELS, 1, 1 << 20);
+        cfg.n_expert = (int)flag_int(flags, F_EXPERTS, 1, 256);
+        cfg.top_k = (int)flag_int(flags, F_TOP_K, 1, 256);
+        cfg.expert_hidden = (int)flag_int(flags, F_HIDDEN, 0, 1 << 24);
         if (cfg.expert_hidden == 0) cfg.expert_hidden = 4 * cfg.channels;
-        cfg.max_seq_len = (int)flag_int(&flags, F_MAX_SEQ_LEN, 0, 1 << 20);
-        if (cfg.max_seq_len == 0) cfg.max_seq_len = T;
-        cfg.vocab_size = V;
-        cfg.padded_vocab_size = pad_vocab(V);
+        cfg.max_seq_len = (int)flag_int(flags, F_MAX_SEQ_LEN, 0, 1 << 20);
+        if (cfg.max_seq_len == 0) cfg.max_seq_len = s->T;
+        cfg.vocab_size = run->data.V;
+        cfg.padded_vocab_size = pad_vocab(run->data.V);
         char err[256];
         if (config_check(&cfg, err, sizeof(err)) != 0) die("%s", err);
-        if (rc.router == ROUTER_GATEPRO && cfg.n_expert < 2) die("--router gatepro needs E >= 2");
-        if (rc.router == ROUTER_COMPETE && cfg.n_expert < 2) die("--router compete needs E >= 2");
-        moe_build(&model, &cfg);
-        moe_init_params(&model, seed, router_init_std);
-        model.router = rc;
+        moe_build(model, &cfg);
+        moe_init_params(model, s->seed, s->router_init_std);
     }
-    const MoEConfig* cfg = &model.config;
-    if (T > cfg->max_seq_len) die("-t %d exceeds the model's maxT = %d", T, cfg->max_seq_len);
-    if (model.router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("--router gatepro needs E >= 2");
-    if (cfg->top_k == 1 && model.router.router == ROUTER_GATEPRO)
+    model->router = s->router;  // the flags, which hold the checkpoint's settings unless given (above)
+    const MoEConfig* cfg = &model->config;
+    if (s->T > cfg->max_seq_len) die("-t %d exceeds the model's maxT = %d", s->T, cfg->max_seq_len);
+    if (model->router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("--router gatepro needs E >= 2");
+    if (model->router.router == ROUTER_COMPETE && cfg->n_expert < 2) die("--router compete needs E >= 2");
+    if (cfg->top_k == 1 && model->router.router == ROUTER_GATEPRO)
         fprintf(stderr, "warning: GatePro with K=1 changes nothing: the top-1 expert never loses to its sibling\n");
-    if (cfg->top_k == 1 && cfg->n_expert > 1 && model.router.gate_norm == GATE_TOPK_SOFTMAX)
+    if (cfg->top_k == 1 && cfg->n_expert > 1 && model->router.gate_norm == GATE_TOPK_SOFTMAX)
         fprintf(stderr, "warning: K=1 with --gate-norm topk_softmax gives every token weight 1, so the router "
                         "gets no gradient from the LM loss; consider --gate-norm softmax_topk\n");
+}
 
-    // --- data loaders
-    DataLoader train_loader, val_loader;
-    if (synthetic) {
-        dataloader_init_memory(&train_loader, corpus.train_tokens, corpus.train_domains, corpus.train_len, B, T, V, 1,
-                               derive_seed(seed, STREAM_DATA));
-        dataloader_init_memory(&val_loader, corpus.val_tokens, corpus.val_domains, corpus.val_len, B, T, V, 0, 0);
-    } else {
-        dataloader_init(&train_loader, flags.value[F_TRAIN], B, T, V, 1, derive_seed(seed, STREAM_DATA));
-        dataloader_init(&val_loader, flags.value[F_VAL], B, T, V, 0, 0);
-    }
-    if (val_batches > dataloader_num_batches(&val_loader)) val_batches = (int)dataloader_num_batches(&val_loader);
-    if (steps < 0) steps = (int)(dataloader_num_batches(&train_loader) / grad_accum);
-    if (steps < 1) steps = 1;
-    // CompeteSMoE: the whole schedule, drawn once from the run's seed (a resumed run redraws the same)
-    unsigned char* schedule = NULL;
-    if (model.router.router == ROUTER_COMPETE) {
-        const RouterConfig* r = &model.router;
-        schedule = (unsigned char*)mallocCheck((size_t)steps * cfg->num_layers);
-        long placed = compete_schedule(schedule, steps, cfg->num_layers, r->compete_rate, r->compete_warmup,
-                                       r->compete_max_layers, seed);
-        long eligible = (long)cfg->num_layers * (steps - (int)floor((double)r->compete_warmup * steps));
+// The step count, the CompeteSMoE schedule and, when resuming, the data position and RNG.
+static void setup_schedule(Run* run) {
+    RunSettings* s = &run->set;
+    const MoEConfig* cfg = &run->model.config;
+    int64_t val_available = dataloader_num_batches(&run->data.val);
+    if (s->val_batches > val_available) s->val_batches = (int)val_available;
+    if (s->steps < 0) s->steps = (int)(dataloader_num_batches(&run->data.train) / s->grad_accum);
+    if (s->steps < 1) s->steps = 1;
+    if (run->model.router.router == ROUTER_COMPETE) {  // drawn once from the run's seed: a resume redraws the same
+        const RouterConfig* r = &run->model.router;
+        run->schedule = (unsigned char*)mallocCheck((size_t)s->steps * cfg->num_layers);
+        long placed = compete_schedule(run->schedule, s->steps, cfg->num_layers, r->compete_rate, r->compete_warmup,
+                                       r->compete_max_layers, s->seed);
+        int warm = (int)floor((double)r->compete_warmup * s->steps);
+        long eligible = (long)cfg->num_layers * (s->steps - warm);
         printf("compete: %ld of %ld (layer, step) pairs after warm-up compete: realised rate %.4f (--compete-rate %g, "
                "warm-up %d steps, at most %d layers per step)\n", placed, eligible,
-               eligible > 0 ? (double)placed / eligible : 0.0, r->compete_rate,
-               (int)floor((double)r->compete_warmup * steps), r->compete_max_layers);
+               eligible > 0 ? (double)placed / eligible : 0.0, r->compete_rate, warm, r->compete_max_layers);
     }
-    uint64_t sample_rng = derive_seed(seed, STREAM_SAMPLE);
-    if (resuming) {
+    run->sample_rng = derive_seed(s->seed, STREAM_SAMPLE);
+    if (run->resuming) {
         char err[512];
-        DataLoaderState st = {ts.data_epoch, ts.data_shard_pos, ts.data_sample_pos};
-        if (dataloader_set_state(&train_loader, st, err, sizeof(err)) != 0) die("resuming from %s: %s", init_path, err);
-        sample_rng = ts.sample_rng;
-        if (start_step >= steps) die("checkpoint %s is at step %d, not before the last step %d (raise -x)", init_path, start_step, steps);
+        const TrainState* ts = &run->resume_state;
+        DataLoaderState st = {ts->data_epoch, ts->data_shard_pos, ts->data_sample_pos};
+        if (dataloader_set_state(&run->data.train, st, err, sizeof(err)) != 0) die("resuming from %s: %s", s->init_path, err);
+        run->sample_rng = ts->sample_rng;
+        if (run->start_step >= s->steps)
+            die("checkpoint %s is at step %d, not before the last step %d (raise -x)", s->init_path, run->start_step, s->steps);
     }
+}
 
-    // --- output directory, config copy, log
-    make_dir(outdir);
+// --- step 4: the output directory: config.txt, main.log, metrics.tsv
+
+static void open_outputs(Run* run) {
+    const RunSettings* s = &run->set;
+    const MoEModel* model = &run->model;
+    const MoEConfig* cfg = &model->config;
+    RunOutputs* o = &run->out;
+    make_dir(s->outdir);
     char path[4096];
-    snprintf(path, sizeof(path), "%s/config.txt", outdir);
+    snprintf(path, sizeof(path), "%s/config.txt", s->outdir);
     FILE* cf = fopen(path, "w");
     if (cf == NULL) die("cannot write %s: %s", path, strerror(errno));
-    for (int i = 0; i < NUM_FLAGS; i++) if (FLAGS[i].takes_value) fprintf(cf, "%s = %s\n", FLAGS[i].name, flags.value[i]);
+    for (int i = 0; i < NUM_FLAGS; i++) if (FLAGS[i].takes_value) fprintf(cf, "%s = %s\n", FLAGS[i].name, run->flags.value[i]);
     fprintf(cf, "# model: maxT=%d V=%d Vp=%d L=%d NH=%d C=%d E=%d K=%d H=%d params=%zu\n", cfg->max_seq_len,
             cfg->vocab_size, cfg->padded_vocab_size, cfg->num_layers, cfg->num_heads, cfg->channels, cfg->n_expert,
-            cfg->top_k, cfg->expert_hidden, model.num_parameters);
+            cfg->top_k, cfg->expert_hidden, model->num_parameters);
     fprintf(cf, "# router: %s gate-norm %s aux %g z %g gatepro-lambda %g start %d stop %d\n",
-            ROUTER_NAMES[model.router.router], GATE_NORM_NAMES[model.router.gate_norm], model.router.aux_loss_coef,
-            model.router.z_loss_coef, model.router.gatepro_lambda, model.router.gatepro_start, model.router.gatepro_stop);
-    fprintf(cf, "# resumed_from = %s at step %d\n", init_path[0] ? init_path : "(none)", start_step);
+            ROUTER_NAMES[model->router.router], GATE_NORM_NAMES[model->router.gate_norm], model->router.aux_loss_coef,
+            model->router.z_loss_coef, model->router.gatepro_lambda, model->router.gatepro_start, model->router.gatepro_stop);
+    fprintf(cf, "# resumed_from = %s at step %d\n", s->init_path[0] ? s->init_path : "(none)", run->start_step);
     fclose(cf);
-    snprintf(path, sizeof(path), "%s/main.log", outdir);
-    FILE* logf = fopen(path, resuming ? "a" : "w");
-    if (logf == NULL) die("cannot write %s: %s", path, strerror(errno));
-    snprintf(path, sizeof(path), "%s/metrics.tsv", outdir);
-    FILE* metf = fopen(path, resuming ? "a" : "w");
-    if (metf == NULL) die("cannot write %s: %s", path, strerror(errno));
-    if (!resuming) fputs(METRICS_TSV_HEADER, metf);
-    MoEMetrics metrics;
-    metrics_init(&metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, synthetic ? corpus.num_domains : 0);
-    float* probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
-    int have_probe = 0;
-    double metrics_seconds = 0.0, step_seconds = 0.0;
+    snprintf(path, sizeof(path), "%s/main.log", s->outdir);
+    o->log = fopen(path, run->resuming ? "a" : "w");
+    if (o->log == NULL) die("cannot write %s: %s", path, strerror(errno));
+    snprintf(path, sizeof(path), "%s/metrics.tsv", s->outdir);
+    o->metrics_tsv = fopen(path, run->resuming ? "a" : "w");
+    if (o->metrics_tsv == NULL) die("cannot write %s: %s", path, strerror(errno));
+    if (!run->resuming) fputs(METRICS_TSV_HEADER, o->metrics_tsv);
+    metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.synthetic ? run->data.corpus.num_domains : 0);
+    o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
+}
 
-    size_t active_params = model.num_parameters -
+static void print_run(const Run* run) {
+    const RunSettings* s = &run->set;
+    const MoEModel* model = &run->model;
+    const MoEConfig* cfg = &model->config;
+    size_t active_params = model->num_parameters -
         (size_t)cfg->num_layers * (cfg->n_expert - cfg->top_k) *
             (2 * (size_t)cfg->channels * cfg->expert_hidden + cfg->expert_hidden + cfg->channels);
     int threads = 1;
@@ -428,15 +616,175 @@ int main(int argc, char** argv) {
 #endif
     printf("model: L=%d NH=%d C=%d E=%d K=%d H=%d maxT=%d V=%d (Vp=%d): %zu parameters, %zu active per token\n",
            cfg->num_layers, cfg->num_heads, cfg->channels, cfg->n_expert, cfg->top_k, cfg->expert_hidden,
-           cfg->max_seq_len, cfg->vocab_size, cfg->padded_vocab_size, model.num_parameters, active_params);
-    printf("router: %s, gate-norm %s, aux-loss %g, z-loss %g", ROUTER_NAMES[model.router.router],
-           GATE_NORM_NAMES[model.router.gate_norm], model.router.aux_loss_coef, model.router.z_loss_coef);
-    if (model.router.router == ROUTER_GATEPRO)
-        printf(", lambda %g on steps [%d, %s)", model.router.gatepro_lambda, model.router.gatepro_start,
-               model.router.gatepro_stop < 0 ? "end" : flags.value[F_GATEPRO_STOP]);
+           cfg->max_seq_len, cfg->vocab_size, cfg->padded_vocab_size, model->num_parameters, active_params);
+    printf("router: %s, gate-norm %s, aux-loss %g, z-loss %g", ROUTER_NAMES[model->router.router],
+           GATE_NORM_NAMES[model->router.gate_norm], model->router.aux_loss_coef, model->router.z_loss_coef);
+    if (model->router.router == ROUTER_GATEPRO)
+        printf(", lambda %g on steps [%d, %s)", model->router.gatepro_lambda, model->router.gatepro_start,
+               model->router.gatepro_stop < 0 ? "end" : run->flags.value[F_GATEPRO_STOP]);
     printf("\ntraining: B=%d T=%d, %d micro-batches per step (%ld tokens), %d steps, lr %g warmup %d final %g, "
-           "wd %g, clip %g, %d threads, output %s\n", B, T, grad_accum, total_batch, steps, lr, warmup, final_frac,
-           weight_decay, grad_clip, threads, outdir);
+           "wd %g, clip %g, seed %llu, %d threads, output %s\n", s->B, s->T, s->grad_accum, s->total_batch, s->steps,
+           s->lr, s->warmup, s->final_frac, s->weight_decay, s->grad_clip, (unsigned long long)s->seed, threads, s->outdir);
+}
+
+// --- step 5: the train loop
+
+typedef struct { double loss, aux, z, compete; float norm, lr; double ms, fwdbwd_ms, opt_ms; } StepStats;
+
+// Validation and samples before step `step` (and once more at the end), as llm.c.
+static void validate_and_sample(Run* run, int step, int last) {
+    const RunSettings* s = &run->set;
+    RunOutputs* o = &run->out;
+    if (s->val_every > 0 && (step % s->val_every == 0 || last)) {
+        float val_loss = validate(&run->model, &run->data.val, s->val_batches, o->probe_sim);
+        o->have_probe = 1;
+        if (step > run->start_step) print_layer_summary(&o->metrics, &run->model, o->probe_sim);  // the last step's routing
+        printf("val loss %.6f (step %d)\n", val_loss, step);
+        fprintf(o->log, "s:%d tel:%.6f\n", step, val_loss);
+        fflush(o->log);
+    }
+    if (s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step) {
+        int eot = run->data.have_tokenizer ? (int)run->data.tokenizer.eot_token : run->data.V - 1;
+        sample_and_print(&run->model, run->data.have_tokenizer ? &run->data.tokenizer : NULL, eot, s->gen_len, &run->sample_rng);
+    }
+}
+
+// Writes model_%08d.bin of `step` with everything a resume needs; dies on failure.
+static void save_checkpoint(Run* run, int step, char* path, size_t pathlen) {
+    char err[1024];
+    const DataLoader* dl = &run->data.train;
+    TrainState st = {dl->epoch, dl->shard_pos, dl->sample_pos, run->sample_rng, {0}, {0}};
+    run_header_fields(&st, &run->flags, run->data.synthetic);
+    snprintf(path, pathlen, "%s/model_%08d.bin", run->set.outdir, step);
+    if (moe_save_checkpoint(&run->model, path, 1, step, run->set.seed, run->set.steps, &st, err, sizeof(err)) != 0)
+        die("%s", err);
+}
+
+// Forward and backward over the step's micro-batches; the update unless the loss or norm is not
+// finite. Returns 0, or -1 (nothing applied) on a non-finite loss or gradient norm.
+static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_seconds) {
+    const RunSettings* s = &run->set;
+    MoEModel* model = &run->model;
+    DataLoader* dl = &run->data.train;
+    double t0 = now_seconds();
+    // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
+    metrics_reset(&run->out.metrics);
+    model->compete_layers = run->schedule != NULL ? run->schedule + (size_t)step * model->config.num_layers : NULL;
+    memset(st, 0, sizeof(*st));
+    for (int micro = 0; micro < s->grad_accum; micro++) {
+        dataloader_next_batch(dl);
+        moe_forward(model, dl->inputs, dl->targets, s->B, s->T);
+        double tm0 = now_seconds();
+        metrics_accumulate(&run->out.metrics, model, dl->input_domains);
+        *metrics_seconds += now_seconds() - tm0;
+        st->loss += model->mean_loss / s->grad_accum;
+        st->aux += model->aux_loss / s->grad_accum;
+        st->z += model->z_loss / s->grad_accum;
+        st->compete += model->compete_loss / s->grad_accum;
+        moe_backward(model, 1.0f / s->grad_accum);
+    }
+    model->compete_layers = NULL;  // validation and samples never compete
+    st->norm = grad_global_norm(model);
+    double t1 = now_seconds();
+    if (!isfinite(st->loss) || !isfinite(st->norm)) return -1;
+    st->lr = lr_schedule(s->lr, step, s->warmup, s->steps, s->final_frac);
+    float clip_scale = s->grad_clip > 0.0f && st->norm > s->grad_clip ? s->grad_clip / (st->norm + 1e-6f) : 1.0f;
+    moe_adamw_update(model, st->lr, 0.9f, 0.95f, 1e-8f, s->weight_decay, clip_scale, step + 1);
+    double t2 = now_seconds();
+    st->ms = (t2 - t0) * 1000.0;
+    st->fwdbwd_ms = (t1 - t0) * 1000.0;
+    st->opt_ms = (t2 - t1) * 1000.0;
+    return 0;
+}
+
+static void log_step(Run* run, int step, const StepStats* st) {
+    const RunSettings* s = &run->set;
+    RunOutputs* o = &run->out;
+    double t0 = now_seconds();
+    write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL);
+    o->metrics_seconds += now_seconds() - t0;
+    o->step_seconds += st->ms / 1000.0 + (now_seconds() - t0);
+    o->have_probe = 0;
+    char eta[32], compete_text[64] = "";
+    format_eta(eta, sizeof(eta), (now_seconds() - o->t_start) / (step + 1 - run->start_step) * (s->steps - step - 1));
+    if (run->schedule != NULL) snprintf(compete_text, sizeof(compete_text), " compete %.4f", st->compete);
+    printf("step %4d/%d | loss %.4f | aux %.4f z %.4f%s | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
+           "%.0f tok/s | ETA %s\n", step + 1, s->steps, st->loss, st->aux, st->z, compete_text, st->lr, st->norm, st->ms,
+           st->fwdbwd_ms, st->opt_ms, s->total_batch / (st->ms / 1000.0), eta);
+    fflush(stdout);
+    fprintf(o->log, "s:%d trl:%.6f\n", step, st->loss);
+    fprintf(o->log, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step,
+            st->aux, st->z, st->compete, st->lr, st->norm, st->ms, st->fwdbwd_ms, st->opt_ms);
+}
+
+// Steps from start_step to the end; returns the exit status (0, 128+signal, 1 on a non-finite loss).
+static int train_loop(Run* run) {
+    const RunSettings* s = &run->set;
+    char path[4096] = "";
+    run->out.t_start = now_seconds();
+    for (int step = run->start_step; step <= s->steps; step++) {
+        int last = step == s->steps;
+        // GatePro's penalty is on at step s iff start <= s and (stop < 0 or s < stop), in every
+        // forward of that step: validation and samples included
+        run->model.gatepro_active = gatepro_active_at(&run->model.router, step);
+        validate_and_sample(run, step, last);
+        if (last || (s->ckpt_every > 0 && step % s->ckpt_every == 0 && step > run->start_step) || stop_signal) {
+            save_checkpoint(run, step, path, sizeof(path));
+            printf("wrote %s\n", path);
+        }
+        if (stop_signal) {
+            printf("stopped by signal %d at step %d; resume with -e %s\n", (int)stop_signal, step, path);
+            return 128 + stop_signal;
+        }
+        if (last) return 0;
+        StepStats st;
+        if (optimizer_step(run, step, &st, &run->out.metrics_seconds) != 0) {
+            // the parameters are still the last good ones: the update has not been applied
+            save_checkpoint(run, step, path, sizeof(path));
+            fprintf(stderr, "error: step %d: loss %f, gradient norm %f is not finite; update skipped, last good "
+                            "state saved to %s (try a lower -l or a --grad-clip)\n", step, st.loss, st.norm, path);
+            return 1;
+        }
+        log_step(run, step, &st);
+    }
+    return 0;
+}
+
+// --- step 6: finish
+
+static void finish(Run* run) {
+    RunOutputs* o = &run->out;
+    fclose(o->log);
+    fclose(o->metrics_tsv);
+    printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
+           "computed during validation and not counted here)\n", now_seconds() - o->t_start, o->metrics_seconds * 1000.0,
+           o->step_seconds > 0 ? 100.0 * o->metrics_seconds / o->step_seconds : 0.0);
+    metrics_free(&o->metrics);
+    free(o->probe_sim);
+    free(run->schedule);
+    dataloader_free(&run->data.train);
+    dataloader_free(&run->data.val);
+    if (run->data.have_tokenizer) tokenizer_free(&run->data.tokenizer);
+    synthetic_corpus_free(&run->data.corpus);
+    moe_free(&run->model);
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    static Run run;
+    static FlagSpec flag_specs[NUM_FLAGS];
+    memcpy(flag_specs, FLAGS, sizeof(FLAGS));
+    add_resume_notes(flag_specs);
+    flags_parse(&run.flags, flag_specs, NUM_FLAGS, "train_moe [flags]", argc, argv);
+    load_init_checkpoint(&run);         // -e: the model, and the checkpoint's settings for unset flags
+    parse_settings(&run.set, &run.flags);
+    setup_data(&run.data, &run.set, &run.flags);
+    setup_model(&run);
+    open_data_loaders(&run.data, &run.set, &run.flags);
+    setup_schedule(&run);
+    open_outputs(&run);
+    print_run(&run);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -444,108 +792,7 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    int eot = have_tokenizer ? (int)tokenizer.eot_token : V - 1;
-    double t_start = now_seconds();
-    int exit_code = 0;
-    int step = start_step;
-    for (; step <= steps; step++) {
-        int last = step == steps;
-        // GatePro's penalty is on at step s iff start <= s and (stop < 0 or s < stop), in every
-        // forward of that step: validation and samples included
-        model.gatepro_active = gatepro_active_at(&model.router, step);
-        // validation and samples before the step (and once more at the end), as llm.c
-        if (val_every > 0 && (step % val_every == 0 || last)) {
-            float val_loss = validate(&model, &val_loader, val_batches, probe_sim);
-            have_probe = 1;
-            if (step > start_step) print_layer_summary(&metrics, &model, probe_sim);  // the last step's routing
-            printf("val loss %.6f (step %d)\n", val_loss, step);
-            fprintf(logf, "s:%d tel:%.6f\n", step, val_loss);
-            fflush(logf);
-        }
-        if (sample_every > 0 && (step % sample_every == 0 || last) && step > start_step)
-            sample_and_print(&model, have_tokenizer ? &tokenizer : NULL, eot, gen_len, &sample_rng);
-        int save = last || (ckpt_every > 0 && step % ckpt_every == 0 && step > start_step) || stop_signal;
-        if (save) {
-            char err[1024];
-            TrainState st = {train_loader.epoch, train_loader.shard_pos, train_loader.sample_pos, sample_rng, {0}};
-            snprintf(path, sizeof(path), "%s/model_%08d.bin", outdir, step);
-            if (moe_save_checkpoint(&model, path, 1, step, seed, steps, &st, err, sizeof(err)) != 0) die("%s", err);
-            printf("wrote %s\n", path);
-        }
-        if (stop_signal) {
-            printf("stopped by signal %d at step %d; resume with -e %s\n", (int)stop_signal, step, path);
-            exit_code = 128 + stop_signal;
-            break;
-        }
-        if (last) break;
-
-        // one optimizer step
-        double t0 = now_seconds();
-        // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
-        metrics_reset(&metrics);
-        model.compete_layers = schedule != NULL ? schedule + (size_t)step * cfg->num_layers : NULL;
-        double loss = 0.0, aux = 0.0, zl = 0.0, comp = 0.0, tm = 0.0;
-        for (int micro = 0; micro < grad_accum; micro++) {
-            dataloader_next_batch(&train_loader);
-            moe_forward(&model, train_loader.inputs, train_loader.targets, B, T);
-            double tm0 = now_seconds();
-            metrics_accumulate(&metrics, &model, train_loader.input_domains);
-            tm += now_seconds() - tm0;
-            loss += model.mean_loss / grad_accum;
-            aux += model.aux_loss / grad_accum;
-            zl += model.z_loss / grad_accum;
-            comp += model.compete_loss / grad_accum;
-            moe_backward(&model, 1.0f / grad_accum);
-        }
-        model.compete_layers = NULL;  // validation and samples never compete
-        float norm = grad_global_norm(&model);
-        double t1 = now_seconds();
-        if (!isfinite(loss) || !isfinite(norm)) {
-            char err[1024];
-            TrainState st = {train_loader.epoch, train_loader.shard_pos, train_loader.sample_pos, sample_rng, {0}};
-            snprintf(path, sizeof(path), "%s/model_%08d.bin", outdir, step);
-            // the parameters are still the last good ones: the update has not been applied
-            if (moe_save_checkpoint(&model, path, 1, step, seed, steps, &st, err, sizeof(err)) != 0) die("%s", err);
-            fprintf(stderr, "error: step %d: loss %f, gradient norm %f is not finite; update skipped, last good "
-                            "state saved to %s (try a lower -l or a --grad-clip)\n", step, loss, norm, path);
-            exit_code = 1;
-            break;
-        }
-        float lr_t = lr_schedule(lr, step, warmup, steps, final_frac);
-        float clip_scale = grad_clip > 0.0f && norm > grad_clip ? grad_clip / (norm + 1e-6f) : 1.0f;
-        moe_adamw_update(&model, lr_t, 0.9f, 0.95f, 1e-8f, weight_decay, clip_scale, step + 1);
-        double t2 = now_seconds();
-        write_metrics(metf, step, &metrics, &model, have_probe ? probe_sim : NULL);
-        double t3 = now_seconds();
-        metrics_seconds += tm + (t3 - t2);
-        step_seconds += t3 - t0;
-        have_probe = 0;
-        double ms = (t2 - t0) * 1000.0;
-        double tok_s = total_batch / (t2 - t0);
-        char eta[32];
-        format_eta(eta, sizeof(eta), (t2 - t_start) / (step + 1 - start_step) * (steps - step - 1));
-        char compete_text[64] = "";
-        if (schedule != NULL) snprintf(compete_text, sizeof(compete_text), " compete %.4f", comp);
-        printf("step %4d/%d | loss %.4f | aux %.4f z %.4f%s | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
-               "%.0f tok/s | ETA %s\n", step + 1, steps, loss, aux, zl, compete_text, lr_t, norm, ms, (t1 - t0) * 1000.0,
-               (t2 - t1) * 1000.0, tok_s, eta);
-        fflush(stdout);
-        fprintf(logf, "s:%d trl:%.6f\n", step, loss);
-        fprintf(logf, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step, aux,
-                zl, comp, lr_t, norm, ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0);
-    }
-    fclose(logf);
-    fclose(metf);
-    printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
-           "computed during validation and not counted here)\n", now_seconds() - t_start, metrics_seconds * 1000.0,
-           step_seconds > 0 ? 100.0 * metrics_seconds / step_seconds : 0.0);
-    metrics_free(&metrics);
-    free(probe_sim);
-    free(schedule);
-    dataloader_free(&train_loader);
-    dataloader_free(&val_loader);
-    if (have_tokenizer) tokenizer_free(&tokenizer);
-    synthetic_corpus_free(&corpus);
-    moe_free(&model);
+    int exit_code = train_loop(&run);
+    finish(&run);
     return exit_code;
 }

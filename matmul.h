@@ -353,16 +353,21 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
     sgemm_reserve(nthreads);
 
     // Thread grid: row_groups × col_groups = nthreads rectangles of whole micro-tiles. Pick the
-    // grid with the fewest micro-tiles in the largest rectangle; on a tie, more column groups
-    // (each thread then packs and reads only its own columns of B).
+    // grid with the fewest micro-tiles in the largest rectangle; on a tie, the least packing:
+    // every thread packs all of op(A)'s rows it covers and all of op(B)'s columns, so A is packed
+    // col_groups times and B row_groups times (the LM head's backward: split the 4096-wide side).
     int m_panels = (M + SGEMM_MR - 1) / SGEMM_MR, n_panels = (N + SGEMM_NR - 1) / SGEMM_NR;
     int row_groups = nthreads, col_groups = 1;
     long long best = -1;
+    double best_packing = 0.0;
     for (int cg = 1; cg <= nthreads; cg++) {
         if (nthreads % cg != 0) continue;
         int rg = nthreads / cg;
         long long largest = (long long)((m_panels + rg - 1) / rg) * ((n_panels + cg - 1) / cg);
-        if (best < 0 || largest <= best) { best = largest; row_groups = rg; col_groups = cg; }
+        double packing = (double)cg * M * K + (double)rg * K * N;
+        if (best < 0 || largest < best || (largest == best && packing <= best_packing)) {
+            best = largest; best_packing = packing; row_groups = rg; col_groups = cg;
+        }
     }
 
 #ifdef _OPENMP
@@ -400,11 +405,18 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 
 // ----------------------------------------------------------------------------
 // Many independent products in one parallel region: the experts of an MoE layer, each on its own
-// block of tokens. One sgemm call per expert would wake the thread team 6E times per layer and
-// give each thread a sliver of a small matrix; here the work items are (problem, row block,
-// column block) rectangles of whole micro-tiles, handed out dynamically. Which thread computes an
-// item changes nothing: each C element is still summed over K in the fixed SGEMM_KC blocks, so the
-// results are the same bits for any thread count and equal to sgemm_blocked's.
+// block of tokens, or the heads of attention. One sgemm call per expert would wake the thread
+// team 6E times per layer and give each thread a sliver of a small matrix. Two phases, one region:
+//   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC) once,
+//      into one shared buffer (work: K blocks × groups of slivers, handed out dynamically);
+//   2. the work items are (problem, row block, column block) rectangles of whole micro-tiles,
+//      handed out dynamically; each packs its rows of op(A) and runs the macro-kernel on the
+//      packed B (a one-row-block problem packs its B here, into the thread's own L2-sized
+//      buffer, as there is nothing to share). Packing B per item re-packed a 512-token expert's
+//      weights once per 96 rows: as much copying as multiplying.
+// Which thread computes an item changes nothing: each C element is still summed over K in the
+// fixed SGEMM_KC blocks, so the results are the same bits for any thread count and equal to
+// sgemm_blocked's.
 typedef struct {
     int M, N, K;       // this problem's shape
     const float* A;    // op(A) is M×K, leading dimension lda (shared by all problems)
@@ -412,51 +424,109 @@ typedef struct {
     float* C;          // M×N, leading dimension ldc
 } SgemmProblem;
 
+static float*  sgemm_bshared = NULL;    // phase 1's packed B of every problem, grown only
+static size_t  sgemm_bshared_floats = 0;
+static size_t* sgemm_boffset = NULL;    // (count + 1) offsets of each problem's packed B
+static int     sgemm_boffset_count = 0;
+
+#define SGEMM_PACK_SLIVERS 8            // phase 1 work unit: up to 8 slivers of one K block
+
 static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int count, int lda, int ldb,
                         int ldc, int accumulate) {
-    // count the work items: row blocks of SGEMM_MC × column blocks of SGEMM_NC per problem
-    long long items = 0;
-    for (int q = 0; q < count; q++) {
-        if (probs[q].M <= 0 || probs[q].N <= 0) continue;
-        items += (long long)((probs[q].M + SGEMM_MC - 1) / SGEMM_MC) * ((probs[q].N + SGEMM_NC - 1) / SGEMM_NC);
+    if (count > sgemm_boffset_count) {
+        size_t* o = (size_t*)realloc(sgemm_boffset, (size_t)(count + 1) * sizeof(size_t));
+        if (o == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
+        sgemm_boffset = o;
+        sgemm_boffset_count = count;
     }
+    // problem q's packed B (if shared): K blocks of kc × (N rounded up to NR), at sgemm_boffset[q]; count the
+    // phase-1 units and the phase-2 items (row blocks of SGEMM_MC × column blocks of SGEMM_NC)
+    long long items = 0, units = 0;
+    size_t total = 0;
+    for (int q = 0; q < count; q++) {
+        sgemm_boffset[q] = total;
+        const SgemmProblem* p = &probs[q];
+        if (p->M <= 0 || p->N <= 0) continue;
+        items += (long long)((p->M + SGEMM_MC - 1) / SGEMM_MC) * ((p->N + SGEMM_NC - 1) / SGEMM_NC);
+        if (p->K <= 0 || p->M <= SGEMM_MC) continue;
+        long long slivers = (p->N + SGEMM_NR - 1) / SGEMM_NR;
+        units += (long long)((p->K + SGEMM_KC - 1) / SGEMM_KC) * ((slivers + SGEMM_PACK_SLIVERS - 1) / SGEMM_PACK_SLIVERS);
+        total += (size_t)p->K * slivers * SGEMM_NR;
+    }
+    sgemm_boffset[count] = total;
     if (items == 0) return;
+    if (total > sgemm_bshared_floats) {
+        free(sgemm_bshared);
+        sgemm_bshared = sgemm_alloc(total);
+        sgemm_bshared_floats = total;
+    }
     int nthreads = 1;
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
 #endif
     sgemm_reserve(nthreads);
 #ifdef _OPENMP
-    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    #pragma omp parallel num_threads(nthreads)
 #endif
-    for (long long it = 0; it < items; it++) {
-        // find item it: problem q, row block rb, column block cb
-        long long left = it;
-        int q = 0, rb = 0, cb = 0;
-        for (; q < count; q++) {
-            if (probs[q].M <= 0 || probs[q].N <= 0) continue;
-            long long rows = (probs[q].M + SGEMM_MC - 1) / SGEMM_MC, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
-            if (left < rows * cols) { rb = (int)(left / cols); cb = (int)(left % cols); break; }
-            left -= rows * cols;
-        }
-        const SgemmProblem* p = &probs[q];
+    {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
+        // phase 1: unit u -> problem q, K block kb, sliver group g
+        if (units > 0) {   // (the same on every thread: all or none meet the barrier after it)
+#ifdef _OPENMP
+            #pragma omp for schedule(dynamic, 1)
+#endif
+            for (long long u = 0; u < units; u++) {
+                long long left = u;
+                int q = 0, kb = 0, g = 0;
+                for (; q < count; q++) {
+                    const SgemmProblem* p = &probs[q];
+                    if (p->M <= SGEMM_MC || p->N <= 0 || p->K <= 0) continue;
+                    long long groups = ((p->N + SGEMM_NR - 1) / SGEMM_NR + SGEMM_PACK_SLIVERS - 1) / SGEMM_PACK_SLIVERS;
+                    long long here = (long long)((p->K + SGEMM_KC - 1) / SGEMM_KC) * groups;
+                    if (left < here) { kb = (int)(left / groups); g = (int)(left % groups); break; }
+                    left -= here;
+                }
+                const SgemmProblem* p = &probs[q];
+                int pc = kb * SGEMM_KC, kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+                int j0 = g * SGEMM_PACK_SLIVERS * SGEMM_NR, nc = p->N - j0 < SGEMM_PACK_SLIVERS * SGEMM_NR ? p->N - j0 : SGEMM_PACK_SLIVERS * SGEMM_NR;
+                size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
+                sgemm_pack_B(transB, p->B, ldb, pc, kc, j0, nc, sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)j0 * kc);
+            }
+        }  // (the implied barrier: every shared B is packed before any item uses it)
+        // phase 2: item it -> problem q, row block rb, column block cb
         float* apack = sgemm_apack[tid];
         float* bpack = sgemm_bpack[tid];
-        int ic = rb * SGEMM_MC, mc = p->M - ic < SGEMM_MC ? p->M - ic : SGEMM_MC;
-        int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
-        if (p->K <= 0) {
-            if (!accumulate) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
-            continue;
-        }
-        for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
-            int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
-            sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
-            sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
-            sgemm_macro_kernel(mc, nc, kc, apack, bpack, p->C + (size_t)ic * ldc + jc, ldc, accumulate || pc > 0);
+#ifdef _OPENMP
+        #pragma omp for schedule(dynamic, 1)
+#endif
+        for (long long it = 0; it < items; it++) {
+            long long left = it;
+            int q = 0, rb = 0, cb = 0;
+            for (; q < count; q++) {
+                if (probs[q].M <= 0 || probs[q].N <= 0) continue;
+                long long rows = (probs[q].M + SGEMM_MC - 1) / SGEMM_MC, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
+                if (left < rows * cols) { rb = (int)(left / cols); cb = (int)(left % cols); break; }
+                left -= rows * cols;
+            }
+            const SgemmProblem* p = &probs[q];
+            int ic = rb * SGEMM_MC, mc = p->M - ic < SGEMM_MC ? p->M - ic : SGEMM_MC;
+            int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
+            if (p->K <= 0) {
+                if (!accumulate) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
+                continue;
+            }
+            size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
+            for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
+                int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+                const float* b = bpack;
+                if (p->M > SGEMM_MC) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
+                else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
+                sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
+                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, accumulate || pc > 0);
+            }
         }
     }
 }

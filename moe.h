@@ -199,15 +199,19 @@ static void encoder_forward(float* out, const int* inp, const float* wte, const 
         }
     }
 }
-// Serial in (b,t) order: two tokens with the same id add into the same wte row, and the order of
-// those additions must not depend on threads. Cheap next to everything else.
+// Two tokens with the same id add into the same wte row, and the order of those additions must
+// not depend on threads: each thread owns a block of channels and walks the tokens in (b,t) order.
 static void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C) {
-    for (int b = 0; b < B; b++) {
-        for (int t = 0; t < T; t++) {
-            const float* d = dout + ((size_t)b * T + t) * C;
-            float* dw = dwte + (size_t)inp[b * T + t] * C;
-            float* dp = dwpe + (size_t)t * C;
-            for (int c = 0; c < C; c++) { dw[c] += d[c]; dp[c] += d[c]; }
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += 64) {
+        int c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < T; t++) {
+                const float* d = dout + ((size_t)b * T + t) * C;
+                float* dw = dwte + (size_t)inp[b * T + t] * C;
+                float* dp = dwpe + (size_t)t * C;
+                for (int c = c0; c < c1; c++) { dw[c] += d[c]; dp[c] += d[c]; }
+            }
         }
     }
 }
@@ -317,6 +321,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
     SgemmProblem pr[BH];
+    memset(pr, 0, sizeof(pr));  // (filled below; this quiets gcc's maybe-uninitialized on the VLA)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const float* q = qkv + (size_t)b * T * C3 + h * hs;
@@ -328,7 +333,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
         int t = row % T;
         float* a = att + (size_t)row * T;
         float maxval = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = fmaxf(maxval, a[t2]); }
+        for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = a[t2] > maxval ? a[t2] : maxval; }
         float sum = 0.0f;
         #pragma omp simd reduction(+ : sum)
         for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
@@ -350,6 +355,7 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
     SgemmProblem pr[BH];
+    memset(pr, 0, sizeof(pr));  // (filled below; this quiets gcc's maybe-uninitialized on the VLA)
     #define HEAD(base, ld, b, h, off) ((base) + (size_t)(b) * T * (ld) + (off) + (h) * hs)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)  // dP = dO V^T
@@ -426,7 +432,7 @@ static float crossentropy_forward(float* losses, float* lse, const float* logits
         const float* x = logits + (size_t)n * Vp;
         float m = -INFINITY;
         #pragma omp simd reduction(max : m)
-        for (int v = 0; v < V; v++) m = fmaxf(m, x[v]);
+        for (int v = 0; v < V; v++) m = x[v] > m ? x[v] : m;  // (fmaxf is a libm call gcc does not vectorise)
         float s = 0.0f;
         #pragma omp simd reduction(+ : s)
         for (int v = 0; v < V; v++) s += exp_approx(x[v] - m);

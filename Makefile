@@ -36,14 +36,18 @@ data/prepare_text: data/prepare_text.c $(HEADERS)
 dev/test_sgemm: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
-test: all dev/test_sgemm
+# the same test built without AVX-512, so the AVX2 micro-kernel is tested on AVX-512 CPUs too
+dev/test_sgemm_avx2: dev/test_sgemm.c matmul.h
+	$(CC) $(CFLAGS) -DSGEMM_NO_AVX512 $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
+test: all dev/test_sgemm dev/test_sgemm_avx2
 	@sh dev/test_all.sh
 
 # everything CI runs: the fast suites, then the slow ones (dev/ci/*.sh)
-ci: all dev/test_sgemm
+ci: all dev/test_sgemm dev/test_sgemm_avx2
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm
+	rm -f train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2
 
 .PHONY: all test ci clean

@@ -161,6 +161,7 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
     #undef SGEMM_STORE_ROW
 }
 #define sgemm_kernel sgemm_kernel_avx512
+#define SGEMM_ISA "AVX-512"
 #elif defined(__AVX2__) && defined(__FMA__)
 // One k step is a rank-1 update: load 16 floats of b (2 vectors), and for each of the 6 rows
 // broadcast a[r] and do 2 FMAs. 12 independent accumulators hide the 4-cycle FMA latency on two
@@ -205,8 +206,10 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
     #undef SGEMM_STORE_ROW
 }
 #define sgemm_kernel sgemm_kernel_avx2
+#define SGEMM_ISA "AVX2"
 #else
 #define sgemm_kernel sgemm_kernel_scalar
+#define SGEMM_ISA "scalar"
 #endif
 
 // ----------------------------------------------------------------------------

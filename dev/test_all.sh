@@ -6,6 +6,8 @@
 # Fast suites:
 #   test_moe             ops, model, PyTorch reference, routers, checkpoints, trainer, data, tokenizer
 #   dev/test_sgemm       the matmul kernel against its scalar definition, and thread-count bit-identity
+#   dev/test_sgemm_avx2  the same with the AVX2 micro-kernel (built -DSGEMM_NO_AVX512; on a CPU
+#                        without AVX-512 both builds test AVX2)
 #   gpt2_tokenizer/check.sh   tokenizer.h against the npm gpt-3-encoder package (needs node + npm);
 #                        also on tinyshakespeare when ../shared/data/tinyshakespeare.txt exists
 # A slow suite is a script dev/ci/NAME.sh that prints its own "N passed, N failed" as its last
@@ -27,7 +29,9 @@ trap 'rm -f "$log"' EXIT
 echo "== test_moe"
 ./test_moe > "$log" 2>&1; cat "$log"; count "$log"
 echo "== dev/test_sgemm"
-./dev/test_sgemm > "$log" 2>&1; tail -3 "$log"; count "$log"
+./dev/test_sgemm > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
+echo "== dev/test_sgemm_avx2"
+./dev/test_sgemm_avx2 > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
 echo "== GPT-2 tokenizer compatibility (npm gpt-3-encoder)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     text=../shared/data/tinyshakespeare.txt

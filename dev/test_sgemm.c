@@ -7,6 +7,8 @@
 // Also checked exactly: C padding (columns N..ldc-1) untouched; accumulate=0 overwrites NaN in C.
 //
 // build: gcc -O3 -march=native -fopenmp -Wall -Wextra dev/test_sgemm.c -o dev/test_sgemm -lm
+// (`make test` also builds dev/test_sgemm_avx2 with -DSGEMM_NO_AVX512, so that on an AVX-512 CPU
+// both micro-kernels are tested.)
 #include <math.h>
 #include <stdint.h>
 #include "../matmul.h"
@@ -180,6 +182,7 @@ static void check_batch(int tA, int tB, int accumulate) {
 
 int main(void) {
     set_threads(2);
+    printf("micro-kernel: %s, %dx%d\n", SGEMM_ISA, SGEMM_MR, SGEMM_NR);
     const int edge[] = {0, 1, 2, 5, 6, 7, 15, 16, 17, 63, 64, 65};
     const int n_edge = (int)(sizeof(edge) / sizeof(edge[0]));
     const int ks[] = {0, 1, 7, 16, 65, 255, 256, 257};   // 255..257 straddle the K block

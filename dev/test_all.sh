@@ -31,6 +31,7 @@ echo "== test_moe"
 echo "== dev/test_sgemm"
 ./dev/test_sgemm > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
 echo "== dev/test_sgemm_avx2"
+make -s dev/test_sgemm_avx2 > "$log" 2>&1 || cat "$log"   # (land.sh builds only dev/test_sgemm)
 ./dev/test_sgemm_avx2 > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
 echo "== GPT-2 tokenizer compatibility (npm gpt-3-encoder)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then

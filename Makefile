@@ -16,10 +16,24 @@ endif
 
 HEADERS = moe.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h data/cloze.h data/unicode_tables.h
 
+# MPI (mpi_moe.h): `make USE_MPI=1` builds train_moe with mpicc (Open MPI: apt-get install
+# openmpi-bin libopenmpi-dev); `make train_moe_mpi` builds an MPI train_moe_mpi beside the plain
+# one (what dev/ci/mpi.sh runs). The default build needs no MPI. After switching USE_MPI, touch
+# train_moe.c or `make clean`: make does not know the flags changed.
+MPICC ?= mpicc
+ifeq ($(USE_MPI),1)
+  TRAIN_CC = $(MPICC) -DUSE_MPI
+else
+  TRAIN_CC = $(CC)
+endif
+
 all: train_moe eval_moe test_moe data/prepare_text data/make_cloze
 
-train_moe: train_moe.c $(HEADERS)
-	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
+train_moe: train_moe.c $(HEADERS) mpi_moe.h
+	$(TRAIN_CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
+train_moe_mpi: train_moe.c $(HEADERS) mpi_moe.h
+	$(MPICC) -DUSE_MPI $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
 eval_moe: eval_moe.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
@@ -48,6 +62,6 @@ ci: all dev/test_sgemm dev/test_sgemm_avx2
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2
+	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2
 
 .PHONY: all test ci clean

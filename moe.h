@@ -1528,54 +1528,74 @@ static void moe_backward(MoEModel* m, float loss_scale) {
 // ----------------------------------------------------------------------------
 // AdamW with global-norm clipping (SPEC §4)
 
-// ||g||_2 over all parameters, summed in 256 fixed chunks in double: the same bits for any number
-// of threads.
-static float grad_global_norm(const MoEModel* m) {
-    enum { CHUNKS = 256 };
-    double partial[CHUNKS];
-    size_t n = m->num_parameters, chunk = (n + CHUNKS - 1) / CHUNKS;
+// ||g||_2 over all parameters, summed in GRAD_NORM_CHUNKS fixed chunks in double: the same bits
+// for any number of threads, and for any number of MPI ranks (mpi_moe.h gives each rank whole
+// chunks, so the sum of their partials is this sum).
+#define GRAD_NORM_CHUNKS 256
+static size_t grad_norm_chunk(size_t n) { return (n + GRAD_NORM_CHUNKS - 1) / GRAD_NORM_CHUNKS; }
+
+// Sums of squares of the gradient's chunks [c0, c1) into partial[c0..c1).
+static void grad_sq_partials(const MoEModel* m, int c0, int c1, double* partial) {
+    size_t n = m->num_parameters, chunk = grad_norm_chunk(n);
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < CHUNKS; i++) {
+    for (int i = c0; i < c1; i++) {
         size_t lo = (size_t)i * chunk, hi = lo + chunk < n ? lo + chunk : n;
         double s = 0.0;
         for (size_t j = lo; j < hi; j++) s += (double)m->grads_memory[j] * m->grads_memory[j];
         partial[i] = s;
     }
+}
+
+static float grad_global_norm(const MoEModel* m) {
+    double partial[GRAD_NORM_CHUNKS];
+    grad_sq_partials(m, 0, GRAD_NORM_CHUNKS, partial);
     double total = 0.0;
-    for (int i = 0; i < CHUNKS; i++) total += partial[i];
+    for (int i = 0; i < GRAD_NORM_CHUNKS; i++) total += partial[i];
     return (float)sqrt(total);
 }
 
-// One AdamW step; t >= 1 is the update number. Grads are multiplied by clip_scale first.
-// p <- p - lr * (mhat / (sqrt(vhat) + eps) + wd * p), decay only where PARAM_DECAY says.
-// The step consumes the gradients: it leaves them zero for the next step's accumulation, in the
-// same pass over memory (a separate zeroing pass over a wide MoE's gradients costs ~5% of a step).
+// AdamW on the parameters [lo, hi) of the flat buffer; mm and vv hold the moments of exactly
+// that range (mm[0] is parameter lo's). t >= 1 is the update number. Grads are multiplied by
+// clip_scale first. p <- p - lr * (mhat / (sqrt(vhat) + eps) + wd * p), decay only where
+// PARAM_DECAY says. Consumes the gradients: leaves them zero for the next step's accumulation, in
+// the same pass over memory (a separate zeroing pass over a wide MoE's gradients costs ~5% of a
+// step). Elementwise, so any split of the range (ZeRO-1's shards) gives the same bits.
+static void adamw_update_range(MoEModel* m, size_t lo, size_t hi, float* mm, float* vv, float lr, float beta1,
+                               float beta2, float eps, float weight_decay, float clip_scale, int t) {
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    size_t start = 0;
+    for (int ti = 0; ti < NUM_PARAMETER_TENSORS; ti++) {
+        size_t end = start + m->param_sizes[ti];
+        size_t a = lo > start ? lo : start, b = hi < end ? hi : end;
+        float wd = PARAM_DECAY[ti] ? weight_decay : 0.0f;
+        if (a < b) {
+            float* p = m->params_memory + a;
+            float* g = m->grads_memory + a;
+            float* mt = mm + (a - lo);
+            float* vt = vv + (a - lo);
+            #pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < b - a; i++) {
+                float grad = g[i] * clip_scale;
+                g[i] = 0.0f;
+                mt[i] = beta1 * mt[i] + (1.0f - beta1) * grad;
+                vt[i] = beta2 * vt[i] + (1.0f - beta2) * grad * grad;
+                float mhat = mt[i] / bc1, vhat = vt[i] / bc2;
+                p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+            }
+        }
+        start = end;
+    }
+}
+
+// One AdamW step over all parameters (SPEC §4).
 static void moe_adamw_update(MoEModel* m, float lr, float beta1, float beta2, float eps, float weight_decay,
                              float clip_scale, int t) {
     if (m->m_memory == NULL) {
         m->m_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
         m->v_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
     }
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    size_t offset = 0;
-    for (int ti = 0; ti < NUM_PARAMETER_TENSORS; ti++) {
-        size_t n = m->param_sizes[ti];
-        float wd = PARAM_DECAY[ti] ? weight_decay : 0.0f;
-        float* p = m->params_memory + offset;
-        float* g = m->grads_memory + offset;
-        float* mm = m->m_memory + offset;
-        float* vv = m->v_memory + offset;
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float grad = g[i] * clip_scale;
-            g[i] = 0.0f;
-            mm[i] = beta1 * mm[i] + (1.0f - beta1) * grad;
-            vv[i] = beta2 * vv[i] + (1.0f - beta2) * grad * grad;
-            float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
-            p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
-        }
-        offset += n;
-    }
+    adamw_update_range(m, 0, m->num_parameters, m->m_memory, m->v_memory, lr, beta1, beta2, eps, weight_decay,
+                       clip_scale, t);
 }
 
 // Learning rate at 0-based step s of S: linear warmup over W steps, then cosine to lr * final_frac.

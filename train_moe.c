@@ -14,6 +14,7 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 #include "dataloader.h"
 #include "tokenizer.h"
 #include "flags.h"
+#include "mpi_moe.h"
 
 // ----------------------------------------------------------------------------
 // the flags: one table, with defaults and help
@@ -24,7 +25,7 @@ typedef enum {
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
-    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_HELP, NUM_FLAGS
+    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_COMM_STATS, F_HELP, NUM_FLAGS
 } FlagId;
 
 static const FlagSpec FLAGS[NUM_FLAGS] = {
@@ -37,7 +38,7 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_WARMUP]         = {"warmup", 'u', 1, "20", "linear warmup steps"},
     [F_FINAL_LR]       = {"final-lr-frac", 'q', 1, "0.1", "final learning rate as a fraction of the peak (cosine decay)"},
     [F_WEIGHT_DECAY]   = {"weight-decay", 'c', 1, "0.1", "AdamW weight decay (matrices and embeddings only)"},
-    [F_TOTAL_BATCH]    = {"total-batch", 'd', 1, "0", "tokens per optimizer step, a multiple of B*T (0 = B*T, no accumulation)"},
+    [F_TOTAL_BATCH]    = {"total-batch", 'd', 1, "0", "tokens per optimizer step over all MPI ranks, a multiple of B*T (0 = B*T per rank, no accumulation)"},
     [F_STEPS]          = {"steps", 'x', 1, "300", "optimizer steps (-1 = one epoch of the train data)"},
     [F_VAL_EVERY]      = {"val-every", 'v', 1, "50", "validate every N steps (and at the end); 0 = never"},
     [F_VAL_BATCHES]    = {"val-batches", 'm', 1, "16", "batches per validation"},
@@ -74,6 +75,8 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_GRAD_CLIP]      = {"grad-clip", 0, 1, "1.0", "clip the global gradient norm to this (0 = off)"},
     [F_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file for samples (default: tokenizer.bin beside the train shards)"},
     [F_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "size of the synthetic corpus's train split in tokens"},
+    [F_ZERO]           = {"zero", 0, 0, "", "MPI: ZeRO-1, each rank keeps the AdamW state of its shard of the parameters"},
+    [F_COMM_STATS]     = {"comm-stats", 0, 0, "", "MPI: print bytes and time communicated per step; check the ranks' parameters agree"},
     [F_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
 
@@ -108,16 +111,25 @@ static void format_eta(char* buf, size_t n, double seconds) {
 // Mean validation loss over the first `batches` batches. The first batch is the run's fixed probe:
 // on it, every expert runs on every token to measure expert-output similarity (SPEC §6), one
 // value per layer into probe_sim (L).
-static float validate(MoEModel* model, DataLoader* val, int batches, float* probe_sim) {
+// Under MPI rank r takes batches r, r+R, ... (so the probe is rank 0's) and the losses are summed
+// in batch order, as one process would.
+static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches, float* probe_sim) {
     dataloader_reset(val);
-    double total = 0.0;
+    int per_rank = (batches + dist->size - 1) / dist->size;
+    double* local = (double*)callocCheck((size_t)per_rank, sizeof(double));
+    double* losses = (double*)callocCheck((size_t)per_rank * dist->size, sizeof(double));
     for (int i = 0; i < batches; i++) {
         dataloader_next_batch(val);
+        if (i % dist->size != dist->rank) continue;
         moe_forward(model, val->inputs, val->targets, val->B, val->T);
-        total += model->mean_loss;
+        local[i / dist->size] = model->mean_loss;
         if (i == 0 && probe_sim != NULL)
             for (int l = 0; l < model->config.num_layers; l++) probe_sim[l] = expert_output_similarity(model, l);
     }
+    dist_gather_micro(dist, local, per_rank, 1, losses);
+    double total = 0.0;
+    for (int i = 0; i < batches; i++) total += losses[i];
+    free(local); free(losses);
     return (float)(total / batches);
 }
 
@@ -335,6 +347,7 @@ typedef struct {
     const char* outdir;
     const char* init_path;  // -e, or ""
     int weights_only;
+    int zero, comm_stats;   // --zero, --comm-stats (MPI)
 } RunSettings;
 
 typedef struct {
@@ -353,9 +366,12 @@ typedef struct {
     float* probe_sim;       // (L) expert-output similarity on the validation probe
     int have_probe;
     double metrics_seconds, step_seconds, t_start;
+    double* micro_local;    // (grad_accum / ranks, 4) this rank's micro-batches' loss, aux, z, compete
+    double* micro_all;      // (grad_accum, 4) every micro-batch's, in order
 } RunOutputs;
 
 typedef struct {
+    Dist dist;              // the MPI ranks (mpi_moe.h); one without MPI
     Flags flags;
     RunSettings set;
     RunData data;
@@ -423,7 +439,7 @@ static RouterConfig router_settings(const Flags* flags) {
     return rc;
 }
 
-static void parse_settings(RunSettings* s, const Flags* flags) {
+static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
     s->B = (int)flag_int(flags, F_BATCH, 1, 1 << 20);
     s->T = (int)flag_int(flags, F_SEQ_LEN, 1, 1 << 20);
     s->lr = flag_float(flags, F_LR, 0.0f, 10.0f);
@@ -443,11 +459,23 @@ static void parse_settings(RunSettings* s, const Flags* flags) {
     s->outdir = flags->value[F_OUTPUT];
     s->init_path = flags->value[F_INIT];
     s->weights_only = flags->given[F_WEIGHTS_ONLY];
+    s->zero = flags->given[F_ZERO];
+    s->comm_stats = flags->given[F_COMM_STATS];
     long BT = (long)s->B * s->T;
-    if (s->total_batch == 0) s->total_batch = BT;
+    if (s->total_batch == 0) {  // one micro-batch per rank; the number is what config.txt and checkpoints keep
+        static char text[32];
+        s->total_batch = BT * ranks;
+        if (s->total_batch > INT32_MAX) die("-b %d -t %d on %d ranks: %ld tokens per step exceed 2^31-1", s->B, s->T,
+                                            ranks, s->total_batch);
+        snprintf(text, sizeof(text), "%ld", s->total_batch);
+        flags->value[F_TOTAL_BATCH] = text;
+    }
     if (s->total_batch % BT != 0)
         die("-d total batch %ld tokens is not a multiple of B*T = %d*%d = %ld", s->total_batch, s->B, s->T, BT);
-    s->grad_accum = (int)(s->total_batch / BT);
+    s->grad_accum = (int)(s->total_batch / BT);  // micro-batches per step, over all ranks
+    if (s->grad_accum % ranks != 0)
+        die("-d total batch %ld tokens is %d micro-batches of B*T = %ld, not a multiple of the %d MPI ranks "
+            "(give -d a multiple of %ld)", s->total_batch, s->grad_accum, BT, ranks, BT * ranks);
     s->router = router_settings(flags);
 }
 
@@ -578,6 +606,11 @@ static void open_outputs(Run* run) {
     const MoEModel* model = &run->model;
     const MoEConfig* cfg = &model->config;
     RunOutputs* o = &run->out;
+    metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.synthetic ? run->data.corpus.num_domains : 0);
+    o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
+    o->micro_local = (double*)callocCheck((size_t)s->grad_accum / run->dist.size * 4, sizeof(double));
+    o->micro_all = (double*)callocCheck((size_t)s->grad_accum * 4, sizeof(double));
+    if (run->dist.rank != 0) return;  // rank 0 alone writes files
     make_dir(s->outdir);
     char path[4096];
     snprintf(path, sizeof(path), "%s/config.txt", s->outdir);
@@ -591,6 +624,7 @@ static void open_outputs(Run* run) {
             ROUTER_NAMES[model->router.router], GATE_NORM_NAMES[model->router.gate_norm], model->router.aux_loss_coef,
             model->router.z_loss_coef, model->router.gatepro_lambda, model->router.gatepro_start, model->router.gatepro_stop);
     fprintf(cf, "# resumed_from = %s at step %d\n", s->init_path[0] ? s->init_path : "(none)", run->start_step);
+    fprintf(cf, "# mpi: %d ranks%s\n", run->dist.size, s->zero ? ", ZeRO-1" : "");
     fclose(cf);
     snprintf(path, sizeof(path), "%s/main.log", s->outdir);
     o->log = fopen(path, run->resuming ? "a" : "w");
@@ -599,8 +633,6 @@ static void open_outputs(Run* run) {
     o->metrics_tsv = fopen(path, run->resuming ? "a" : "w");
     if (o->metrics_tsv == NULL) die("cannot write %s: %s", path, strerror(errno));
     if (!run->resuming) fputs(METRICS_TSV_HEADER, o->metrics_tsv);
-    metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.synthetic ? run->data.corpus.num_domains : 0);
-    o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
 }
 
 static void print_run(const Run* run) {
@@ -625,6 +657,9 @@ static void print_run(const Run* run) {
     printf("\ntraining: B=%d T=%d, %d micro-batches per step (%ld tokens), %d steps, lr %g warmup %d final %g, "
            "wd %g, clip %g, seed %llu, %d threads, output %s\n", s->B, s->T, s->grad_accum, s->total_batch, s->steps,
            s->lr, s->warmup, s->final_frac, s->weight_decay, s->grad_clip, (unsigned long long)s->seed, threads, s->outdir);
+    if (run->dist.size > 1)
+        printf("mpi: %d ranks, %d micro-batches each per step (data parallel)%s\n", run->dist.size,
+               s->grad_accum / run->dist.size, s->zero ? ", ZeRO-1: AdamW state sharded" : "");
 }
 
 // --- step 5: the train loop
@@ -636,34 +671,38 @@ static void validate_and_sample(Run* run, int step, int last) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
     if (s->val_every > 0 && (step % s->val_every == 0 || last)) {
-        float val_loss = validate(&run->model, &run->data.val, s->val_batches, o->probe_sim);
+        float val_loss = validate(&run->dist, &run->model, &run->data.val, s->val_batches, o->probe_sim);
         o->have_probe = 1;
-        if (step > run->start_step) print_layer_summary(&o->metrics, &run->model, o->probe_sim);  // the last step's routing
+        if (step > run->start_step && o->log != NULL)  // the last step's routing
+            print_layer_summary(&o->metrics, &run->model, o->probe_sim);
         printf("val loss %.6f (step %d)\n", val_loss, step);
-        fprintf(o->log, "s:%d tel:%.6f\n", step, val_loss);
-        fflush(o->log);
+        if (o->log != NULL) { fprintf(o->log, "s:%d tel:%.6f\n", step, val_loss); fflush(o->log); }
     }
-    if (s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step) {
+    if (s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step && run->dist.rank == 0) {
         int eot = run->data.have_tokenizer ? (int)run->data.tokenizer.eot_token : run->data.V - 1;
         sample_and_print(&run->model, run->data.have_tokenizer ? &run->data.tokenizer : NULL, eot, s->gen_len, &run->sample_rng);
     }
 }
 
-// Writes model_%08d.bin of `step` with everything a resume needs; dies on failure.
+// Writes model_%08d.bin of `step` with everything a resume needs (rank 0; every rank calls it); dies
+// on failure.
 static void save_checkpoint(Run* run, int step, char* path, size_t pathlen) {
     char err[1024];
     const DataLoader* dl = &run->data.train;
     TrainState st = {dl->epoch, dl->shard_pos, dl->sample_pos, run->sample_rng, {0}, {0}};
     run_header_fields(&st, &run->flags, run->data.synthetic);
     snprintf(path, pathlen, "%s/model_%08d.bin", run->set.outdir, step);
-    if (moe_save_checkpoint(&run->model, path, 1, step, run->set.seed, run->set.steps, &st, err, sizeof(err)) != 0)
+    if (dist_save_checkpoint(&run->dist, &run->model, path, step, run->set.seed, run->set.steps, &st, err, sizeof(err)) != 0)
         die("%s", err);
 }
 
-// Forward and backward over the step's micro-batches; the update unless the loss or norm is not
-// finite. Returns 0, or -1 (nothing applied) on a non-finite loss or gradient norm.
+// Forward and backward over the step's micro-batches (under MPI: this rank's, then the gradients
+// summed over ranks); the update unless the loss or norm is not finite. Returns 0, or -1 (nothing
+// applied) on a non-finite loss or gradient norm.
 static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_seconds) {
     const RunSettings* s = &run->set;
+    Dist* dist = &run->dist;
+    RunOutputs* o = &run->out;
     MoEModel* model = &run->model;
     DataLoader* dl = &run->data.train;
     double t0 = now_seconds();
@@ -672,24 +711,36 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     model->compete_layers = run->schedule != NULL ? run->schedule + (size_t)step * model->config.num_layers : NULL;
     memset(st, 0, sizeof(*st));
     for (int micro = 0; micro < s->grad_accum; micro++) {
-        dataloader_next_batch(dl);
+        dataloader_next_batch(dl);  // every rank reads every batch: the data position is the same on all
+        if (micro % dist->size != dist->rank) continue;  // data parallel: micro-batches rank, rank+R, ...
         moe_forward(model, dl->inputs, dl->targets, s->B, s->T);
         double tm0 = now_seconds();
-        metrics_accumulate(&run->out.metrics, model, dl->input_domains);
+        metrics_accumulate(&o->metrics, model, dl->input_domains);
         *metrics_seconds += now_seconds() - tm0;
-        st->loss += model->mean_loss / s->grad_accum;
-        st->aux += model->aux_loss / s->grad_accum;
-        st->z += model->z_loss / s->grad_accum;
-        st->compete += model->compete_loss / s->grad_accum;
+        double* ml = o->micro_local + (size_t)(micro / dist->size) * 4;
+        ml[0] = model->mean_loss; ml[1] = model->aux_loss; ml[2] = model->z_loss; ml[3] = model->compete_loss;
         moe_backward(model, 1.0f / s->grad_accum);
     }
     model->compete_layers = NULL;  // validation and samples never compete
-    st->norm = grad_global_norm(model);
+    // every micro-batch's losses, averaged in micro-batch order as one process does
+    dist_gather_micro(dist, o->micro_local, s->grad_accum / dist->size, 4, o->micro_all);
+    for (int micro = 0; micro < s->grad_accum; micro++) {
+        const double* ml = o->micro_all + (size_t)micro * 4;
+        st->loss += (float)ml[0] / s->grad_accum;
+        st->aux += (float)ml[1] / s->grad_accum;
+        st->z += (float)ml[2] / s->grad_accum;
+        st->compete += (float)ml[3] / s->grad_accum;
+    }
+    dist_sum_metrics(dist, &o->metrics);
+    // metrics.tsv's CompeteSMoE losses are the last micro-batch's: from the rank that ran it
+    comm_bcast(dist, model->layer_stats, sizeof(LayerLosses) * model->config.num_layers, (s->grad_accum - 1) % dist->size);
+    dist_reduce_gradients(dist, model);
+    st->norm = dist_grad_norm(dist, model);
     double t1 = now_seconds();
     if (!isfinite(st->loss) || !isfinite(st->norm)) return -1;
     st->lr = lr_schedule(s->lr, step, s->warmup, s->steps, s->final_frac);
     float clip_scale = s->grad_clip > 0.0f && st->norm > s->grad_clip ? s->grad_clip / (st->norm + 1e-6f) : 1.0f;
-    moe_adamw_update(model, st->lr, 0.9f, 0.95f, 1e-8f, s->weight_decay, clip_scale, step + 1);
+    dist_adamw_update(dist, model, st->lr, 0.9f, 0.95f, 1e-8f, s->weight_decay, clip_scale, step + 1);
     double t2 = now_seconds();
     st->ms = (t2 - t0) * 1000.0;
     st->fwdbwd_ms = (t1 - t0) * 1000.0;
@@ -701,7 +752,7 @@ static void log_step(Run* run, int step, const StepStats* st) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
     double t0 = now_seconds();
-    write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL);
+    if (o->metrics_tsv != NULL) write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL);
     o->metrics_seconds += now_seconds() - t0;
     o->step_seconds += st->ms / 1000.0 + (now_seconds() - t0);
     o->have_probe = 0;
@@ -711,7 +762,21 @@ static void log_step(Run* run, int step, const StepStats* st) {
     printf("step %4d/%d | loss %.4f | aux %.4f z %.4f%s | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
            "%.0f tok/s | ETA %s\n", step + 1, s->steps, st->loss, st->aux, st->z, compete_text, st->lr, st->norm, st->ms,
            st->fwdbwd_ms, st->opt_ms, s->total_batch / (st->ms / 1000.0), eta);
+    if (s->comm_stats) {
+        Dist* d = &run->dist;
+        double bytes[COMM_KINDS], seconds, unused[COMM_KINDS], unused_s;
+        dist_take_comm_stats(d, bytes, &seconds);
+        uint32_t crc;
+        int differs = dist_check_replicas(d, &run->model, &crc);
+        dist_take_comm_stats(d, unused, &unused_s);  // the check itself is not the step's
+        if (differs) die("step %d: rank %d's parameters differ from rank 0's", step + 1, differs);
+        printf("comm step %d: rank 0 received", step + 1);
+        for (int k = 0; k < COMM_KINDS; k++) printf(" %s %.0f", COMM_NAMES[k], bytes[k]);
+        printf(" bytes; %.1f ms in MPI of %.1f ms; params crc32 %08x on all %d ranks\n", seconds * 1000.0, st->ms, crc,
+               d->size);
+    }
     fflush(stdout);
+    if (o->log == NULL) return;
     fprintf(o->log, "s:%d trl:%.6f\n", step, st->loss);
     fprintf(o->log, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step,
             st->aux, st->z, st->compete, st->lr, st->norm, st->ms, st->fwdbwd_ms, st->opt_ms);
@@ -727,21 +792,22 @@ static int train_loop(Run* run) {
         // GatePro's penalty is on at step s iff start <= s and (stop < 0 or s < stop), in every
         // forward of that step: validation and samples included
         run->model.gatepro_active = gatepro_active_at(&run->model.router, step);
+        int stop = dist_agree_stop(&run->dist, (int)stop_signal);  // a signal to any rank stops every rank
         validate_and_sample(run, step, last);
-        if (last || (s->ckpt_every > 0 && step % s->ckpt_every == 0 && step > run->start_step) || stop_signal) {
+        if (last || (s->ckpt_every > 0 && step % s->ckpt_every == 0 && step > run->start_step) || stop) {
             save_checkpoint(run, step, path, sizeof(path));
             printf("wrote %s\n", path);
         }
-        if (stop_signal) {
-            printf("stopped by signal %d at step %d; resume with -e %s\n", (int)stop_signal, step, path);
-            return 128 + stop_signal;
+        if (stop) {
+            printf("stopped by signal %d at step %d; resume with -e %s\n", stop, step, path);
+            return 128 + stop;
         }
         if (last) return 0;
         StepStats st;
         if (optimizer_step(run, step, &st, &run->out.metrics_seconds) != 0) {
             // the parameters are still the last good ones: the update has not been applied
             save_checkpoint(run, step, path, sizeof(path));
-            fprintf(stderr, "error: step %d: loss %f, gradient norm %f is not finite; update skipped, last good "
+            if (run->dist.rank == 0) fprintf(stderr, "error: step %d: loss %f, gradient norm %f is not finite; update skipped, last good "
                             "state saved to %s (try a lower -l or a --grad-clip)\n", step, st.loss, st.norm, path);
             return 1;
         }
@@ -754,8 +820,9 @@ static int train_loop(Run* run) {
 
 static void finish(Run* run) {
     RunOutputs* o = &run->out;
-    fclose(o->log);
-    fclose(o->metrics_tsv);
+    if (o->log != NULL) fclose(o->log);
+    if (o->metrics_tsv != NULL) fclose(o->metrics_tsv);
+    free(o->micro_local); free(o->micro_all);
     printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
            "computed during validation and not counted here)\n", now_seconds() - o->t_start, o->metrics_seconds * 1000.0,
            o->step_seconds > 0 ? 100.0 * o->metrics_seconds / o->step_seconds : 0.0);
@@ -773,16 +840,18 @@ static void finish(Run* run) {
 
 int main(int argc, char** argv) {
     static Run run;
+    dist_init(&run.dist, &argc, &argv);  // MPI, when built with it
     static FlagSpec flag_specs[NUM_FLAGS];
     memcpy(flag_specs, FLAGS, sizeof(FLAGS));
     add_resume_notes(flag_specs);
     flags_parse(&run.flags, flag_specs, NUM_FLAGS, "train_moe [flags]", argc, argv);
     load_init_checkpoint(&run);         // -e: the model, and the checkpoint's settings for unset flags
-    parse_settings(&run.set, &run.flags);
+    parse_settings(&run.set, &run.flags, run.dist.size);
     setup_data(&run.data, &run.set, &run.flags);
     setup_model(&run);
     open_data_loaders(&run.data, &run.set, &run.flags);
     setup_schedule(&run);
+    dist_setup(&run.dist, &run.model, run.set.zero);  // shards; ZeRO-1 keeps this rank's moments
     open_outputs(&run);
     print_run(&run);
 
@@ -794,5 +863,6 @@ int main(int argc, char** argv) {
 
     int exit_code = train_loop(&run);
     finish(&run);
+    dist_finalize(&run.dist);
     return exit_code;
 }

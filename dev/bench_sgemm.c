@@ -140,7 +140,97 @@ static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, dou
     return gflops;
 }
 
+// ----------------------------------------------------------------------------
+// The expert FFN as the model runs it: E experts of M tokens each, C channels, hidden H, every
+// matmul one sgemm_batch over the E experts (experts_ffn_forward / _backward in moe.h):
+//   fc fwd     h(M,H)   = x(M,C) W1(H,C)^T       fcproj fwd  o(M,C)   = g(M,H) W2(C,H)^T
+//   fcproj dinp dg(M,H) = do(M,C) W2(C,H)        fc dinp     dx(M,C)  = dh(M,H) W1(H,C)
+//   fcproj dW  dW2(C,H) += do^T g  (K = M)       fc dW       dW1(H,C) += dh^T x (K = M)
+// Each of the six has 2*E*M*C*H FLOPs. Median over repetitions lasting ~0.3 s (at least 5).
+static void bench_experts(int nthreads, int E, int M, int C, int H) {
+    struct { const char* name; int tA, tB, m, n, k; } use[6] = {
+        {"fc_fwd", 0, 1, M, H, C}, {"fcproj_fwd", 0, 1, M, C, H}, {"fcproj_dinp", 0, 0, M, H, C},
+        {"fc_dinp", 0, 0, M, C, H}, {"fcproj_dW", 1, 0, C, H, M}, {"fc_dW", 1, 0, H, C, M}};
+    set_threads(nthreads);
+    for (int u = 0; u < 6; u++) {
+        int m = use[u].m, n = use[u].n, k = use[u].k, tA = use[u].tA, tB = use[u].tB;
+        size_t na = (size_t)m * k, nb = (size_t)k * n, nc = (size_t)m * n;
+        float* A = (float*)malloc(na * E * sizeof(float));
+        float* B = (float*)malloc(nb * E * sizeof(float));
+        float* Cm = (float*)calloc(nc * E, sizeof(float));
+        for (size_t i = 0; i < na * E; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+        for (size_t i = 0; i < nb * E; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+        SgemmProblem* p = (SgemmProblem*)malloc(sizeof(SgemmProblem) * E);
+        for (int e = 0; e < E; e++) p[e] = (SgemmProblem){m, n, k, A + na * e, B + nb * e, Cm + nc * e};
+        int lda = tA ? m : k, ldb = tB ? k : n, acc = tA;   // only the weight gradients accumulate
+        double t0 = now_sec();
+        sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
+        double once = now_sec() - t0;
+        int reps = (int)(0.3 / (once + 1e-9));
+        if (reps < 5) reps = 5;
+        if (reps > 2001) reps = 2001;
+        double* t = (double*)malloc(reps * sizeof(double));
+        for (int r = 0; r < reps; r++) {
+            if (acc && r % 64 == 0) memset(Cm, 0, nc * E * sizeof(float));
+            double s0 = now_sec();
+            sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
+            t[r] = now_sec() - s0;
+        }
+        double flops = 2.0 * E * m * n * k, med = median(t, reps);
+        printf("experts %s %d %d %d %d %d %d %.2f %.2f\n", use[u].name, tA, tB, E, m, n, k, flops / med / 1e9, flops / t[0] / 1e9);
+        free(t); free(p); free(A); free(B); free(Cm);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Streaming bandwidth: the STREAM triad a[i] = b[i] + s*c[i] over three arrays of n floats (far
+// larger than the caches), best of 9 passes, at nthreads threads (static split: each thread
+// touches its own part first, so its pages are where it runs). Bytes counted per element: 16 =
+// read b, read c, write a, and the read of a's line that a plain store causes (write-allocate);
+// STREAM's own convention counts 12, so its figure would be 3/4 of this one.
+static double triad_gbs(int nthreads, size_t n) {
+    float* a = (float*)malloc(n * sizeof(float));
+    float* b = (float*)malloc(n * sizeof(float));
+    float* c = (float*)malloc(n * sizeof(float));
+    if (!a || !b || !c) { fprintf(stderr, "bench_sgemm: cannot allocate the triad arrays\n"); exit(1); }
+    set_threads(nthreads);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) { a[i] = 0.0f; b[i] = 1.0f; c[i] = 2.0f; }
+    double best = 1e30;
+    for (int rep = 0; rep < 9; rep++) {
+        double t0 = now_sec();
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) a[i] = b[i] + 0.5f * c[i];
+        double dt = now_sec() - t0;
+        if (dt < best) best = dt;
+    }
+    volatile float sink = a[n / 2];
+    (void)sink;
+    free(a); free(b); free(c);
+    return 16.0 * n / best / 1e9;
+}
+
 int main(int argc, char** argv) {
+    //   ./bench_sgemm --experts T E M C H   the expert FFN's six batched matmuls ("experts name tA
+    //                                       tB E M N K median best", GFLOP/s)
+    //   ./bench_sgemm --triad T [MFLOATS]   streaming bandwidth ("triad_gbs X"), arrays of MFLOATS
+    //                                       million floats each (default 32: 128 MB per array)
+    if (argc == 7 && strcmp(argv[1], "--experts") == 0) {
+        int nt = atoi(argv[2]), E = atoi(argv[3]), M = atoi(argv[4]), C = atoi(argv[5]), H = atoi(argv[6]);
+        if (nt < 1 || E < 1 || E > 4096 || M < 1 || C < 1 || H < 1) {
+            fprintf(stderr, "bench_sgemm: --experts T E M C H needs positive integers (E <= 4096)\n");
+            return 1;
+        }
+        bench_experts(nt, E, M, C, H);
+        return 0;
+    }
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--triad") == 0) {
+        int nt = atoi(argv[2]);
+        long mf = argc == 4 ? atol(argv[3]) : 32;
+        if (nt < 1 || mf < 1 || mf > 4096) { fprintf(stderr, "bench_sgemm: --triad T [MFLOATS 1..4096]\n"); return 1; }
+        printf("triad_gbs %.2f\n", triad_gbs(nt, (size_t)mf * 1000000));
+        return 0;
+    }
     // machine-readable modes for dev/bench (one "key value" per line):
     //   ./bench_sgemm --peak T            fp32 FMA peak at T threads ("peak_gflops X")
     //   ./bench_sgemm --shape T M N K     sgemm median/best GFLOP/s of the shape's three uses at T

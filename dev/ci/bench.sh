@@ -1,0 +1,28 @@
+#!/bin/sh
+# CI smoke test of the benchmark (no timing is asserted: CI machines vary):
+#   dev/bench --quick --no-torch   every train_moe section runs once, 1 step per run; the report and its goals print
+# Prints "N passed, N failed" last. Budget: well under a minute on 2 cores without PyTorch.
+cd "$(dirname "$0")/../.." || exit 1
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "PASS $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+if dev/bench --quick --no-torch > "$out" 2>&1; then ok "dev/bench --quick exits 0"; else bad "dev/bench --quick exits non-zero"; tail -20 "$out"; fi
+# the report's sections (the 1-thread row only where there is more than one CPU)
+{
+    echo "^small  train_moe  "
+    echo "^small  router-compete"
+    echo "AdamW step <= 1.3x the memory-traffic floor (small)"
+    echo "small  all six together"
+    echo "goals (issue 15):"
+    [ "$(nproc)" -gt 1 ] && echo "threads speed-up on small"
+} > "$out.patterns"
+while IFS= read -r pattern; do
+    if grep -q -- "$pattern" "$out"; then ok "report has '$pattern'"; else bad "report lacks '$pattern'"; fi
+done < "$out.patterns"
+rm -f "$out.patterns"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -14,7 +14,7 @@ else
   $(warning OpenMP not found: building single-threaded)
 endif
 
-HEADERS = moe.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h data/cloze.h data/unicode_tables.h
+HEADERS = moe.h routers.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h data/cloze.h data/unicode_tables.h
 
 # MPI (mpi_moe.h): `make USE_MPI=1` builds train_moe with mpicc (Open MPI: apt-get install
 # openmpi-bin libopenmpi-dev); `make train_moe_mpi` builds an MPI train_moe_mpi beside the plain

@@ -134,7 +134,7 @@ static double* token_byte_counts(const Tokenizer* tok) {
 // One pass of at most max_batches (< 0: all) batches from the start of dl. Per-token NLL from
 // the forward's acts.losses, summed in token order in double (the same sum crossentropy_forward
 // forms, so one batch gives exactly m->mean_loss).
-static void eval_loss(MoEModel* m, DataLoader* dl, int max_batches, const double* token_bytes,
+static void eval_loss(MoEModel* m, const RoutingMode* mode, DataLoader* dl, int max_batches, const double* token_bytes,
                       ExpertAnalysis* xa, LossResult* r) {
     memset(r, 0, sizeof(*r));
     int64_t nb = dataloader_num_batches(dl);
@@ -143,7 +143,7 @@ static void eval_loss(MoEModel* m, DataLoader* dl, int max_batches, const double
     dataloader_reset(dl);
     for (int b = 0; b < batches; b++) {
         dataloader_next_batch(dl);
-        moe_forward(m, dl->inputs, dl->targets, dl->B, dl->T);
+        moe_forward(m, dl->inputs, dl->targets, dl->B, dl->T, mode);
         double s = 0.0;
         for (int n = 0; n < N; n++) s += m->acts.losses[n];
         r->nll_sum += s;
@@ -175,7 +175,7 @@ typedef struct {
 
 // Scores the first `limit` examples (< 0: all) with B rows of T tokens at a time. lsum_out, if
 // not NULL, receives L_sum of every ending (example-major; NAN for a skipped example).
-static void mc_evaluate(MoEModel* m, const MCSet* set, int limit, int B, int T, int eot, MCResult* r, double* lsum_out) {
+static void mc_evaluate(MoEModel* m, const RoutingMode* mode, const MCSet* set, int limit, int B, int T, int eot, MCResult* r, double* lsum_out) {
     memset(r, 0, sizeof(*r));
     int n = limit < 0 || limit > set->n ? set->n : limit;
     r->examples = n;
@@ -230,7 +230,7 @@ static void mc_evaluate(MoEModel* m, const MCSet* set, int limit, int B, int T, 
             if (++end_j == ex->n_endings) { ex_i++; end_j = 0; }
         }
         if (rows == 0) break;
-        moe_forward(m, inputs, targets, B, T_run);
+        moe_forward(m, inputs, targets, B, T_run, mode);
         for (int row = 0; row < rows; row++) {
             const MCExample* ex = &set->examples[row_ex[row]];
             int job = row_job[row], j = job - job_start[row_ex[row]], k = keep[row_ex[row]];
@@ -301,7 +301,7 @@ static int sample_token(const float* logits, int V, float temperature, int top_k
 
 // Appends gen_len sampled tokens to prompt[0..n_prompt) (n_prompt >= 1) into out (gen_len). The
 // window slides once the text is longer than maxT.
-static void generate(MoEModel* m, const int* prompt, int n_prompt, int gen_len, float temperature, int top_k,
+static void generate(MoEModel* m, const RoutingMode* mode, const int* prompt, int n_prompt, int gen_len, float temperature, int top_k,
                      int eot, uint64_t* rng, int* out) {
     int maxT = m->config.max_seq_len, V = m->config.vocab_size, Vp = m->config.padded_vocab_size;
     int T = n_prompt + gen_len - 1 < maxT ? n_prompt + gen_len - 1 : maxT;
@@ -313,7 +313,7 @@ static void generate(MoEModel* m, const int* prompt, int n_prompt, int gen_len, 
     for (int i = 0; i < gen_len; i++) {
         int len = n_prompt + i, start = len - T > 0 ? len - T : 0;
         for (int t = 0; t < T; t++) window[t] = start + t < len ? text[start + t] : eot;
-        moe_forward(m, window, NULL, 1, T);
+        moe_forward(m, window, NULL, 1, T, mode);
         const float* logits = m->acts.logits + (size_t)(len - start - 1) * Vp;
         text[len] = out[i] = sample_token(logits, V, temperature, top_k, rng, scratch);
     }

@@ -40,7 +40,7 @@ static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_TEMPERATURE]    = {"temperature", 0, 1, "1.0", "sampling temperature (0 = greedy)"},
     [EF_TOP_K_SAMPLE]   = {"top-k-sample", 0, 1, "0", "sample from the k most likely tokens only (0 = all V)"},
     [EF_SEED]           = {"seed", 0, 1, "", "seed of the sampling stream and the synthetic corpus (default: the checkpoint's)"},
-    [EF_ROUTER]         = {"router", 0, 1, "", "override the checkpoint's router: topk | gatepro | compete (compete evaluates as topk)"},
+    [EF_ROUTER]         = {"router", 0, 1, "", "override the checkpoint's router: topk | gatepro | compete | auxfree | xmoe (compete evaluates as topk)"},
     [EF_GATE_NORM]      = {"gate-norm", 0, 1, "", "override the checkpoint's gate weights: topk_softmax | softmax_topk"},
     [EF_GATEPRO_LAMBDA] = {"gatepro-lambda", 0, 1, "", "override the checkpoint's GatePro lambda (with router gatepro)"},
     [EF_JSON]           = {"json", 0, 1, "", "machine-readable results (default: <checkpoint>.eval.json)"},
@@ -90,6 +90,8 @@ typedef struct {
     int* gen;                      // (gen_len) generated tokens
     unsigned char* gen_text;       // prompt + generation decoded, or NULL without a tokenizer
     size_t gen_text_len;
+    RoutingMode mode;       // how every forward routes: as at the checkpoint's step, never competing
+    int gatepro_active;     // is GatePro's penalty on at that step?
 } EvalRun;
 
 static void print_rule(void) { printf("------------------------------------------------------------------------\n"); }
@@ -120,7 +122,7 @@ static void parse_flags(EvalRun* r, int argc, char** argv) {
 #ifdef _OPENMP
     r->threads = omp_get_max_threads();
 #endif
-    r->router_flag = flags.given[EF_ROUTER] ? flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, 3) : -1;
+    r->router_flag = flags.given[EF_ROUTER] ? flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, NUM_ROUTERS) : -1;
     r->gate_norm_flag = flags.given[EF_GATE_NORM] ? flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2) : -1;
     r->gatepro_lambda_flag = flags.given[EF_GATEPRO_LAMBDA] ? flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f) : -1.0f;
 }
@@ -145,11 +147,15 @@ static void load_model(EvalRun* r) {
         if (m->router.router != ROUTER_GATEPRO) die("--gatepro-lambda needs router gatepro (give --router gatepro)");
         m->router.gatepro_lambda = r->gatepro_lambda_flag;
     }
-    if (m->router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("router gatepro needs E >= 2 (the checkpoint has E=%d)", cfg->n_expert);
+    if (m->router.router != ROUTER_TOPK && cfg->n_expert < 2)
+        die("router %s needs E >= 2 (the checkpoint has E=%d)", ROUTER_NAMES[m->router.router], cfg->n_expert);
+    if (m->router.router == ROUTER_XMOE && cfg->xmoe_dim < 1) die("router xmoe: the checkpoint has no X-MoE parameters");
     r->eval_router = m->router.router;
     // CompeteSMoE evaluates as its router step: top-k on the trained router's logits.
     if (m->router.router == ROUTER_COMPETE) m->router.router = ROUTER_TOPK;
-    m->gatepro_active = m->router.router == ROUTER_GATEPRO;
+    // route as training's validation did at the checkpoint's step (GatePro's start/stop window)
+    r->mode = routing_eval(r->info.step);
+    r->gatepro_active = m->router.router == ROUTER_GATEPRO && gatepro_active_at(&m->router, r->info.step);
 }
 
 // The tokenizer (--tokenizer, else tokenizer.bin beside the -j shards, else beside --mc) and the
@@ -204,7 +210,8 @@ static void print_header(const EvalRun* r) {
     printf("router    %s%s (checkpoint: %s), gate-norm %s", ROUTER_NAMES[r->eval_router],
            r->eval_router == ROUTER_COMPETE ? " = topk on the trained router" : "", ROUTER_NAMES[r->ckpt_router],
            GATE_NORM_NAMES[rc->gate_norm]);
-    if (rc->router == ROUTER_GATEPRO) printf(", GatePro penalty on, lambda %g", rc->gatepro_lambda);
+    if (rc->router == ROUTER_GATEPRO)
+        printf(", GatePro penalty %s at step %d, lambda %g", r->gatepro_active ? "on" : "off", r->info.step, rc->gatepro_lambda);
     printf("\ntokenizer %s\n", r->have_tok ? r->tok_path : "(none)");
 }
 
@@ -214,7 +221,7 @@ static void evaluate_loss(EvalRun* r) {
     if (r->have_dl) {
         double t0 = eval_now();
         double* token_bytes = r->have_tok ? token_byte_counts(&r->tokenizer) : NULL;
-        eval_loss(&r->model, &r->dl, r->val_batches, token_bytes, &r->xa, &r->loss);
+        eval_loss(&r->model, &r->mode, &r->dl, r->val_batches, token_bytes, &r->xa, &r->loss);
         r->loss_seconds = eval_now() - t0;
         free(token_bytes);
         dataloader_free(&r->dl);
@@ -245,7 +252,7 @@ static void multiple_choice(EvalRun* r) {
     if (mc_load(r->mc_path, r->have_tok ? &r->tokenizer : NULL, r->model.config.vocab_size, r->eot, &r->set, err,
                 sizeof(err)) != 0) die("%s", err);
     double t0 = eval_now();
-    mc_evaluate(&r->model, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
+    mc_evaluate(&r->model, &r->mode, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
     r->mc_seconds = eval_now() - t0;
     r->did_mc = 1;
     const MCResult* mc = &r->mc;
@@ -299,7 +306,7 @@ static void generate_text(EvalRun* r) {
     encode_prompt(r);
     r->gen = (int*)mallocCheck(sizeof(int) * (size_t)r->gen_len);
     uint64_t rng = derive_seed(r->seed, STREAM_SAMPLE);
-    generate(&r->model, r->prompt, r->n_prompt, r->gen_len, r->temperature, r->top_k, r->eot, &rng, r->gen);
+    generate(&r->model, &r->mode, r->prompt, r->n_prompt, r->gen_len, r->temperature, r->top_k, r->eot, &rng, r->gen);
     print_rule();
     printf("generation     %d tokens, temperature %g, top-k %d, seed %llu\n", r->gen_len, r->temperature, r->top_k,
            (unsigned long long)r->seed);
@@ -338,7 +345,7 @@ static void write_json(const EvalRun* r) {
                 "\"gate_norm\": \"%s\", \"gatepro_lambda\": ", ROUTER_NAMES[r->eval_router], ROUTER_NAMES[r->ckpt_router],
             ROUTER_NAMES[m->router.router], GATE_NORM_NAMES[m->router.gate_norm]);
     json_write_number(jf, m->router.gatepro_lambda);
-    fprintf(jf, ", \"gatepro_active\": %d},\n  \"tokenizer\": ", m->gatepro_active);
+    fprintf(jf, ", \"gatepro_active\": %d},\n  \"tokenizer\": ", r->gatepro_active);
     if (r->have_tok) json_write_cstr(jf, r->tok_path); else fputs("null", jf);
     fprintf(jf, ",\n  \"loss\": ");
     if (r->did_loss) {

@@ -3,8 +3,9 @@ moe.h — a Mixture-of-Experts GPT-2, forward and backward by hand, in one heade
 
 Read top to bottom: utilities, the config, the ops (each forward with its backward beside it),
 the routers, expert dispatch, the model (one parameter buffer, one activation buffer), AdamW,
-checkpoints. The contract for every equation and file layout is SPEC.md; where this file makes a
-choice the spec leaves open, a comment says so.
+checkpoints; the routers are in routers.h. docs/model.md describes the model and its training
+equations, docs/routers.md every router's equations and gradients; the checkpoint layout is in the
+comment above moe_save_checkpoint (and README.md).
 
 Conventions (as llm.c): weights are stored out x in, y = x W^T + b. Backward functions ACCUMULATE
 (+=) into gradient buffers, so a tensor used twice just receives two contributions. Shapes use the
@@ -104,9 +105,12 @@ static float random_normal(uint64_t* state) {  // Box-Muller, one value per call
 // ----------------------------------------------------------------------------
 // configuration
 
-enum { ROUTER_TOPK = 0, ROUTER_GATEPRO = 1, ROUTER_COMPETE = 2 };
+// The routers (routers.h; docs/routers.md). The number is the checkpoint's router code.
+enum { ROUTER_TOPK = 0, ROUTER_GATEPRO = 1, ROUTER_COMPETE = 2, ROUTER_AUXFREE = 3, ROUTER_XMOE = 4, NUM_ROUTERS = 5 };
 enum { GATE_TOPK_SOFTMAX = 0, GATE_SOFTMAX_TOPK = 1 };
-static const char* const ROUTER_NAMES[] = {"topk", "gatepro", "compete"};
+static const char* const ROUTER_NAMES[NUM_ROUTERS] = {"topk", "gatepro", "compete", "auxfree", "xmoe"};
+#define XMOE_DEFAULT_DIM 16          // X-MoE's routing dimension d_e (Chi et al. 2022 use 16)
+#define XMOE_INIT_TEMPERATURE 0.07f  // X-MoE's initial temperature tau
 static const char* const GATE_NORM_NAMES[] = {"topk_softmax", "softmax_topk"};
 
 typedef struct {
@@ -119,6 +123,7 @@ typedef struct {
     int n_expert;           // E
     int top_k;              // K
     int expert_hidden;      // H
+    int xmoe_dim;           // De, X-MoE's routing dimension; 0 = the model has no X-MoE parameters
 } MoEConfig;
 
 // How tokens are routed. Lives beside the weights: a checkpoint trained with one router resumes
@@ -131,7 +136,7 @@ typedef struct {
     float gatepro_lambda;   // GatePro logit penalty
     int gatepro_start;      // penalty active at step s iff start <= s and (stop < 0 or s < stop)
     int gatepro_stop;
-    // CompeteSMoE (COMPETESMOE.md): schedule and losses
+    // CompeteSMoE (docs/routers.md): schedule and losses
     float compete_rate;        // P(a (layer, step) after warm-up competes)
     float compete_warmup;      // fraction of the total steps without competition
     int compete_max_layers;    // at most this many layers compete in one step
@@ -140,11 +145,12 @@ typedef struct {
     float compete_router_coef; // router distillation loss L_D coefficient
     float compete_div_coef;    // diversity loss L_div coefficient
     float compete_bal_coef;    // competition balance loss coefficient
+    float auxfree_rate;        // auxfree: bias update speed u
 } RouterConfig;
 enum { COMPETE_WEIGHTS_NORM = 0, COMPETE_WEIGHTS_SOFTMAX = 1 };
 static const char* const COMPETE_WEIGHTS_NAMES[] = {"norm", "softmax"};
 static const RouterConfig ROUTER_DEFAULTS = {ROUTER_TOPK, GATE_TOPK_SOFTMAX, 0.01f, 0.0f, 1e-4f, 0, -1,
-                                             0.05f, 0.05f, 3, COMPETE_WEIGHTS_NORM, 0.0f, 0.01f, 0.01f, 0.01f};
+                                             0.05f, 0.05f, 3, COMPETE_WEIGHTS_NORM, 0.0f, 0.01f, 0.01f, 0.01f, 1e-3f};
 
 static int pad_vocab(int V) { return ((V + 127) / 128) * 128; }
 
@@ -162,6 +168,7 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
     if (c->top_k < 1 || c->top_k > c->n_expert)
         return set_err(err, errlen, "top-k K=%d must satisfy 1 <= K <= E=%d", c->top_k, c->n_expert);
     if (c->expert_hidden < 1) return set_err(err, errlen, "expert hidden H must be >= 1 (got %d)", c->expert_hidden);
+    if (c->xmoe_dim < 0 || c->xmoe_dim > 256) return set_err(err, errlen, "X-MoE dim must be in [0, 256] (got %d)", c->xmoe_dim);
     return 0;
 }
 
@@ -459,123 +466,11 @@ static void crossentropy_backward_inplace(float* logits, const float* lse, const
 }
 
 // ----------------------------------------------------------------------------
-// routers (SPEC §3). Per token: raw logits l = W_g x (E values). A router turns them into the K
-// experts that run, in ascending expert order, and their weights alpha.
+// the model: one parameter buffer carved into tensors by a table of sizes (docs/model.md).
+// The first 17 tensors are GPT-2's and the experts' (checkpoint version 1 holds only these); the
+// routers' extra tensors follow them, so a version-1 file is a prefix of this layout.
 
-// The K largest of sel (E values), ties toward the lower index; written ascending into expert_index.
-static void topk_indices(const float* sel, int E, int K, int* expert_index) {
-    uint64_t taken[4] = {0};  // E <= 256
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            if (taken[e >> 6] >> (e & 63) & 1) continue;
-            if (best < 0 || sel[e] > sel[best]) best = e;  // strict '>' keeps the lower index on a tie
-        }
-        taken[best >> 6] |= 1ULL << (best & 63);
-    }
-    int k = 0;
-    for (int e = 0; e < E && k < K; e++) if (taken[e >> 6] >> (e & 63) & 1) expert_index[k++] = e;
-}
-
-// softmax of x (n values) into out; returns logsumexp.
-static float softmax_lse(float* out, const float* x, int n) {
-    float m = x[0];
-    for (int i = 1; i < n; i++) if (x[i] > m) m = x[i];
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) { out[i] = expf(x[i] - m); s += out[i]; }
-    float inv = 1.0f / s;
-    for (int i = 0; i < n; i++) out[i] *= inv;
-    return m + logf(s);
-}
-
-// GatePro (arXiv 2510.13079, Eq. 5-9), applied to one token's logits. sibling[i] = j*(i), the
-// expert whose router row is most similar to row i. Expert i loses when l_i < l_{j*(i)} (a tie is
-// no loss); a loser's logit is lowered by lambda. Each expert is penalised at most once. The
-// penalty is piecewise constant, so its Jacobian is the identity (no gradient into S or j*).
-static void gatepro_penalize(float* sel, const float* logits, const int* sibling, float lambda, int E) {
-    for (int i = 0; i < E; i++) sel[i] = logits[i] < logits[sibling[i]] ? logits[i] - lambda : logits[i];
-}
-
-// Weights of the selected experts from the selection logits sel (E), by --gate-norm:
-//   topk_softmax: alpha_i = exp(sel_i) / sum_{j in T_k} exp(sel_j)        (GatePro Eq. 3, Mixtral)
-//   softmax_topk: alpha_i = softmax(sel)_i over all E, not renormalised  (GShard, Switch, OLMoE)
-static void gate_weights(float* gate, const float* sel, const int* expert_index, int E, int K, int gate_norm) {
-    if (gate_norm == GATE_TOPK_SOFTMAX) {
-        float m = sel[expert_index[0]];
-        for (int k = 1; k < K; k++) if (sel[expert_index[k]] > m) m = sel[expert_index[k]];
-        float s = 0.0f;
-        for (int k = 0; k < K; k++) { gate[k] = expf(sel[expert_index[k]] - m); s += gate[k]; }
-        for (int k = 0; k < K; k++) gate[k] /= s;
-    } else {
-        float m = sel[0];
-        for (int e = 1; e < E; e++) if (sel[e] > m) m = sel[e];
-        float s = 0.0f;
-        for (int e = 0; e < E; e++) s += expf(sel[e] - m);
-        for (int k = 0; k < K; k++) gate[k] = expf(sel[expert_index[k]] - m) / s;
-    }
-}
-
-// Backward of gate_weights: dgate (K) -> dsel (E, accumulated). With alpha as above:
-//   topk_softmax: dsel_i = alpha_i (dalpha_i - sum_k alpha_k dalpha_k) for i in T_k, 0 elsewhere
-//   softmax_topk: dsel_j = p_j ([j in T_k] dalpha_j - sum_k alpha_k dalpha_k) for every j, p = softmax(sel)
-static void gate_weights_backward(float* dsel, const float* dgate, const float* gate, const float* sel,
-                                  const int* expert_index, int E, int K, int gate_norm) {
-    float dot = 0.0f;
-    for (int k = 0; k < K; k++) dot += gate[k] * dgate[k];
-    if (gate_norm == GATE_TOPK_SOFTMAX) {
-        for (int k = 0; k < K; k++) dsel[expert_index[k]] += gate[k] * (dgate[k] - dot);
-    } else {
-        float p[256];
-        softmax_lse(p, sel, E);
-        for (int e = 0; e < E; e++) dsel[e] -= p[e] * dot;
-        for (int k = 0; k < K; k++) dsel[expert_index[k]] += p[expert_index[k]] * dgate[k];
-    }
-}
-
-// A router config: the defaults with the first fields set (tests and tools).
-static RouterConfig router_config(int router, int gate_norm, float aux, float z, float lambda, int start, int stop) {
-    RouterConfig rc = ROUTER_DEFAULTS;
-    rc.router = router; rc.gate_norm = gate_norm; rc.aux_loss_coef = aux; rc.z_loss_coef = z;
-    rc.gatepro_lambda = lambda; rc.gatepro_start = start; rc.gatepro_stop = stop;
-    return rc;
-}
-
-// Is the GatePro penalty on at 0-based step s? (--gatepro-start / --gatepro-stop)
-static int gatepro_active_at(const RouterConfig* rc, int step) {
-    return rc->gatepro_start <= step && (rc->gatepro_stop < 0 || step < rc->gatepro_stop);
-}
-
-// Cosine similarity of router rows (F.normalize convention: a zero row gives 0) and each
-// expert's nearest sibling j*(i) = argmax_{j != i} S_ij, ties toward the lower j. Once per layer
-// per forward pass. w (E,C) -> S (E,E), sibling (E).
-static void router_similarity(float* S, int* sibling, const float* w, int E, int C) {
-    float norm[256];
-    for (int i = 0; i < E; i++) {
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) s += w[(size_t)i * C + c] * w[(size_t)i * C + c];
-        norm[i] = fmaxf(sqrtf(s), 1e-12f);
-    }
-    for (int i = 0; i < E; i++) {
-        for (int j = 0; j < E; j++) {
-            float d = 0.0f;
-            for (int c = 0; c < C; c++) d += w[(size_t)i * C + c] * w[(size_t)j * C + c];
-            S[i * E + j] = d / (norm[i] * norm[j]);
-        }
-    }
-    for (int i = 0; i < E; i++) {
-        int best = -1;
-        for (int j = 0; j < E; j++) {
-            if (j == i) continue;
-            if (best < 0 || S[i * E + j] > S[i * E + best]) best = j;
-        }
-        sibling[i] = best < 0 ? i : best;  // E == 1: its own sibling, never used
-    }
-}
-
-// ----------------------------------------------------------------------------
-// the model: one parameter buffer carved into tensors by a table of sizes (SPEC §2.1 order)
-
-#define NUM_PARAMETER_TENSORS 17
+#define NUM_PARAMETER_TENSORS 21
 typedef struct {
     float* wte;       // (Vp, C) token embedding, tied with the classifier
     float* wpe;       // (maxT, C) position embedding
@@ -594,17 +489,24 @@ typedef struct {
     float* fcprojb;   // (L, E, C)
     float* lnfw;      // (C)
     float* lnfb;      // (C)
+    float* router_bias;   // (L, E) auxfree's selection bias b: state, not learned (gradient 0, no decay)
+    float* xmoe_proj;     // (L, De, C) X-MoE's projection W_p (De = 0 without X-MoE)
+    float* xmoe_experts;  // (L, E, De) X-MoE's expert embeddings e_i
+    float* xmoe_log_temp; // (L) or empty: X-MoE's log temperature, tau = exp(.)
 } ParameterTensors;
 
 static const char* const PARAM_NAMES[NUM_PARAMETER_TENSORS] = {
     "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
-    "routerw", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};
-// AdamW weight decay applies to matrices and embeddings, not to biases or LayerNorm (SPEC §4).
-static const int PARAM_DECAY[NUM_PARAMETER_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0};
+    "routerw", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
+    "router_bias", "xmoe_proj", "xmoe_experts", "xmoe_log_temp"};
+#define NUM_PARAMETER_TENSORS_V1 17  // checkpoint version 1: wte .. lnfb
+// AdamW weight decay applies to matrices and embeddings (X-MoE's W_p and expert embeddings
+// included), not to biases, LayerNorm, auxfree's b or X-MoE's temperature (docs/model.md).
+static const int PARAM_DECAY[NUM_PARAMETER_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 0};
 
 static void fill_param_sizes(size_t* sizes, const MoEConfig* c) {
     size_t Vp = c->padded_vocab_size, C = c->channels, L = c->num_layers, maxT = c->max_seq_len;
-    size_t E = c->n_expert, H = c->expert_hidden;
+    size_t E = c->n_expert, H = c->expert_hidden, De = c->xmoe_dim;
     sizes[0] = Vp * C;        sizes[1] = maxT * C;
     sizes[2] = L * C;         sizes[3] = L * C;
     sizes[4] = L * 3 * C * C; sizes[5] = L * 3 * C;
@@ -614,12 +516,15 @@ static void fill_param_sizes(size_t* sizes, const MoEConfig* c) {
     sizes[11] = L * E * H * C; sizes[12] = L * E * H;
     sizes[13] = L * E * C * H; sizes[14] = L * E * C;
     sizes[15] = C;            sizes[16] = C;
+    sizes[17] = L * E;
+    sizes[18] = L * De * C;   sizes[19] = L * E * De;   sizes[20] = De > 0 ? L : 0;
 }
 
 static void point_parameters(ParameterTensors* p, float* memory, const size_t* sizes) {
     float** ptrs[NUM_PARAMETER_TENSORS] = {
         &p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->qkvw, &p->qkvb, &p->attprojw, &p->attprojb,
-        &p->ln2w, &p->ln2b, &p->routerw, &p->fcw, &p->fcb, &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb};
+        &p->ln2w, &p->ln2b, &p->routerw, &p->fcw, &p->fcb, &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb,
+        &p->router_bias, &p->xmoe_proj, &p->xmoe_experts, &p->xmoe_log_temp};
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { *ptrs[i] = memory; memory += sizes[i]; }
 }
 
@@ -637,11 +542,12 @@ typedef struct {
     float* ln2;           // (L, N, C) MoE input x
     float* ln2_mean;      // (L, N)
     float* ln2_rstd;      // (L, N)
-    float* router_logits; // (L, N, E) raw l = W_g x
-    float* router_select; // (L, N, E) logits the selection and weights came from (GatePro: penalised)
+    float* router_logits; // (L, N, E) the router's scores l (W_g x; X-MoE: cosine / tau)
+    float* gate_logits;   // (L, N, E) the logits the gate weights came from (GatePro: penalised)
     float* router_probs;  // (L, N, E) softmax(l) over all E (load-balance P)
     float* router_lse;    // (L, N) logsumexp(l) (z-loss)
-    float* router_sim;    // (L, E, E) cosine similarity of router rows
+    float* router_sim;    // (L, E, E) cosine similarity of the router's expert rows
+    float* xmoe_z;        // (L, N, De) X-MoE: the projected token W_p x
     float* gate;          // (L, N, K) alpha of each selected expert
     float* expert_input;  // (L, N*K, C) x gathered into contiguous per-expert blocks
     float* expert_fch;    // (L, N*K, H) W1 x + b1
@@ -655,7 +561,7 @@ typedef struct {
     float* losses;        // (N) per-token cross-entropy
     float* logits_lse;    // (N)
 } ActivationTensors;
-#define NUM_ACTIVATION_TENSORS 28
+#define NUM_ACTIVATION_TENSORS 29
 
 typedef struct {
     int* expert_index;       // (L, N, K) selected experts of each token, ascending
@@ -673,23 +579,42 @@ typedef struct {
     float* dbig;        // (N, max(3C, Vp-free)) dqkv (N,3C) and datty (N,C)
     float* dexpert_out; // (N*K, C)
     float* dexpert_in;  // (N*K, C)
-    float* drouter;     // (N, E) gradient into the raw router logits
+    float* drouter;     // (N, E) gradient into the router's scores l
     float* dgate;       // (N, K)
     float* datt;        // (B, NH, T, T) attention backward dP / dS
+    float* dxmoe_z;     // (N, De) X-MoE: gradient into W_p x
+    float* xmoe_zh;     // (N, De) X-MoE: the unit vectors z / |z|
 } BackwardScratch;
+#define NUM_SCRATCH_TENSORS 10
 
-// A competing layer runs every expert on every token, so it keeps E full-size expert activations.
-// Only `slots` layers can compete in one step (--compete-max-layers), so that many are allocated.
+// Where one layer's dispatched (token, expert) pairs live. Each token runs on R experts: its K
+// selected ones, or all E on a CompeteSMoE competition step. Expert e's tokens occupy the
+// contiguous slots [expert_offsets[e], expert_offsets[e+1]), in token order.
+typedef struct {
+    int R;                    // experts per token
+    int* expert_offsets;      // (E+1)
+    int* expert_token_index;  // (N*R) slot -> the token it holds
+    int* token_slot;          // (N*R) (token, r) -> its slot
+    float* input;             // (N*R, C) x gathered into the per-expert blocks
+    float* fch;               // (N*R, H) W1 x + b1
+    float* gelu;              // (N*R, H) gelu of it
+    float* out;               // (N*R, C) E_i(x), before the gate weight
+    float* dout;              // (N*R, C) backward scratch: gradient of out
+    float* din;               // (N*R, C) backward scratch: gradient of input
+} Dispatch;
+
+// A competing layer runs every expert on every token, so it keeps a dispatch of N*E slots. Only
+// `slots` layers can compete in one step (--compete-max-layers), so that many are allocated.
 typedef struct {
     int slots, N;        // allocated for this many layers of N tokens
     int* slot_of_layer;  // (L) slot of a competing layer in the last forward, -1 if it did not compete
-    float* fch;          // (slots, E, N, H) W1 x + b1 of every expert on every token
-    float* gelu;         // (slots, E, N, H)
-    float* out;          // (slots, E, N, C) o_i = E_i(x)
+    Dispatch* dispatch;  // (slots) every expert on every token (dout, din shared by the slots)
     float* response;     // (slots, N, E) s_i = mean_c softplus(o_i,c)
     float* response_p;   // (slots, N, E) p^C = softmax(s)
-    float* dout;         // (E, N, C) backward scratch: gradient of every o_i
+    float* dresponse;    // (N, E) backward scratch
+    int* all_experts;    // (N, E) every token's run list: 0, 1, ..., E-1
     float* memory;
+    int* imemory;
 } CompeteBuffers;
 
 typedef struct {  // one layer's auxiliary losses in the last forward (unweighted), for the log
@@ -726,13 +651,10 @@ typedef struct {
     float mean_loss;     // LM cross-entropy, nats (-1 if no targets)
     float aux_loss;      // load-balance loss summed over layers
     float z_loss;        // router z-loss summed over layers
-    int gatepro_active;  // set by the caller per step: is the GatePro penalty on?
-    // CompeteSMoE: the layers that compete in this forward (L flags, set by the trainer per step;
-    // NULL in evaluation, which never competes), and the buffers of the layers that do
-    const unsigned char* compete_layers;
-    CompeteBuffers compete;
+    CompeteBuffers compete;  // CompeteSMoE: the buffers of the layers that compete
     float compete_loss;  // sum over competing layers of the weighted L_D + L_div + L_bal
     LayerLosses* layer_stats;  // (L) per-layer losses of the last forward
+    double* step_load;   // (L, E) tokens per expert over the training forwards since the last moe_after_step
 } MoEModel;
 
 static void moe_build(MoEModel* m, const MoEConfig* config) {
@@ -747,10 +669,13 @@ static void moe_build(MoEModel* m, const MoEConfig* config) {
     point_parameters(&m->grads, m->grads_memory, m->param_sizes);
     m->router = ROUTER_DEFAULTS;
     m->layer_stats = (LayerLosses*)callocCheck((size_t)config->num_layers, sizeof(LayerLosses));
+    m->step_load = (double*)callocCheck((size_t)config->num_layers * config->n_expert, sizeof(double));
     m->mean_loss = -1.0f;
 }
 
-// GPT-2's initialisation (SPEC §2.1), drawn from one generator in parameter order.
+// GPT-2's initialisation (docs/model.md), drawn from one generator in parameter order. X-MoE's
+// W_p and expert embeddings N(0, 0.02) (the cosine ignores the embeddings' scale), log tau =
+// log 0.07; auxfree's b starts at 0.
 static void moe_init_params(MoEModel* m, uint64_t seed, float router_init_std) {
     const MoEConfig* c = &m->config;
     uint64_t rng = derive_seed(seed, STREAM_INIT);
@@ -767,16 +692,19 @@ static void moe_init_params(MoEModel* m, uint64_t seed, float router_init_std) {
     for (size_t i = 0; i < m->param_sizes[11]; i++) p->fcw[i] = std * random_normal(&rng);
     for (size_t i = 0; i < m->param_sizes[13]; i++) p->fcprojw[i] = resid_std * random_normal(&rng);
     for (size_t i = 0; i < m->param_sizes[15]; i++) p->lnfw[i] = 1.0f;
+    for (size_t i = 0; i < m->param_sizes[18]; i++) p->xmoe_proj[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[19]; i++) p->xmoe_experts[i] = std * random_normal(&rng);
+    for (size_t i = 0; i < m->param_sizes[20]; i++) p->xmoe_log_temp[i] = logf(XMOE_INIT_TEMPERATURE);
 }
 
 static void moe_alloc_activations(MoEModel* m, int B, int T) {
     const MoEConfig* c = &m->config;
     size_t L = c->num_layers, C = c->channels, NH = c->num_heads, E = c->n_expert, K = c->top_k;
-    size_t H = c->expert_hidden, Vp = c->padded_vocab_size, N = (size_t)B * T, NK = N * K;
+    size_t H = c->expert_hidden, Vp = c->padded_vocab_size, N = (size_t)B * T, NK = N * K, De = c->xmoe_dim;
     size_t sizes[NUM_ACTIVATION_TENSORS] = {
         N * C, L * N * C, L * N, L * N, L * N * 3 * C, L * N * C, L * B * NH * T * T,
         L * N * C, L * N * C, L * N, L * N,
-        L * N * E, L * N * E, L * N * E, L * N, L * E * E, L * N * K,
+        L * N * E, L * N * E, L * N * E, L * N, L * E * E, L * N * De, L * N * K,
         L * NK * C, L * NK * H, L * NK * H, L * NK * C,
         L * N * C, N * C, N, N, N * Vp, N, N};
     size_t total = 0;
@@ -786,8 +714,8 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     float** ptrs[NUM_ACTIVATION_TENSORS] = {
         &m->acts.encoded, &m->acts.ln1, &m->acts.ln1_mean, &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty,
         &m->acts.att, &m->acts.residual2, &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd,
-        &m->acts.router_logits, &m->acts.router_select, &m->acts.router_probs, &m->acts.router_lse,
-        &m->acts.router_sim, &m->acts.gate, &m->acts.expert_input, &m->acts.expert_fch,
+        &m->acts.router_logits, &m->acts.gate_logits, &m->acts.router_probs, &m->acts.router_lse,
+        &m->acts.router_sim, &m->acts.xmoe_z, &m->acts.gate, &m->acts.expert_input, &m->acts.expert_fch,
         &m->acts.expert_gelu, &m->acts.expert_out, &m->acts.residual3, &m->acts.lnf, &m->acts.lnf_mean,
         &m->acts.lnf_rstd, &m->acts.logits, &m->acts.losses, &m->acts.logits_lse};
     float* p = m->acts_memory;
@@ -803,106 +731,26 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     int* q = m->idx_memory;
     for (int i = 0; i < NUM_ACTIVATION_INDEX; i++) { *iptrs[i] = q; q += isizes[i]; }
 
-    size_t ssizes[8] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K, (size_t)B * NH * T * T};
-    float** sptrs[8] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig, &m->scratch.dexpert_out,
-                        &m->scratch.dexpert_in, &m->scratch.drouter, &m->scratch.dgate, &m->scratch.datt};
+    size_t ssizes[NUM_SCRATCH_TENSORS] = {N * C, N * C, N * 4 * C, NK * C, NK * C, N * E, N * K,
+                                          (size_t)B * NH * T * T, N * De, N * De};
+    float** sptrs[NUM_SCRATCH_TENSORS] = {&m->scratch.dresidual, &m->scratch.dln, &m->scratch.dbig,
+                                          &m->scratch.dexpert_out, &m->scratch.dexpert_in, &m->scratch.drouter,
+                                          &m->scratch.dgate, &m->scratch.datt, &m->scratch.dxmoe_z, &m->scratch.xmoe_zh};
     total = 0;
-    for (int i = 0; i < 8; i++) total += ssizes[i];
+    for (int i = 0; i < NUM_SCRATCH_TENSORS; i++) total += ssizes[i];
     free(m->scratch_memory);
     m->scratch_memory = (float*)callocCheck(total, sizeof(float));
     p = m->scratch_memory;
-    for (int i = 0; i < 8; i++) { *sptrs[i] = p; p += ssizes[i]; }
+    for (int i = 0; i < NUM_SCRATCH_TENSORS; i++) { *sptrs[i] = p; p += ssizes[i]; }
     m->batch_size = B;
     m->seq_len = T;
 }
 
 // ----------------------------------------------------------------------------
-// The MoE layer: route, dispatch, run the selected experts, combine.
+// The MoE layer: route, dispatch, run the experts, combine. The routers are in routers.h; every
+// router and CompeteSMoE's competition use the same dispatch, expert FFN, combine and balance code.
 
-// Routing of one layer for N tokens: raw logits, softmax and logsumexp (for the aux losses), the
-// selection logits (GatePro penalty if active), the K experts and their weights.
-static void moe_route(MoEModel* m, int l, int N) {
-    const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k, C = c->channels;
-    ActivationTensors* a = &m->acts;
-    const float* x = a->ln2 + (size_t)l * N * C;
-    float* logits = a->router_logits + (size_t)l * N * E;
-    float* select = a->router_select + (size_t)l * N * E;
-    float* probs = a->router_probs + (size_t)l * N * E;
-    float* lse = a->router_lse + (size_t)l * N;
-    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    float* gate = a->gate + (size_t)l * N * K;
-    int* sibling = m->idx.router_sibling + (size_t)l * E;
-    const float* wg = m->params.routerw + (size_t)l * E * C;
-    if (E == 1) {  // dense MLP: no router, weight 1
-        for (int n = 0; n < N; n++) { expert_index[n] = 0; gate[n] = 1.0f; }
-        return;
-    }
-    router_similarity(a->router_sim + (size_t)l * E * E, sibling, wg, E, C);
-    matmul_forward(logits, x, wg, NULL, N, C, E);
-    int penalize = m->router.router == ROUTER_GATEPRO && m->gatepro_active;
-    float lambda = m->router.gatepro_lambda;
-    int gate_norm = m->router.gate_norm;
-    #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float* ln = logits + (size_t)n * E;
-        float* sel = select + (size_t)n * E;
-        lse[n] = softmax_lse(probs + (size_t)n * E, ln, E);
-        if (penalize) gatepro_penalize(sel, ln, sibling, lambda, E);
-        else memcpy(sel, ln, E * sizeof(float));
-        topk_indices(sel, E, K, expert_index + (size_t)n * K);
-        gate_weights(gate + (size_t)n * K, sel, expert_index + (size_t)n * K, E, K, gate_norm);
-    }
-}
-
-// Switch load balance a*E*sum_i f_i P_i and z-loss z*mean(lse^2) of one layer (forward values).
-static void router_aux_losses(const MoEModel* m, int l, int N, float* aux, float* zl) {
-    const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k;
-    *aux = 0.0f; *zl = 0.0f;
-    if (E == 1) return;
-    const float* probs = m->acts.router_probs + (size_t)l * N * E;
-    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    const float* lse = m->acts.router_lse + (size_t)l * N;
-    double f[256] = {0}, P[256] = {0}, z = 0.0;
-    for (int n = 0; n < N; n++) {
-        for (int k = 0; k < K; k++) f[expert_index[n * K + k]] += 1.0;
-        for (int e = 0; e < E; e++) P[e] += probs[(size_t)n * E + e];
-        z += (double)lse[n] * lse[n];
-    }
-    double s = 0.0;
-    for (int e = 0; e < E; e++) s += (f[e] / ((double)N * K)) * (P[e] / N);
-    *aux = (float)(m->router.aux_loss_coef * E * s);
-    *zl = (float)(m->router.z_loss_coef * z / N);
-}
-
-// Group the layer's (token, k) pairs by expert: expert e's tokens occupy slots
-// [expert_offsets[e], expert_offsets[e+1]) in token order, so each expert runs on one contiguous
-// block. Then copy the tokens' inputs into those blocks.
-static void moe_dispatch(MoEModel* m, int l, int N) {
-    const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k, C = c->channels;
-    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
-    int* expert_token_index = m->idx.expert_token_index + (size_t)l * N * K;
-    int* token_slot = m->idx.token_slot + (size_t)l * N * K;
-    for (int e = 0; e <= E; e++) offsets[e] = 0;
-    for (int i = 0; i < N * K; i++) offsets[expert_index[i] + 1]++;
-    for (int e = 0; e < E; e++) offsets[e + 1] += offsets[e];
-    int fill[257];
-    for (int e = 0; e < E; e++) fill[e] = offsets[e];
-    for (int n = 0; n < N; n++) {
-        for (int k = 0; k < K; k++) {
-            int slot = fill[expert_index[n * K + k]]++;
-            expert_token_index[slot] = n;
-            token_slot[n * K + k] = slot;
-        }
-    }
-    const float* x = m->acts.ln2 + (size_t)l * N * C;
-    float* xin = m->acts.expert_input + (size_t)l * N * K * C;
-    #pragma omp parallel for schedule(static)
-    for (int s = 0; s < N * K; s++) memcpy(xin + (size_t)s * C, x + (size_t)expert_token_index[s] * C, C * sizeof(float));
-}
+#include "routers.h"
 
 // One expert's share of an MoE layer: a contiguous block of `rows` token rows, its input x
 // (rows, C) and activations fch = W1 x + b1, gelu (rows, H) and out (rows, C); for backward, the
@@ -1007,103 +855,162 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
 }
 
-// The blocks of the dispatched (token, k) pairs: expert e owns slots [offsets[e], offsets[e+1]).
-static void dispatch_blocks(MoEModel* m, int l, int N, ExpertBlock* blk) {
+// The dispatch of a routed layer l: each token runs on its K selected experts.
+static Dispatch layer_dispatch(MoEModel* m, int l, int N) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
-    const int* offsets = m->idx.expert_offsets + (size_t)l * (E + 1);
     size_t NK = (size_t)N * K;
+    Dispatch d = {K, m->idx.expert_offsets + (size_t)l * (E + 1), m->idx.expert_token_index + (size_t)l * NK,
+                  m->idx.token_slot + (size_t)l * NK, m->acts.expert_input + (size_t)l * NK * C,
+                  m->acts.expert_fch + (size_t)l * NK * H, m->acts.expert_gelu + (size_t)l * NK * H,
+                  m->acts.expert_out + (size_t)l * NK * C, m->scratch.dexpert_out, m->scratch.dexpert_in};
+    return d;
+}
+
+// Groups the (token, expert) pairs of run_index (N, R) by expert, in token order within each
+// expert, so each expert runs on one contiguous block; then gathers x (N,C) into those blocks.
+static void dispatch_forward(Dispatch* d, const int* run_index, const float* x, int N, int E, int C) {
+    int R = d->R;
+    int* offsets = d->expert_offsets;
+    for (int e = 0; e <= E; e++) offsets[e] = 0;
+    for (int i = 0; i < N * R; i++) offsets[run_index[i] + 1]++;
+    for (int e = 0; e < E; e++) offsets[e + 1] += offsets[e];
+    int fill[257];
+    for (int e = 0; e < E; e++) fill[e] = offsets[e];
+    for (int n = 0; n < N; n++) {
+        for (int r = 0; r < R; r++) {
+            int slot = fill[run_index[n * R + r]]++;
+            d->expert_token_index[slot] = n;
+            d->token_slot[n * R + r] = slot;
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < N * R; s++)
+        memcpy(d->input + (size_t)s * C, x + (size_t)d->expert_token_index[s] * C, C * sizeof(float));
+}
+// Backward of the gather: dx (N,C) += din of each token's R slots, in ascending expert order.
+static void dispatch_backward(float* dx, const Dispatch* d, int N, int C) {
+    int R = d->R;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* dxn = dx + (size_t)n * C;
+        for (int r = 0; r < R; r++) {
+            const float* g = d->din + (size_t)d->token_slot[n * R + r] * C;
+            for (int i = 0; i < C; i++) dxn[i] += g[i];
+        }
+    }
+}
+// The per-expert blocks of a dispatch, for experts_ffn_forward/backward.
+static void dispatch_blocks(const Dispatch* d, int E, int C, int H, ExpertBlock* blk) {
     for (int e = 0; e < E; e++) {
-        size_t s0 = (size_t)offsets[e];
-        blk[e] = (ExpertBlock){offsets[e + 1] - offsets[e], m->acts.expert_input + (size_t)l * NK * C + s0 * C,
-                               m->acts.expert_fch + (size_t)l * NK * H + s0 * H, m->acts.expert_gelu + (size_t)l * NK * H + s0 * H,
-                               m->acts.expert_out + (size_t)l * NK * C + s0 * C, m->scratch.dexpert_out + s0 * C,
-                               m->scratch.dexpert_in + s0 * C};
+        size_t s0 = (size_t)d->expert_offsets[e];
+        blk[e] = (ExpertBlock){d->expert_offsets[e + 1] - d->expert_offsets[e], d->input + s0 * C, d->fch + s0 * H,
+                               d->gelu + s0 * H, d->out + s0 * C, d->dout + s0 * C, d->din + s0 * C};
     }
 }
 
-// y_t = sum_k alpha_{t,k} E_{i_k}(x_t), summed in ascending expert order (deterministic).
-static void moe_combine(MoEModel* m, int l, int N, float* y) {
-    const MoEConfig* c = &m->config;
-    int K = c->top_k, C = c->channels;
-    const float* gate = m->acts.gate + (size_t)l * N * K;
-    const int* token_slot = m->idx.token_slot + (size_t)l * N * K;
-    const float* out = m->acts.expert_out + (size_t)l * N * K * C;
+// y_t (N,C) = sum_k gate_tk out[slot_tk], slot (N,K) and gate (N,K) in ascending expert order
+// (deterministic). Its backward: dout[slot_tk] += gate_tk dy_t, dgate_tk = <dy_t, out[slot_tk]>.
+static void combine_forward(float* y, const float* out, const int* slot, const float* gate, int N, int K, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* yn = y + (size_t)n * C;
         for (int i = 0; i < C; i++) yn[i] = 0.0f;
         for (int k = 0; k < K; k++) {
-            const float* o = out + (size_t)token_slot[n * K + k] * C;
+            const float* o = out + (size_t)slot[n * K + k] * C;
             float g = gate[n * K + k];
             for (int i = 0; i < C; i++) yn[i] += g * o[i];
         }
     }
 }
-
-static void moe_layer_forward(MoEModel* m, int l, int N, float* y) {
-    moe_route(m, l, N);
-    moe_dispatch(m, l, N);
-    ExpertBlock blk[256];
-    dispatch_blocks(m, l, N, blk);
-    experts_ffn_forward(m, l, blk);
-    moe_combine(m, l, N, y);
-}
-
-// Backward of the MoE layer. dy (N,C) is the gradient of its output; dx (N,C) receives the
-// gradient of its input (accumulated), through the experts and through the router.
-//   y = sum_k alpha_k o_k  =>  do_k = alpha_k dy,  dalpha_k = <dy, o_k>
-//   router: dalpha -> dsel (gate_weights_backward) -> dl (GatePro's penalty has identity Jacobian)
-//   aux:    d/dl_t [a E sum_i f_i P_i] = p_t * (g - <p_t, g>) with g_i = a E f_i / N (f constant)
-//   z-loss: d/dl_t [z mean (lse_t)^2] = (2 z lse_t / N) p_t
-static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float* dx, float loss_scale) {
-    const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k, C = c->channels;
-    size_t NK = (size_t)N * K;
-    BackwardScratch* s = &m->scratch;
-    const float* gate = m->acts.gate + (size_t)l * N * K;
-    const int* token_slot = m->idx.token_slot + (size_t)l * NK;
-    const float* out = m->acts.expert_out + (size_t)l * NK * C;
-
-    // combine backward
+static void combine_backward(float* dout, float* dgate, const float* dy, const float* out, const int* slot,
+                             const float* gate, int N, int K, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* d = dy + (size_t)n * C;
         for (int k = 0; k < K; k++) {
-            int slot = token_slot[n * K + k];
-            const float* o = out + (size_t)slot * C;
-            float* dout = s->dexpert_out + (size_t)slot * C;
+            const float* o = out + (size_t)slot[n * K + k] * C;
+            float* dn = dout + (size_t)slot[n * K + k] * C;
             float g = gate[n * K + k], dot = 0.0f;
             #pragma omp simd reduction(+ : dot)
-            for (int i = 0; i < C; i++) { dout[i] = g * d[i]; dot += d[i] * o[i]; }
-            s->dgate[n * K + k] = dot;
+            for (int i = 0; i < C; i++) { dn[i] += g * d[i]; dot += d[i] * o[i]; }
+            dgate[n * K + k] = dot;
         }
     }
-    // experts backward, all blocks in batched matmuls
-    ExpertBlock blk[256];
-    dispatch_blocks(m, l, N, blk);
-    experts_ffn_backward(m, l, blk);
-    // scatter back to tokens in ascending expert order
+}
+
+// The router's part of a routed layer: its scores l, p = softmax(l) and lse (for the balance loss
+// and the z-loss), and per token the K experts (select) and their weights (--gate-norm).
+static void route_tokens(MoEModel* m, int l, int N, const RoutingMode* mode) {
+    const MoEConfig* c = &m->config;
+    const Router* router = &ROUTERS[m->router.router];
+    int E = c->n_expert, K = c->top_k, gate_norm = m->router.gate_norm;
+    router->scores_forward(m, l, N);
+    SelectArgs args = select_args(m, l, mode);
+    const float* scores = m->acts.router_logits + (size_t)l * N * E;
+    float* gate_logits = m->acts.gate_logits + (size_t)l * N * E;
+    float* probs = m->acts.router_probs + (size_t)l * N * E;
+    float* lse = m->acts.router_lse + (size_t)l * N;
+    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    float* gate = m->acts.gate + (size_t)l * N * K;
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        float* d = dx + (size_t)n * C;
-        for (int k = 0; k < K; k++) {
-            const float* g = s->dexpert_in + (size_t)token_slot[n * K + k] * C;
-            for (int i = 0; i < C; i++) d[i] += g[i];
-        }
+        lse[n] = softmax_lse(probs + (size_t)n * E, scores + (size_t)n * E, E);
+        router->select(&args, scores + (size_t)n * E, gate_logits + (size_t)n * E, expert_index + (size_t)n * K);
+        gate_weights(gate + (size_t)n * K, gate_logits + (size_t)n * E, expert_index + (size_t)n * K, E, K, gate_norm);
     }
+}
+
+// A routed MoE layer l over N tokens (every router; CompeteSMoE's router steps): route, dispatch,
+// experts, combine. y (N,C) = sum_k alpha_k E_{i_k}(x). Fills layer_stats[l].aux and .z.
+static void routed_layer_forward(MoEModel* m, int l, int N, float* y, const RoutingMode* mode) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
+    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
+    float* gate = m->acts.gate + (size_t)l * N * K;
+    LayerLosses* st = &m->layer_stats[l];
+    if (E == 1) {  // dense MLP: no router, weight 1, no aux losses
+        for (int n = 0; n < N; n++) { expert_index[n] = 0; gate[n] = 1.0f; }
+    } else {
+        route_tokens(m, l, N, mode);
+        st->aux = m->router.aux_loss_coef * balance_loss(expert_index, m->acts.router_probs + (size_t)l * N * E, N, E, K);
+        st->z = m->router.z_loss_coef * z_loss_value(m->acts.router_lse + (size_t)l * N, N);
+    }
+    Dispatch d = layer_dispatch(m, l, N);
+    dispatch_forward(&d, expert_index, m->acts.ln2 + (size_t)l * N * C, N, E, C);
+    ExpertBlock blk[256];
+    dispatch_blocks(&d, E, C, c->expert_hidden, blk);
+    experts_ffn_forward(m, l, blk);
+    combine_forward(y, d.out, d.token_slot, gate, N, K, C);
+}
+
+// Backward of routed_layer_forward. dy (N,C) is the gradient of its output; dx (N,C) receives the
+// gradient of its input (accumulated), through the experts and through the router:
+//   combine:  do_k = alpha_k dy,  dalpha_k = <dy, o_k>
+//   router:   dalpha -> dg (gate_weights_backward) -> dl (every select has dg/dl = I)
+//   balance:  dl_t += p_t * (g - <p_t, g>),  g_i = a E f_i / N   (f constant)
+//   z-loss:   dl_t += (2 z lse_t / N) p_t
+//   then the router's scores backward: dl -> dx and its weights' gradients
+static void routed_layer_backward(MoEModel* m, int l, int N, const float* dy, float* dx, float loss_scale) {
+    const MoEConfig* c = &m->config;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
+    BackwardScratch* s = &m->scratch;
+    const float* gate = m->acts.gate + (size_t)l * N * K;
+    Dispatch d = layer_dispatch(m, l, N);
+    memset(d.dout, 0, sizeof(float) * (size_t)N * K * C);
+    combine_backward(d.dout, s->dgate, dy, d.out, d.token_slot, gate, N, K, C);
+    ExpertBlock blk[256];
+    dispatch_blocks(&d, E, C, c->expert_hidden, blk);
+    experts_ffn_backward(m, l, blk);
+    dispatch_backward(dx, &d, N, C);
     if (E == 1) return;
 
-    // router backward
-    const float* select = m->acts.router_select + (size_t)l * N * E;
+    const float* gate_logits = m->acts.gate_logits + (size_t)l * N * E;
     const float* probs = m->acts.router_probs + (size_t)l * N * E;
     const float* lse = m->acts.router_lse + (size_t)l * N;
     const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    double f[256] = {0};
-    for (size_t i = 0; i < NK; i++) f[expert_index[i]] += 1.0;
     float g_aux[256];
-    for (int e = 0; e < E; e++)
-        g_aux[e] = (float)(m->router.aux_loss_coef * E * (f[e] / ((double)N * K)) / N) * loss_scale;
+    balance_grad_coefs(g_aux, expert_index, N, E, K, m->router.aux_loss_coef, loss_scale);
     float zc = 2.0f * m->router.z_loss_coef / N * loss_scale;
     int gate_norm = m->router.gate_norm;
     #pragma omp parallel for schedule(static)
@@ -1111,38 +1018,18 @@ static void moe_layer_backward(MoEModel* m, int l, int N, const float* dy, float
         float* dl = s->drouter + (size_t)n * E;
         const float* p = probs + (size_t)n * E;
         for (int e = 0; e < E; e++) dl[e] = 0.0f;
-        gate_weights_backward(dl, s->dgate + (size_t)n * K, gate + (size_t)n * K, select + (size_t)n * E,
+        gate_weights_backward(dl, s->dgate + (size_t)n * K, gate + (size_t)n * K, gate_logits + (size_t)n * E,
                               expert_index + (size_t)n * K, E, K, gate_norm);
-        float pg = 0.0f;
-        for (int e = 0; e < E; e++) pg += p[e] * g_aux[e];
-        for (int e = 0; e < E; e++) dl[e] += p[e] * (g_aux[e] - pg) + zc * lse[n] * p[e];
+        balance_token_backward(dl, p, g_aux, E);
+        for (int e = 0; e < E; e++) dl[e] += zc * lse[n] * p[e];
     }
-    const float* x = m->acts.ln2 + (size_t)l * N * C;
-    matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, s->drouter, x,
-                    m->params.routerw + (size_t)l * E * C, N, C, E);
+    ROUTERS[m->router.router].scores_backward(m, l, N, dx);
 }
 
 // ----------------------------------------------------------------------------
-// CompeteSMoE (COMPETESMOE.md; Pham et al. arXiv 2402.02526, Nguyen et al. arXiv 2505.13380).
-// On a competition step of a layer, every expert runs on every token and the experts with the
-// strongest neural response win it; the router is trained to predict that outcome:
-//   o_i = E_i(x),  s_i = (1/C) sum_c softplus(o_i,c),  I_C = top-k of s
-//   w_i = s_i / sum_{j in I_C} s_j  (norm)  or softmax over the winners' s  (softmax)
-//   y = sum_{i in I_C} w_i o_i
-//   L_D = mean_{t,i} (p^R_i - p^C_i)^2 + alpha mean_t (1/K) sum_{j in I_C} (p^C_j - p^R_j)^2,
-//         p^R = softmax(l), p^C = softmax(s) held constant: the router's only gradient
-//   L_div = mean_t (1/K^2) sum_{i != j in I_C} cos(o_i, o_j)
-//   L_bal = E sum_i f_i P_i, f from I_C, P = mean_t p^C (gradient through p^C into the experts)
-// Router steps (and evaluation) are the plain topk router.
-
-// Does layer l compete in this forward? Only in training (compete_layers set) under --router compete.
-static int compete_now(const MoEModel* m, int l) {
-    return m->compete_layers != NULL && m->compete_layers[l] && m->router.router == ROUTER_COMPETE &&
-           m->config.n_expert > 1;
-}
-
-static inline float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
-static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// A CompeteSMoE competition step of one layer (routers.h, "compete"), from the shared pieces:
+// dispatch every token to every expert, the expert FFN, then its own responses, winners and
+// losses, the shared combine over the winners and the shared balance loss on p^C.
 
 static void compete_alloc(MoEModel* m, int N) {
     const MoEConfig* c = &m->config;
@@ -1150,275 +1037,123 @@ static void compete_alloc(MoEModel* m, int N) {
     int slots = m->router.compete_max_layers < c->num_layers ? m->router.compete_max_layers : c->num_layers;
     if (slots < 1) slots = 1;
     if (cb->memory != NULL && cb->slots >= slots && cb->N == N) return;
-    size_t E = c->n_expert, H = c->expert_hidden, C = c->channels, S = slots;
-    size_t total = S * E * N * H * 2 + S * E * N * C + S * N * E * 2 + E * N * C;
-    free(cb->memory);
-    free(cb->slot_of_layer);
-    cb->memory = (float*)callocCheck(total, sizeof(float));
+    size_t E = c->n_expert, H = c->expert_hidden, C = c->channels, S = slots, EN = E * N;
+    free(cb->memory); free(cb->imemory); free(cb->dispatch); free(cb->slot_of_layer);
+    cb->memory = (float*)callocCheck(S * (EN * (2 * C + 2 * H) + 2 * EN) + 2 * EN * C + EN, sizeof(float));
+    cb->imemory = (int*)callocCheck(S * (E + 1 + 2 * EN) + EN, sizeof(int));
+    cb->dispatch = (Dispatch*)callocCheck(S, sizeof(Dispatch));
     cb->slot_of_layer = (int*)mallocCheck(sizeof(int) * c->num_layers);
-    cb->fch = cb->memory;
-    cb->gelu = cb->fch + S * E * N * H;
-    cb->out = cb->gelu + S * E * N * H;
-    cb->response = cb->out + S * E * N * C;
-    cb->response_p = cb->response + S * N * E;
-    cb->dout = cb->response_p + S * N * E;
+    float* p = cb->memory;
+    int* q = cb->imemory;
+    float* dout = p; p += EN * C;
+    float* din = p; p += EN * C;
+    cb->dresponse = p; p += EN;
+    cb->response = p; p += S * EN;
+    cb->response_p = p; p += S * EN;
+    cb->all_experts = q; q += EN;
+    for (size_t n = 0; n < (size_t)N; n++) for (size_t e = 0; e < E; e++) cb->all_experts[n * E + e] = (int)e;
+    for (size_t s = 0; s < S; s++) {
+        Dispatch* d = &cb->dispatch[s];
+        d->R = (int)E;
+        d->expert_offsets = q; q += E + 1;
+        d->expert_token_index = q; q += EN;
+        d->token_slot = q; q += EN;
+        d->input = p; p += EN * C;
+        d->fch = p; p += EN * H;
+        d->gelu = p; p += EN * H;
+        d->out = p; p += EN * C;
+        d->dout = dout;
+        d->din = din;
+    }
     cb->slots = slots;
     cb->N = N;
 }
 
-// The blocks of a competing layer: every expert on all N tokens, input x = the layer's ln2.
-static void compete_blocks(MoEModel* m, int l, int slot, int N, ExpertBlock* blk) {
-    const MoEConfig* c = &m->config;
-    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
-    CompeteBuffers* cb = &m->compete;
-    size_t EN = (size_t)E * N;
-    for (int e = 0; e < E; e++)
-        blk[e] = (ExpertBlock){N, m->acts.ln2 + (size_t)l * N * C, cb->fch + (size_t)slot * EN * H + (size_t)e * N * H,
-                               cb->gelu + (size_t)slot * EN * H + (size_t)e * N * H,
-                               cb->out + (size_t)slot * EN * C + (size_t)e * N * C, cb->dout + (size_t)e * N * C, NULL};
-}
-
-// Forward of a competing layer l over N tokens; y (N,C) is its output. Also fills the layer's
-// expert_index and gate with I_C and w, so the MoE metrics see the winners.
+// Forward of a competing layer l over N tokens; y (N,C) is its output. The layer's expert_index,
+// gate and token_slot (N,K) get I_C, w and the winners' slots, so the combine and the MoE metrics
+// see the winners.
 static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y) {
     const MoEConfig* c = &m->config;
     const RouterConfig* rc = &m->router;
-    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
     CompeteBuffers* cb = &m->compete;
-    ActivationTensors* a = &m->acts;
-    const float* x = a->ln2 + (size_t)l * N * C;
-    float* logits = a->router_logits + (size_t)l * N * E;
-    float* probs = a->router_probs + (size_t)l * N * E;
-    float* lse = a->router_lse + (size_t)l * N;
-    int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    float* gate = a->gate + (size_t)l * N * K;
-    size_t EN = (size_t)E * N;
-    float* out = cb->out + (size_t)slot * EN * C;
+    Dispatch* d = &cb->dispatch[slot];
+    const float* logits = m->acts.router_logits + (size_t)l * N * E;
+    float* probs = m->acts.router_probs + (size_t)l * N * E;
+    float* lse = m->acts.router_lse + (size_t)l * N;
+    int* win = m->idx.expert_index + (size_t)l * N * K;
+    float* w = m->acts.gate + (size_t)l * N * K;
+    int* win_slot = m->idx.token_slot + (size_t)l * N * K;
     float* resp = cb->response + (size_t)slot * N * E;
     float* pc = cb->response_p + (size_t)slot * N * E;
-    const float* wg = m->params.routerw + (size_t)l * E * C;
-    router_similarity(a->router_sim + (size_t)l * E * E, m->idx.router_sibling + (size_t)l * E, wg, E, C);
-    matmul_forward(logits, x, wg, NULL, N, C, E);
-    // every expert on every token: one dense block per expert, all in batched matmuls
+    linear_scores_forward(m, l, N);  // l = W_g x, the router being distilled
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) lse[n] = softmax_lse(probs + (size_t)n * E, logits + (size_t)n * E, E);  // p^R
+    dispatch_forward(d, cb->all_experts, m->acts.ln2 + (size_t)l * N * C, N, E, C);
     ExpertBlock blk[256];
-    compete_blocks(m, l, slot, N, blk);
+    dispatch_blocks(d, E, C, c->expert_hidden, blk);
     experts_ffn_forward(m, l, blk);
-    double ld = 0.0, div = 0.0, agree = 0.0;
-    float alpha = rc->compete_alpha;
-    int weights_mode = rc->compete_weights;
-    #pragma omp parallel for schedule(static) reduction(+ : ld, div, agree)
-    for (int n = 0; n < N; n++) {
-        float* s = resp + (size_t)n * E;
-        for (int e = 0; e < E; e++) {
-            const float* o = out + ((size_t)e * N + n) * C;
-            float acc = 0.0f;
-            for (int i = 0; i < C; i++) acc += softplus(o[i]);
-            s[e] = acc / C;
-        }
-        int* win = expert_index + (size_t)n * K;
-        float* w = gate + (size_t)n * K;
-        topk_indices(s, E, K, win);
-        if (weights_mode == COMPETE_WEIGHTS_NORM) {
-            float sum = 0.0f;
-            for (int k = 0; k < K; k++) sum += s[win[k]];
-            for (int k = 0; k < K; k++) w[k] = s[win[k]] / sum;
-        } else {
-            gate_weights(w, s, win, E, K, GATE_TOPK_SOFTMAX);
-        }
-        float* yn = y + (size_t)n * C;
-        for (int i = 0; i < C; i++) yn[i] = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const float* o = out + ((size_t)win[k] * N + n) * C;
-            for (int i = 0; i < C; i++) yn[i] += w[k] * o[i];
-        }
-        // router distillation: p^R = softmax(l), p^C = softmax(s)
-        float* pr = probs + (size_t)n * E;
-        float* pcn = pc + (size_t)n * E;
-        lse[n] = softmax_lse(pr, logits + (size_t)n * E, E);
-        softmax_lse(pcn, s, E);
-        double d1 = 0.0, d2 = 0.0;
-        for (int e = 0; e < E; e++) d1 += (double)(pr[e] - pcn[e]) * (pr[e] - pcn[e]);
-        for (int k = 0; k < K; k++) d2 += (double)(pcn[win[k]] - pr[win[k]]) * (pcn[win[k]] - pr[win[k]]);
-        ld += d1 / E + alpha * d2 / K;
-        // diversity: mean cosine over ordered pairs of distinct winners, divided by K^2
-        double cs = 0.0;
-        for (int i = 0; i < K; i++)
-            for (int j = i + 1; j < K; j++) {
-                const float* oi = out + ((size_t)win[i] * N + n) * C;
-                const float* oj = out + ((size_t)win[j] * N + n) * C;
-                double dij = 0.0, ni = 0.0, nj = 0.0;
-                for (int q = 0; q < C; q++) { dij += (double)oi[q] * oj[q]; ni += (double)oi[q] * oi[q]; nj += (double)oj[q] * oj[q]; }
-                cs += 2.0 * dij / (fmax(sqrt(ni), 1e-12) * fmax(sqrt(nj), 1e-12));
-            }
-        div += cs / ((double)K * K);
-        // agreement with the router's own top-k on its logits
-        int rk[256];
-        topk_indices(logits + (size_t)n * E, E, K, rk);
-        int common = 0;
-        for (int i = 0; i < K; i++) for (int j = 0; j < K; j++) common += win[i] == rk[j];
-        agree += (double)common / K;
-    }
-    // competition balance: E sum_i f_i P_i with f from the winners and P = mean p^C
-    double f[256] = {0}, P[256] = {0};
-    for (int n = 0; n < N; n++) {
-        for (int k = 0; k < K; k++) f[expert_index[(size_t)n * K + k]] += 1.0;
-        for (int e = 0; e < E; e++) P[e] += pc[(size_t)n * E + e];
-    }
-    double bal = 0.0;
-    for (int e = 0; e < E; e++) bal += (f[e] / ((double)N * K)) * (P[e] / N);
+    compete_responses(resp, pc, d->out, d->token_slot, N, E, C);
+    compete_winners(win, w, win_slot, resp, d->token_slot, N, E, K, rc->compete_weights);
+    combine_forward(y, d->out, win_slot, w, N, K, C);
     LayerLosses* st = &m->layer_stats[l];
     st->competed = 1;
     st->aux = st->z = 0.0f;
-    st->router_distill = (float)(ld / N);
-    st->diversity = (float)(div / N);
-    st->compete_balance = (float)(E * bal);
-    st->agreement = (float)(agree / N);
+    st->router_distill = compete_distill_loss(probs, pc, win, N, E, K, rc->compete_alpha);
+    st->diversity = compete_diversity_loss(d->out, win_slot, N, K, C);
+    st->compete_balance = balance_loss(win, pc, N, E, K);
+    st->agreement = compete_agreement(win, logits, N, E, K);
     m->compete_loss += rc->compete_router_coef * st->router_distill + rc->compete_div_coef * st->diversity +
                        rc->compete_bal_coef * st->compete_balance;
-    (void)H;
 }
 
 // Backward of a competing layer: dy (N,C) -> dx (N,C) accumulated, and every expert's and the
-// router's parameter gradients. Per token:
-//   do_i  = w_i dy                                       (i in I_C; the output)
-//   dw_i  = <dy, o_i>  ->  ds   (norm: ds_j = (dw_j - sum_i w_i dw_i) / sum_{I_C} s;
-//                                softmax: ds_j = w_j (dw_j - sum_i w_i dw_i))
-//   ds   += p^C * (g - <p^C, g>),  g_i = c_bal E f_i / N  (balance, every expert)
-//   do_i += ds_i sigmoid(o_i) / C                        (every expert: s_i = mean softplus(o_i))
-//   do_i += c_div/(N K^2) sum_{j != i in I_C} 2 (o_j/(|o_i||o_j|) - cos_ij o_i/|o_i|^2)
-//   dp^R  = c_D [2 (p^R - p^C)/(N E) - [i in I_C] 2 alpha (p^C_i - p^R_i)/(N K)],  dl = p^R * (dp^R - <p^R, dp^R>)
+// router's weight gradients. The output's gradient reaches the experts through o (combine) and
+// through w -> s -> o; L_bal through p^C -> s -> o; L_div through the winners' o; the router
+// gets L_D's gradient only.
 static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const float* dy, float* dx, float loss_scale) {
     const MoEConfig* c = &m->config;
     const RouterConfig* rc = &m->router;
-    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, K = c->top_k, C = c->channels;
     CompeteBuffers* cb = &m->compete;
     BackwardScratch* sc = &m->scratch;
-    size_t EN = (size_t)E * N;
-    const float* out = cb->out + (size_t)slot * EN * C;
+    Dispatch* d = &cb->dispatch[slot];
     const float* resp = cb->response + (size_t)slot * N * E;
     const float* pc = cb->response_p + (size_t)slot * N * E;
     const float* probs = m->acts.router_probs + (size_t)l * N * E;
-    const int* expert_index = m->idx.expert_index + (size_t)l * N * K;
-    const float* gate = m->acts.gate + (size_t)l * N * K;
-    float* dout = cb->dout;
-    double f[256] = {0};
-    for (size_t i = 0; i < (size_t)N * K; i++) f[expert_index[i]] += 1.0;
+    const int* win = m->idx.expert_index + (size_t)l * N * K;
+    const float* w = m->acts.gate + (size_t)l * N * K;
+    const int* win_slot = m->idx.token_slot + (size_t)l * N * K;
+    float* ds = cb->dresponse;
+    memset(d->dout, 0, sizeof(float) * (size_t)E * N * C);
+    combine_backward(d->dout, sc->dgate, dy, d->out, win_slot, w, N, K, C);
+    compete_winners_backward(ds, sc->dgate, w, resp, win, N, E, K, rc->compete_weights);
     float g_bal[256];
-    for (int e = 0; e < E; e++) g_bal[e] = (float)(rc->compete_bal_coef * E * (f[e] / ((double)N * K)) / N) * loss_scale;
-    float c_div = rc->compete_div_coef / ((float)N * K * K) * loss_scale;
-    float c_d = rc->compete_router_coef * loss_scale, alpha = rc->compete_alpha;
-    int weights_mode = rc->compete_weights;
+    balance_grad_coefs(g_bal, win, N, E, K, rc->compete_bal_coef, loss_scale);
     #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float* d = dy + (size_t)n * C;
-        const float* s = resp + (size_t)n * E;
-        const float* pcn = pc + (size_t)n * E;
-        const int* win = expert_index + (size_t)n * K;
-        const float* w = gate + (size_t)n * K;
-        float ds[256], dw[256];
-        for (int e = 0; e < E; e++) ds[e] = 0.0f;
-        float wdw = 0.0f, ssum = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const float* o = out + ((size_t)win[k] * N + n) * C;
-            float acc = 0.0f;
-            for (int i = 0; i < C; i++) acc += d[i] * o[i];
-            dw[k] = acc;
-            wdw += w[k] * acc;
-            ssum += s[win[k]];
-        }
-        for (int k = 0; k < K; k++)
-            ds[win[k]] += weights_mode == COMPETE_WEIGHTS_NORM ? (dw[k] - wdw) / ssum : w[k] * (dw[k] - wdw);
-        float pg = 0.0f;
-        for (int e = 0; e < E; e++) pg += pcn[e] * g_bal[e];
-        for (int e = 0; e < E; e++) ds[e] += pcn[e] * (g_bal[e] - pg);
-        // gradient of every expert's output at this token
-        for (int e = 0; e < E; e++) {
-            const float* o = out + ((size_t)e * N + n) * C;
-            float* doe = dout + ((size_t)e * N + n) * C;
-            float k_s = ds[e] / C;
-            for (int i = 0; i < C; i++) doe[i] = k_s * sigmoid(o[i]);
-        }
-        for (int k = 0; k < K; k++) {
-            float* doe = dout + ((size_t)win[k] * N + n) * C;
-            for (int i = 0; i < C; i++) doe[i] += w[k] * d[i];
-        }
-        if (c_div != 0.0f) {
-            for (int a = 0; a < K; a++) {
-                const float* oa = out + ((size_t)win[a] * N + n) * C;
-                float* doa = dout + ((size_t)win[a] * N + n) * C;
-                double na = 0.0;
-                for (int i = 0; i < C; i++) na += (double)oa[i] * oa[i];
-                float norm_a = (float)fmax(sqrt(na), 1e-12);
-                for (int b = 0; b < K; b++) {
-                    if (b == a) continue;
-                    const float* ob = out + ((size_t)win[b] * N + n) * C;
-                    double nb = 0.0, dab = 0.0;
-                    for (int i = 0; i < C; i++) { nb += (double)ob[i] * ob[i]; dab += (double)oa[i] * ob[i]; }
-                    float norm_b = (float)fmax(sqrt(nb), 1e-12);
-                    float cosab = (float)(dab / ((double)norm_a * norm_b));
-                    float u = 2.0f * c_div / (norm_a * norm_b), v = 2.0f * c_div * cosab / (norm_a * norm_a);
-                    for (int i = 0; i < C; i++) doa[i] += u * ob[i] - v * oa[i];
-                }
-            }
-        }
-        // router: distillation only
-        const float* pr = probs + (size_t)n * E;
-        float dpr[256], dot = 0.0f;
-        for (int e = 0; e < E; e++) dpr[e] = c_d * 2.0f * (pr[e] - pcn[e]) / ((float)N * E);
-        for (int k = 0; k < K; k++) dpr[win[k]] -= c_d * 2.0f * alpha * (pcn[win[k]] - pr[win[k]]) / ((float)N * K);
-        for (int e = 0; e < E; e++) dot += pr[e] * dpr[e];
-        float* dl = sc->drouter + (size_t)n * E;
-        for (int e = 0; e < E; e++) dl[e] = pr[e] * (dpr[e] - dot);
-    }
-    // every expert backward on the whole block (batched); all experts' din land on the same dx,
-    // so that product runs expert by expert, accumulating in a fixed order
-    const float* x = m->acts.ln2 + (size_t)l * N * C;
+    for (int n = 0; n < N; n++) balance_token_backward(ds + (size_t)n * E, pc + (size_t)n * E, g_bal, E);
+    compete_responses_backward(d->dout, ds, d->out, d->token_slot, N, E, C);
+    compete_diversity_backward(d->dout, d->out, win_slot, N, K, C, rc->compete_div_coef * loss_scale);
     ExpertBlock blk[256];
-    compete_blocks(m, l, slot, N, blk);
-    for (int e = 0; e < E; e++) blk[e].din = NULL;
+    dispatch_blocks(d, E, C, c->expert_hidden, blk);
     experts_ffn_backward(m, l, blk);
-    for (int e = 0; e < E; e++)  // blk[e].gelu now holds the gradient of the hidden layer
-        sgemm(0, 0, N, C, H, blk[e].gelu, H, m->params.fcw + ((size_t)l * E + e) * H * C, C, dx, C, 1);
-    matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, sc->drouter, x,
-                    m->params.routerw + (size_t)l * E * C, N, C, E);
-}
-
-// The competition schedule (COMPETESMOE.md §C), drawn once for a whole run: sched (S, L) gets 1
-// where layer l competes at step s. No competition in the first floor(warmup * S) steps; after
-// that one uniform draw per (layer, step), layers in order 0..L-1 and each layer's steps in
-// increasing order, succeeding with probability rate. A success at step i is placed at i if
-// fewer than max_layers layers are there and this layer is not; otherwise at the nearest earlier
-// step with room (i-1 down to the first post-warm-up step), else the nearest later one; else it
-// is dropped. Depends only on (seed, S, L, rate, warmup, max_layers). Returns the pairs placed.
-static long compete_schedule(unsigned char* sched, int S, int L, float rate, float warmup, int max_layers, uint64_t seed) {
-    memset(sched, 0, (size_t)S * L);
-    int W = (int)floor((double)warmup * S);
-    if (W > S) W = S;
-    int* count = (int*)callocCheck((size_t)(S > 0 ? S : 1), sizeof(int));
-    uint64_t rng = derive_seed(seed, STREAM_COMPETE);
-    long placed = 0;
-    for (int l = 0; l < L; l++) {
-        for (int i = W; i < S; i++) {
-            if (!(random_f32(&rng) < rate)) continue;
-            int at = -1;
-            if (count[i] < max_layers && !sched[(size_t)i * L + l]) at = i;
-            for (int j = i - 1; at < 0 && j >= W; j--) if (count[j] < max_layers && !sched[(size_t)j * L + l]) at = j;
-            for (int j = i + 1; at < 0 && j < S; j++) if (count[j] < max_layers && !sched[(size_t)j * L + l]) at = j;
-            if (at < 0) continue;
-            sched[(size_t)at * L + l] = 1;
-            count[at]++;
-            placed++;
-        }
-    }
-    free(count);
-    return placed;
+    dispatch_backward(dx, d, N, C);
+    compete_distill_backward(sc->drouter, probs, pc, win, N, E, K, rc->compete_alpha, rc->compete_router_coef * loss_scale);
+    linear_scores_backward(m, l, N, dx);
 }
 
 // ----------------------------------------------------------------------------
 // forward and backward of the whole model
 
+// Does layer l compete in this forward? Only under --router compete, when mode says so.
+static int layer_competes(const MoEModel* m, const RoutingMode* mode, int l) {
+    return mode->compete_layers != NULL && mode->compete_layers[l] && m->router.router == ROUTER_COMPETE &&
+           m->config.n_expert > 1;
+}
+
 // inputs (B,T) token ids; targets (B,T) or NULL (then no loss). Both must stay valid until backward.
-static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int B, int T) {
+// mode: the step (GatePro's window), training or not, and the layers that compete (CompeteSMoE).
+static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int B, int T, const RoutingMode* mode) {
     const MoEConfig* c = &m->config;
     int L = c->num_layers, C = c->channels, NH = c->num_heads, V = c->vocab_size, Vp = c->padded_vocab_size;
     if (T > c->max_seq_len) die("sequence length T=%d exceeds the model's maxT=%d", T, c->max_seq_len);
@@ -1438,10 +1173,10 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
     m->aux_loss = 0.0f;
     m->z_loss = 0.0f;
     m->compete_loss = 0.0f;
-    if (m->compete_layers != NULL && m->router.router == ROUTER_COMPETE && c->n_expert > 1) {
+    if (mode->compete_layers != NULL && m->router.router == ROUTER_COMPETE && c->n_expert > 1) {
         compete_alloc(m, N);
         int slot = 0;
-        for (int l = 0; l < L; l++) m->compete.slot_of_layer[l] = m->compete_layers[l] && slot < m->compete.slots ? slot++ : -1;
+        for (int l = 0; l < L; l++) m->compete.slot_of_layer[l] = mode->compete_layers[l] && slot < m->compete.slots ? slot++ : -1;
     }
     for (int l = 0; l < L; l++) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
@@ -1462,14 +1197,18 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
                           p->ln2w + l * C, p->ln2b + l * C, N, C);
         LayerLosses* st = &m->layer_stats[l];
         memset(st, 0, sizeof(*st));
-        if (compete_now(m, l)) {
+        if (layer_competes(m, mode, l)) {
             if (m->compete.slot_of_layer[l] < 0) die("more layers compete in one step than --compete-max-layers allows");
             compete_layer_forward(m, l, m->compete.slot_of_layer[l], N, residual3);
         } else {
-            moe_layer_forward(m, l, N, residual3);
-            router_aux_losses(m, l, N, &st->aux, &st->z);
+            routed_layer_forward(m, l, N, residual3, mode);
             m->aux_loss += st->aux;
             m->z_loss += st->z;
+        }
+        if (mode->training) {  // each expert's tokens over the step, for the routers' after_step
+            double picks[256];
+            count_picks(picks, m->idx.expert_index + (size_t)l * N * c->top_k, (size_t)N * c->top_k, c->n_expert);
+            for (int e = 0; e < c->n_expert; e++) m->step_load[(size_t)l * c->n_expert + e] += picks[e];
         }
         residual_forward(residual3, residual3, residual2, NC);
     }
@@ -1504,8 +1243,8 @@ static void moe_backward(MoEModel* m, float loss_scale) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * NC;
         // residual3 = residual2 + moe(ln2(residual2))
         memset(s->dln, 0, NC * sizeof(float));
-        if (compete_now(m, l)) compete_layer_backward(m, l, m->compete.slot_of_layer[l], N, s->dresidual, s->dln, loss_scale);
-        else moe_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
+        if (m->layer_stats[l].competed) compete_layer_backward(m, l, m->compete.slot_of_layer[l], N, s->dresidual, s->dln, loss_scale);
+        else routed_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
         layernorm_backward(s->dresidual, g->ln2w + l * C, g->ln2b + l * C, s->dln, a->residual2 + l * NC,
                            p->ln2w + l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C);
         // residual2 = residual + attproj(attention(qkv(ln1(residual))))
@@ -1525,8 +1264,15 @@ static void moe_backward(MoEModel* m, float loss_scale) {
     m->mean_loss = -1.0f;  // the logits are now gradients; a second backward needs a new forward
 }
 
+// After each optimizer step: the router's update (auxfree's bias), then a fresh load count.
+static void moe_after_step(MoEModel* m) {
+    const Router* router = &ROUTERS[m->router.router];
+    if (router->after_step != NULL && m->config.n_expert > 1) router->after_step(m);
+    memset(m->step_load, 0, sizeof(double) * (size_t)m->config.num_layers * m->config.n_expert);
+}
+
 // ----------------------------------------------------------------------------
-// AdamW with global-norm clipping (SPEC §4)
+// AdamW with global-norm clipping (docs/model.md)
 
 // ||g||_2 over all parameters, summed in GRAD_NORM_CHUNKS fixed chunks in double: the same bits
 // for any number of threads, and for any number of MPI ranks (mpi_moe.h gives each rank whole
@@ -1609,37 +1355,42 @@ static float lr_schedule(float lr, int s, int W, int S, float final_frac) {
 }
 
 // ----------------------------------------------------------------------------
-// checkpoints (SPEC §5.3)
+// checkpoints
 //
 // int32 header[256]:
-//   [0] 20261122 magic  [1] 1 version  [2] maxT  [3] V  [4] Vp  [5] L  [6] NH  [7] C  [8] E  [9] K  [10] H
-//   [11] router (0 topk, 1 gatepro, 2 compete)  [12] gate-norm (0 topk_softmax, 1 softmax_topk)
+//   [0] 20261122 magic  [1] 2 version (1 is read too: see below)  [2] maxT  [3] V  [4] Vp  [5] L  [6] NH  [7] C  [8] E  [9] K  [10] H
+//   [11] router (0 topk, 1 gatepro, 2 compete, 3 auxfree, 4 xmoe)  [12] gate-norm (0 topk_softmax, 1 softmax_topk)
 //   [13] 1 if optimizer state follows  [14] updates applied (= step in the file name)
 //   [15] float32 bits of the GatePro lambda  [16] gatepro-start  [17] gatepro-stop  [18] seed
 //   [19] float32 bits of --aux-loss  [20] float32 bits of --z-loss  [21] total steps of the run (-x)
 //   [22] float32 bits of --compete-rate  [23] float32 bits of --compete-warmup  [24] --compete-max-layers
 //   [25] --compete-weights (0 norm, 1 softmax)  [26] float32 bits of --compete-alpha
 //   [27] float32 bits of --compete-router-coef  [28] float32 bits of --compete-div-coef
-//   [29] float32 bits of --compete-bal-coef
+//   [29] float32 bits of --compete-bal-coef  [30] X-MoE dim De (0: no X-MoE parameters)
+//   [31] float32 bits of --auxfree-rate
 //   [64..95] the trainer's run settings (TrainState.run_header; train_moe.c's RESUME_RULES say which
 //   flag each holds): [64] 1 if present  [65] B  [66] T  [67] -d total batch as given  [68] float32
 //   bits of the lr  [69] warmup steps  [70] float32 bits of the final lr fraction  [71] of the
 //   weight decay  [72] of the gradient clip  [73] --synthetic-tokens  [74] data source (1 the
 //   synthetic corpus, 2 shards)  [75] crc32 of the -i pattern; the rest 0.
-// Then the parameters, float32, in the §2.1 order. Then, if [13]: AdamW m (all parameters), AdamW
+// Then the parameters, float32, in the order of ParameterTensors (docs/model.md): GPT-2's and
+// the experts' 17 tensors, then router_bias (L,E) (auxfree's b), xmoe_proj (L,De,C), xmoe_experts
+// (L,E,De), xmoe_log_temp (L, or none when De = 0). Then, if [13]: AdamW m (all parameters), AdamW
 // v (all parameters), then the train state below (TRAIN_STATE_BYTES bytes). Last: uint32 zlib
 // crc32 (initial value 0) of every byte before it. Written to a temp file, fsync'd, renamed.
+// Version 1 (before auxfree and X-MoE) is the same file without [30], [31] and the four router
+// tensors (its m and v likewise): it loads with b = 0 and no X-MoE parameters.
 //
 // Train state, little-endian int64 each: data epoch, data shard position, data sample position
 // (the training DataLoader's resumable position), the sampling RNG state (uint64), 4 reserved (0).
 #define CHECKPOINT_MAGIC 20261122
-#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_VERSION 2
 enum {
     HDR_MAGIC = 0, HDR_VERSION, HDR_T, HDR_V, HDR_VP, HDR_L, HDR_NH, HDR_C, HDR_E, HDR_K, HDR_H,
     HDR_ROUTER, HDR_GATE_NORM, HDR_HAS_OPT, HDR_STEP, HDR_GATEPRO_LAMBDA, HDR_GATEPRO_START,
     HDR_GATEPRO_STOP, HDR_SEED, HDR_AUX_COEF, HDR_Z_COEF, HDR_TOTAL_STEPS, HDR_COMPETE_RATE, HDR_COMPETE_WARMUP,
     HDR_COMPETE_MAX_LAYERS, HDR_COMPETE_WEIGHTS, HDR_COMPETE_ALPHA, HDR_COMPETE_ROUTER_COEF, HDR_COMPETE_DIV_COEF,
-    HDR_COMPETE_BAL_COEF,
+    HDR_COMPETE_BAL_COEF, HDR_XMOE_DIM, HDR_AUXFREE_RATE,
     HDR_RUN_FIRST = 64, HDR_RUN_PRESENT = 64, HDR_RUN_BATCH, HDR_RUN_SEQ_LEN, HDR_RUN_TOTAL_BATCH, HDR_RUN_LR,
     HDR_RUN_WARMUP, HDR_RUN_FINAL_LR, HDR_RUN_WEIGHT_DECAY, HDR_RUN_GRAD_CLIP, HDR_RUN_SYNTH_TOKENS,
     HDR_RUN_DATA_SOURCE, HDR_RUN_TRAIN_CRC, HDR_RUN_END = 96
@@ -1711,6 +1462,8 @@ static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_opt
     header[HDR_COMPETE_ROUTER_COEF] = (int)float_bits(rc->compete_router_coef);
     header[HDR_COMPETE_DIV_COEF] = (int)float_bits(rc->compete_div_coef);
     header[HDR_COMPETE_BAL_COEF] = (int)float_bits(rc->compete_bal_coef);
+    header[HDR_XMOE_DIM] = c->xmoe_dim;
+    header[HDR_AUXFREE_RATE] = (int)float_bits(rc->auxfree_rate);
     if (ts != NULL) memcpy(header + HDR_RUN_FIRST, ts->run_header, sizeof(ts->run_header));
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
@@ -1764,26 +1517,36 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
                      header[HDR_MAGIC], CHECKPOINT_MAGIC);
         goto done;
     }
-    if (header[HDR_VERSION] != CHECKPOINT_VERSION) {
-        rc = set_err(err, errlen, "checkpoint %s: version %d, this build reads version %d", path, header[HDR_VERSION], CHECKPOINT_VERSION);
+    int version = header[HDR_VERSION];
+    if (version != 1 && version != CHECKPOINT_VERSION) {
+        rc = set_err(err, errlen, "checkpoint %s: version %d, this build reads versions 1 and %d", path, version, CHECKPOINT_VERSION);
         goto done;
     }
+    if (version == 1) {  // read as if it held the version-2 fields' defaults
+        header[HDR_XMOE_DIM] = 0;
+        header[HDR_AUXFREE_RATE] = (int)float_bits(ROUTER_DEFAULTS.auxfree_rate);
+    }
     MoEConfig cfg = {header[HDR_T], header[HDR_V], header[HDR_VP], header[HDR_L], header[HDR_NH],
-                     header[HDR_C], header[HDR_E], header[HDR_K], header[HDR_H]};
+                     header[HDR_C], header[HDR_E], header[HDR_K], header[HDR_H], header[HDR_XMOE_DIM]};
     char why[256];
     if (config_check(&cfg, why, sizeof(why)) != 0 || cfg.n_expert > 256) {
         rc = set_err(err, errlen, "checkpoint %s: header holds an invalid model: %s", path,
                      cfg.n_expert > 256 ? "more than 256 experts" : why);
         goto done;
     }
-    if (header[HDR_ROUTER] < 0 || header[HDR_ROUTER] > 2 || header[HDR_GATE_NORM] < 0 || header[HDR_GATE_NORM] > 1 ||
+    if (header[HDR_ROUTER] < 0 || header[HDR_ROUTER] >= NUM_ROUTERS || header[HDR_GATE_NORM] < 0 || header[HDR_GATE_NORM] > 1 ||
         (header[HDR_HAS_OPT] != 0 && header[HDR_HAS_OPT] != 1) || header[HDR_STEP] < 0) {
         rc = set_err(err, errlen, "checkpoint %s: header has an invalid router/gate-norm/optimizer/step field", path);
         goto done;
     }
+    if (header[HDR_ROUTER] == ROUTER_XMOE && cfg.xmoe_dim < 1) {
+        rc = set_err(err, errlen, "checkpoint %s: router xmoe but no X-MoE parameters (header [30] = %d)", path, cfg.xmoe_dim);
+        goto done;
+    }
+    // nparams: the tensors this file holds (version 1: the first 17); the rest load as 0
     size_t sizes[NUM_PARAMETER_TENSORS], nparams = 0;
     fill_param_sizes(sizes, &cfg);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) nparams += sizes[i];
+    for (int i = 0; i < (version == 1 ? NUM_PARAMETER_TENSORS_V1 : NUM_PARAMETER_TENSORS); i++) nparams += sizes[i];
     size_t expect = 1024 + nparams * 4 + (header[HDR_HAS_OPT] ? 2 * nparams * 4 + TRAIN_STATE_BYTES : 0) + 4;
     if ((size_t)fsize != expect) {
         rc = set_err(err, errlen, "checkpoint %s: header describes %zu bytes, file holds %ld (truncated or corrupt)",
@@ -1804,6 +1567,7 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
         rc = set_err(err, errlen, "checkpoint %s: model shape differs from the one in memory", path);
         goto done;
     }
+    memset(m->params_memory, 0, m->num_parameters * 4);
     memcpy(m->params_memory, buf + 1024, nparams * 4);
     m->router.router = header[HDR_ROUTER];
     m->router.gate_norm = header[HDR_GATE_NORM];
@@ -1822,11 +1586,14 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
         m->router.compete_div_coef = bits_float((uint32_t)header[HDR_COMPETE_DIV_COEF]);
         m->router.compete_bal_coef = bits_float((uint32_t)header[HDR_COMPETE_BAL_COEF]);
     }
+    m->router.auxfree_rate = bits_float((uint32_t)header[HDR_AUXFREE_RATE]);
     if (header[HDR_HAS_OPT]) {
         if (m->m_memory == NULL) {
-            m->m_memory = (float*)callocCheck(nparams, sizeof(float));
-            m->v_memory = (float*)callocCheck(nparams, sizeof(float));
+            m->m_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
+            m->v_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
         }
+        memset(m->m_memory, 0, m->num_parameters * 4);
+        memset(m->v_memory, 0, m->num_parameters * 4);
         memcpy(m->m_memory, buf + 1024 + nparams * 4, nparams * 4);
         memcpy(m->v_memory, buf + 1024 + 2 * nparams * 4, nparams * 4);
         if (ts != NULL) memcpy(ts, buf + 1024 + 3 * nparams * 4, TRAIN_STATE_BYTES);
@@ -1847,7 +1614,8 @@ done:
 static void moe_free(MoEModel* m) {
     free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     free(m->acts_memory); free(m->idx_memory); free(m->scratch_memory);
-    free(m->compete.memory); free(m->compete.slot_of_layer); free(m->layer_stats);
+    free(m->compete.memory); free(m->compete.imemory); free(m->compete.dispatch); free(m->compete.slot_of_layer);
+    free(m->layer_stats); free(m->step_load);
     memset(m, 0, sizeof(*m));
 }
 

@@ -24,6 +24,8 @@ static int tests_passed, tests_failed;
 #include "eval.h"
 #include "data/cloze.h"
 
+static const RoutingMode EVAL0 = {0, 0, NULL};  // an evaluation forward at step 0
+
 // ----------------------------------------------------------------------------
 // helpers
 
@@ -460,10 +462,10 @@ static MoEConfig tiny_config(int E, int K) {
     return c;
 }
 
-typedef struct { MoEModel* m; const int* inp; const int* tgt; int B, T; } ModelCtx;
+typedef struct { MoEModel* m; const int* inp; const int* tgt; int B, T; RoutingMode mode; } ModelCtx;
 static double model_loss(void* p) {
     ModelCtx* c = (ModelCtx*)p;
-    moe_forward(c->m, c->inp, c->tgt, c->B, c->T);
+    moe_forward(c->m, c->inp, c->tgt, c->B, c->T, &c->mode);
     return (double)c->m->mean_loss + c->m->aux_loss + c->m->z_loss + c->m->compete_loss;
 }
 
@@ -471,19 +473,21 @@ static double model_loss(void* p) {
 // entry whose +-eps changes a routing decision is skipped (top-k is not differentiable there).
 static void test_model_fd(int router, int gate_norm) {
     MoEConfig cfg = tiny_config(4, 2);
+    if (router == ROUTER_XMOE) cfg.xmoe_dim = 5;
     MoEModel m;
     moe_build(&m, &cfg);
     moe_init_params(&m, 7, 1.0f);
+    if (router == ROUTER_AUXFREE) fill_uniform(m.params.router_bias, m.param_sizes[17], 1.0f);  // a bias that steers
+    if (router == ROUTER_XMOE) fill_uniform(m.params.xmoe_log_temp, m.param_sizes[20], 0.5f);  // tau around 1
     fill_uniform(m.params.ln1b, m.param_sizes[3], 0.1f);
     fill_uniform(m.params.ln2b, m.param_sizes[9], 0.1f);
     fill_uniform(m.params.fcb, m.param_sizes[12], 0.1f);
     for (size_t i = 0; i < m.param_sizes[11]; i++) m.params.fcw[i] *= 10.0f;  // wake the experts up
     m.router = router_config(router, gate_norm, 0.5f, 0.05f, 0.3f, 0, -1);  // large aux/z so their gradients show
-    m.gatepro_active = 1;
     // CompeteSMoE: layer 0 competes, layer 1 takes a router step; large coefficients so every path shows
     unsigned char competing[2] = {1, 0};
+    RoutingMode mode = {0, 0, router == ROUTER_COMPETE ? competing : NULL};
     if (router == ROUTER_COMPETE) {
-        m.compete_layers = competing;
         m.router.compete_weights = gate_norm;  // reuse the loop: 0 norm, 1 softmax
         m.router.compete_alpha = 0.3f;
         m.router.compete_router_coef = 0.5f;
@@ -492,7 +496,7 @@ static void test_model_fd(int router, int gate_norm) {
     }
     int B = 2, T = 6, inp[12], tgt[12];
     for (int i = 0; i < B * T; i++) { inp[i] = (i * 7 + 3) % 37; tgt[i] = (i * 5 + 1) % 37; }
-    ModelCtx c = {&m, inp, tgt, B, T};
+    ModelCtx c = {&m, inp, tgt, B, T, mode};
     moe_zero_grad(&m);
     model_loss(&c);
     moe_backward(&m, 1.0f);
@@ -502,7 +506,7 @@ static void test_model_fd(int router, int gate_norm) {
     unsigned char* losers = (unsigned char*)mallocCheck(NE);
     model_loss(&c);
     memcpy(base_routing, m.idx.expert_index, N * sizeof(int));
-    for (size_t i = 0; i < NE; i++) base_losers[i] = m.acts.router_select[i] != m.acts.router_logits[i];
+    for (size_t i = 0; i < NE; i++) base_losers[i] = m.acts.gate_logits[i] != m.acts.router_logits[i];
     const float eps = 2e-3f;
     int bad = 0, checked = 0, skipped = 0;
     size_t offset = 0;
@@ -513,10 +517,10 @@ static void test_model_fd(int router, int gate_norm) {
             float* x = m.params_memory + offset + i;
             float keep = *x;
             *x = keep + eps; double lp = model_loss(&c);
-            for (size_t q = 0; q < NE; q++) losers[q] = m.acts.router_select[q] != m.acts.router_logits[q];
+            for (size_t q = 0; q < NE; q++) losers[q] = m.acts.gate_logits[q] != m.acts.router_logits[q];
             int moved = memcmp(base_routing, m.idx.expert_index, N * sizeof(int)) != 0 || memcmp(base_losers, losers, NE) != 0;
             *x = keep - eps; double lm = model_loss(&c);
-            for (size_t q = 0; q < NE; q++) losers[q] = m.acts.router_select[q] != m.acts.router_logits[q];
+            for (size_t q = 0; q < NE; q++) losers[q] = m.acts.gate_logits[q] != m.acts.router_logits[q];
             moved |= memcmp(base_routing, m.idx.expert_index, N * sizeof(int)) != 0 || memcmp(base_losers, losers, NE) != 0;
             *x = keep;
             if (moved) { skipped++; continue; }
@@ -595,7 +599,6 @@ static void test_pytorch_reference(const char* name) {
     m.router.z_loss_coef = bits_float((uint32_t)s.header[9]);
     m.router.gate_norm = s.header[15];
     m.router.router = s.header[14];
-    m.gatepro_active = 1;
     int B = s.header[2], T = s.header[3], nsteps = s.header[4];
     int K = m.config.top_k, L = m.config.num_layers, Vp = m.config.padded_vocab_size;
     // CompeteSMoE: state [16] = bitmask of the layers that compete at every forward, [17] = float
@@ -604,12 +607,12 @@ static void test_pytorch_reference(const char* name) {
     if (m.router.router == ROUTER_COMPETE) {
         compete = (unsigned char*)callocCheck((size_t)L, 1);
         for (int l = 0; l < L; l++) compete[l] = (unsigned char)((s.header[16] >> l) & 1);
-        m.compete_layers = compete;
     }
+    RoutingMode mode = {0, 1, compete};  // GatePro's window is [0, end) in the reference
     float lr = bits_float((uint32_t)s.header[5]), wd = bits_float((uint32_t)s.header[6]);
     float clip = bits_float((uint32_t)s.header[7]);
 
-    moe_forward(&m, s.inputs, s.targets, B, T);
+    moe_forward(&m, s.inputs, s.targets, B, T, &mode);
     int routing_ok = m.config.n_expert == 1 ||
                      memcmp(m.idx.expert_index, s.routing, sizeof(int) * (size_t)L * B * T * K) == 0;
     CHECK(routing_ok, "reference %s: routing decisions differ from PyTorch's", name);
@@ -644,7 +647,8 @@ static void test_pytorch_reference(const char* name) {
     // 10 AdamW steps on the same batch, constant lr
     int steps_ok = 1;
     for (int step = 0; step < nsteps; step++) {
-        moe_forward(&m, s.inputs, s.targets, B, T);
+        mode.step = step;
+        moe_forward(&m, s.inputs, s.targets, B, T, &mode);
         float total = m.mean_loss + m.aux_loss + m.z_loss + (compete != NULL ? m.compete_loss : 0.0f);
         if (fabs(m.mean_loss - s.lm_losses[step]) > 1e-4 * s.lm_losses[step] ||
             fabs(total - s.total_losses[step]) > 1e-4 * s.total_losses[step]) {
@@ -657,9 +661,9 @@ static void test_pytorch_reference(const char* name) {
         float norm = grad_global_norm(&m);
         float scale = norm > clip ? clip / (norm + 1e-6f) : 1.0f;
         moe_adamw_update(&m, lr, 0.9f, 0.95f, 1e-8f, wd, scale, step + 1);
+        moe_after_step(&m);  // auxfree's bias update
     }
     CHECK(steps_ok, "reference %s: losses of %d AdamW steps differ from PyTorch's", name, nsteps);
-    m.compete_layers = NULL;
     free(compete);
     free_ref_state(&s);
     moe_free(&m);
@@ -674,11 +678,13 @@ static void train_steps(MoEModel* m, int steps, float* losses) {
     for (int s = 0; s < steps; s++) {
         for (int i = 0; i < B * T; i++) { inp[i] = random_u32(&r) % 37; tgt[i] = random_u32(&r) % 37; }
         moe_zero_grad(m);
-        moe_forward(m, inp, tgt, B, T);
+        RoutingMode mode = {s, 1, NULL};
+        moe_forward(m, inp, tgt, B, T, &mode);
         losses[s] = m->mean_loss + m->aux_loss;
         moe_backward(m, 1.0f);
         float norm = grad_global_norm(m);
         moe_adamw_update(m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, norm > 1.0f ? 1.0f / (norm + 1e-6f) : 1.0f, s + 1);
+        moe_after_step(m);
     }
 }
 
@@ -821,6 +827,158 @@ static void read_train_losses(const char* log, char* out, size_t n) {
     while (fgets(line, sizeof(line), f))
         if (strstr(line, " trl:") && strlen(out) + strlen(line) < n) strcat(out, line);
     fclose(f);
+}
+
+// ----------------------------------------------------------------------------
+// auxfree and X-MoE on constructed inputs (routers.h; docs/routers.md)
+
+static void test_auxfree_hand(void) {
+    enum { E = 4, K = 2 };
+    float l[E] = {1.0f, 0.8f, 0.5f, 0.2f}, b[E] = {-0.5f, 0.0f, 0.25f, 0.0f}, g[E], gate[K];
+    int idx[K];
+    SelectArgs a = {E, K, NULL, 0.0f, b};
+    auxfree_select(&a, l, g, idx);
+    // l + b = (0.5, 0.8, 0.75, 0.2): experts {1, 2}; the weights come from the unbiased l
+    CHECK(idx[0] == 1 && idx[1] == 2 && memcmp(g, l, sizeof(l)) == 0,
+          "auxfree: selection by l + b should be {1,2} with gate logits l, got {%d,%d}", idx[0], idx[1]);
+    gate_weights(gate, g, idx, E, K, GATE_TOPK_SOFTMAX);
+    double a1 = exp(0.8) / (exp(0.8) + exp(0.5));
+    CHECK(fabs(gate[0] - a1) < 1e-6 && fabs(gate[1] - (1.0 - a1)) < 1e-6, "auxfree weights: got %g %g, expected %g %g",
+          gate[0], gate[1], a1, 1.0 - a1);
+    float zero[E] = {0};
+    a.bias = zero;
+    auxfree_select(&a, l, g, idx);
+    CHECK(idx[0] == 0 && idx[1] == 1, "auxfree with b = 0 must equal topk: got {%d,%d}", idx[0], idx[1]);
+    // the update after a step: loads {10, 2, 4, 4} (mean 5) -> b += u * (-1, +1, +1, +1); a layer with
+    // equal loads keeps its bias
+    MoEConfig cfg = tiny_config(E, K);
+    MoEModel m;
+    moe_build(&m, &cfg);
+    moe_init_params(&m, 3, 0.02f);
+    m.router = router_config(ROUTER_AUXFREE, GATE_TOPK_SOFTMAX, 0.0f, 0.0f, 1e-4f, 0, -1);
+    m.router.auxfree_rate = 0.25f;
+    double load[2 * E] = {10, 2, 4, 4, 5, 5, 5, 5};
+    memcpy(m.step_load, load, sizeof(load));
+    moe_after_step(&m);
+    float expect[2 * E] = {-0.25f, 0.25f, 0.25f, 0.25f, 0, 0, 0, 0};
+    CHECK(memcmp(m.params.router_bias, expect, sizeof(expect)) == 0 && m.step_load[0] == 0.0,
+          "auxfree update: b layer 0 = (%g %g %g %g), expected (-0.25 0.25 0.25 0.25); layer 1 unchanged; load reset",
+          m.params.router_bias[0], m.params.router_bias[1], m.params.router_bias[2], m.params.router_bias[3]);
+    // a training forward counts every (token, k) pick; an evaluation forward counts nothing; b gets no gradient
+    int inp[12], tgt[12];
+    for (int i = 0; i < 12; i++) { inp[i] = (i * 5 + 2) % 37; tgt[i] = (i * 3 + 1) % 37; }
+    moe_forward(&m, inp, tgt, 2, 6, &EVAL0);
+    double counted = 0.0;
+    for (int i = 0; i < 2 * E; i++) counted += m.step_load[i];
+    RoutingMode train = {0, 1, NULL};
+    moe_forward(&m, inp, tgt, 2, 6, &train);
+    double counted2 = 0.0;
+    for (int i = 0; i < E; i++) counted2 += m.step_load[i];
+    moe_zero_grad(&m);
+    moe_backward(&m, 1.0f);
+    int bias_grad_zero = 1;
+    for (int i = 0; i < 2 * E; i++) bias_grad_zero &= m.grads.router_bias[i] == 0.0f;
+    CHECK(counted == 0.0 && counted2 == 12.0 * K && bias_grad_zero,
+          "auxfree load: eval forward counted %g (expect 0), training forward %g in layer 0 (expect 24); b gradient zero %d",
+          counted, counted2, bias_grad_zero);
+    moe_free(&m);
+}
+
+static void test_xmoe_hand(void) {
+    // C = 3, De = 2, E = 3, K = 1. W_p keeps the first two channels; expert embeddings (2,0),
+    // (0,3), (1,1); tau = 0.5. Token x = (3,4,7): z = (3,4), zh = (0.6, 0.8), cos = (0.6, 0.8,
+    // 1.4/sqrt 2), l = cos / tau. Token x = (0,-2,1): zh = (0,-1), cos = (0, -1, -1/sqrt 2).
+    MoEConfig cfg = {.max_seq_len = 2, .vocab_size = 4, .padded_vocab_size = 128, .num_layers = 1, .num_heads = 1,
+                     .channels = 3, .n_expert = 3, .top_k = 1, .expert_hidden = 4, .xmoe_dim = 2};
+    MoEModel m;
+    moe_build(&m, &cfg);
+    CHECK(m.param_sizes[18] == 6 && m.param_sizes[19] == 6 && m.param_sizes[20] == 1, "xmoe parameter sizes wrong");
+    moe_init_params(&m, 1, 0.02f);
+    CHECK(fabsf(expf(m.params.xmoe_log_temp[0]) - 0.07f) < 1e-7f, "xmoe: tau should start at 0.07, got %g", expf(m.params.xmoe_log_temp[0]));
+    float wp[6] = {1, 0, 0, 0, 1, 0}, ex[6] = {2, 0, 0, 3, 1, 1};
+    memcpy(m.params.xmoe_proj, wp, sizeof(wp));
+    memcpy(m.params.xmoe_experts, ex, sizeof(ex));
+    m.params.xmoe_log_temp[0] = logf(0.5f);
+    m.router = router_config(ROUTER_XMOE, GATE_TOPK_SOFTMAX, 0.0f, 0.0f, 1e-4f, 0, -1);
+    moe_alloc_activations(&m, 1, 2);
+    float x[6] = {3, 4, 7, 0, -2, 1};
+    memcpy(m.acts.ln2, x, sizeof(x));
+    route_tokens(&m, 0, 2, &EVAL0);
+    double r2 = sqrt(2.0);
+    double expect[6] = {1.2, 1.6, 2 * 1.4 / r2, 0.0, -2.0, -2.0 / r2};
+    int ok = 1;
+    for (int i = 0; i < 6; i++) ok &= fabs(m.acts.router_logits[i] - expect[i]) < 1e-5;
+    CHECK(ok, "xmoe scores: got (%g %g %g | %g %g %g), expected (1.2 1.6 1.9799 | 0 -2 -1.41421)", m.acts.router_logits[0],
+          m.acts.router_logits[1], m.acts.router_logits[2], m.acts.router_logits[3], m.acts.router_logits[4], m.acts.router_logits[5]);
+    CHECK(m.idx.expert_index[0] == 2 && m.idx.expert_index[1] == 0, "xmoe selection: expected experts 2 and 0, got %d and %d",
+          m.idx.expert_index[0], m.idx.expert_index[1]);
+    const float* S = m.acts.router_sim;  // similarity of the expert embeddings, for the metrics
+    CHECK(fabsf(S[1]) < 1e-7f && fabsf(S[2] - 1.0f / sqrtf(2.0f)) < 1e-6f && m.idx.router_sibling[0] == 2,
+          "xmoe: S of the expert embeddings wrong (S01 %g, S02 %g, sibling of 0: %d)", S[1], S[2], m.idx.router_sibling[0]);
+    moe_free(&m);
+}
+
+// Version-1 checkpoints (before auxfree and X-MoE) still load: the committed reference file as
+// version 1 wrote it gives the same parameters as its version-2 rewrite, and a version-1 file
+// with AdamW state loads its m and v with zero tails.
+static void test_checkpoint_v1(void) {
+    char err[512];
+    MoEModel a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    CheckpointInfo ia, ib;
+    int ra = moe_load_checkpoint(&a, "dev/ref/v1_topk_ts_model.bin", &ia, NULL, err, sizeof(err));
+    CHECK(ra == 0, "version-1 checkpoint: %s", err);
+    int rb = moe_load_checkpoint(&b, "dev/ref/topk_ts_model.bin", &ib, NULL, err, sizeof(err));
+    if (ra == 0 && rb == 0)
+        CHECK(ia.header[1] == 1 && ib.header[1] == 2 && a.num_parameters == b.num_parameters &&
+              memcmp(a.params_memory, b.params_memory, a.num_parameters * 4) == 0,
+              "version-1 and version-2 files of the same model load different parameters");
+    if (ra == 0) moe_free(&a);
+    if (rb == 0) moe_free(&b);
+    // with optimizer state: a version-2 file cut back to version 1 (header [1] = 1, [30], [31] = 0,
+    // only the first 17 tensors of the parameters, m and v)
+    MoEConfig cfg = tiny_config(4, 2);
+    MoEModel m;
+    moe_build(&m, &cfg);
+    moe_init_params(&m, 5, 0.02f);
+    m.router = router_config(ROUTER_AUXFREE, GATE_TOPK_SOFTMAX, 0.0f, 0.0f, 1e-4f, 0, -1);
+    float losses[3];
+    train_steps(&m, 3, losses);
+    size_t n1 = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS_V1; i++) n1 += m.param_sizes[i];
+    int header[256] = {0};
+    header[HDR_MAGIC] = CHECKPOINT_MAGIC; header[HDR_VERSION] = 1;
+    header[HDR_T] = cfg.max_seq_len; header[HDR_V] = cfg.vocab_size; header[HDR_VP] = cfg.padded_vocab_size;
+    header[HDR_L] = cfg.num_layers; header[HDR_NH] = cfg.num_heads; header[HDR_C] = cfg.channels;
+    header[HDR_E] = cfg.n_expert; header[HDR_K] = cfg.top_k; header[HDR_H] = cfg.expert_hidden;
+    header[HDR_HAS_OPT] = 1; header[HDR_STEP] = 3; header[HDR_SEED] = 5; header[HDR_TOTAL_STEPS] = 10;
+    unsigned char state[TRAIN_STATE_BYTES] = {0};
+    char path[512];
+    snprintf(path, sizeof(path), "%s/v1.bin", test_dir);
+    FILE* f = fopen(path, "wb");
+    uLong crc = crc32(0L, Z_NULL, 0);
+    write_all(f, header, sizeof(header), &crc);
+    write_all(f, m.params_memory, n1 * 4, &crc);
+    write_all(f, m.m_memory, n1 * 4, &crc);
+    write_all(f, m.v_memory, n1 * 4, &crc);
+    write_all(f, state, sizeof(state), &crc);
+    uint32_t c32 = (uint32_t)crc;
+    fwrite(&c32, 4, 1, f);
+    fclose(f);
+    MoEModel r;
+    memset(&r, 0, sizeof(r));
+    int rc = moe_load_checkpoint(&r, path, NULL, NULL, err, sizeof(err));
+    CHECK(rc == 0, "version-1 checkpoint with optimizer state: %s", err);
+    if (rc == 0) {
+        int tails_zero = 1;
+        for (size_t i = n1; i < r.num_parameters; i++) tails_zero &= r.params_memory[i] == 0 && r.m_memory[i] == 0 && r.v_memory[i] == 0;
+        CHECK(r.num_parameters == m.num_parameters && memcmp(r.params_memory, m.params_memory, n1 * 4) == 0 &&
+              memcmp(r.m_memory, m.m_memory, n1 * 4) == 0 && memcmp(r.v_memory, m.v_memory, n1 * 4) == 0 && tails_zero,
+              "version-1 checkpoint with optimizer state: parameters or AdamW state differ, or the router tensors are not 0");
+        moe_free(&r);
+    }
+    moe_free(&m);
 }
 
 static const char* SMALL_RUN = "./train_moe --synthetic-tokens 40000 --layers 2 --channels 32 --heads 2 --experts 4 -b 4 -t 16 -v 0";
@@ -1974,7 +2132,7 @@ static int evt_contains(const char* haystack, const char* needle) { return strst
 
 // A tiny model: L=2, NH=2, C=32, E=4, K=2, H=64.
 static void evt_model(MoEModel* m, int V, int maxT) {
-    MoEConfig c = {maxT, V, pad_vocab(V), 2, 2, 32, 4, 2, 64};
+    MoEConfig c = {maxT, V, pad_vocab(V), 2, 2, 32, 4, 2, 64, 0};
     moe_build(m, &c);
     moe_init_params(m, 7, 0.02f);
 }
@@ -2112,7 +2270,7 @@ static void test_eval_loss_and_bpb(void) {
     int* in = (int*)malloc(sizeof(int) * B * T);
     int* tg = (int*)malloc(sizeof(int) * B * T);
     for (int i = 0; i < B * T; i++) { in[i] = (int)tokens[i]; tg[i] = (int)tokens[i + 1]; }
-    moe_forward(&m, in, tg, B, T);
+    moe_forward(&m, in, tg, B, T, &EVAL0);
     float mean_loss = m.mean_loss;
     double nll = 0.0, bytes = 0.0;
     for (int i = 0; i < B * T; i++) {
@@ -2128,7 +2286,7 @@ static void test_eval_loss_and_bpb(void) {
     CHECK(tokenizer_load(&tok, tok_path, err, sizeof(err)) == 0, "tokenizer: %s", err);
     double* tb = token_byte_counts(&tok);
     LossResult r;
-    eval_loss(&m, &dl, 1, tb, NULL, &r);
+    eval_loss(&m, &EVAL0, &dl, 1, tb, NULL, &r);
     CHECK(r.batches == 1 && r.tokens == B * T, "eval_loss: 1 batch of %d tokens expected, got %d / %ld", B * T, r.batches, r.tokens);
     CHECK((float)r.loss == mean_loss, "eval_loss: loss %.9g differs from moe_forward's mean_loss %.9g", r.loss, mean_loss);
     CHECK(fabs(r.perplexity - exp(r.loss)) < 1e-12 * r.perplexity, "eval_loss: perplexity is not exp(loss)");
@@ -2138,10 +2296,10 @@ static void test_eval_loss_and_bpb(void) {
     double mean3 = 0.0;
     for (int b = 0; b < nb; b++) {
         for (int i = 0; i < B * T; i++) { in[i] = (int)tokens[b * B * T + i]; tg[i] = (int)tokens[b * B * T + i + 1]; }
-        moe_forward(&m, in, tg, B, T);
+        moe_forward(&m, in, tg, B, T, &EVAL0);
         mean3 += m.mean_loss / nb;
     }
-    eval_loss(&m, &dl, -1, NULL, NULL, &r);
+    eval_loss(&m, &EVAL0, &dl, -1, NULL, NULL, &r);
     CHECK(r.batches == nb && fabs(r.loss - mean3) < 1e-6 && !r.have_bpb,
           "eval_loss: %d batches, loss %.7f, expected %d batches, %.7f (no bpb without a tokenizer)", r.batches, r.loss, nb, mean3);
 
@@ -2172,7 +2330,7 @@ static void test_eval_loss_and_bpb(void) {
         // greedy generation from end-of-text = the argmax of a direct forward (first token)
         if (gt != NULL && gt->n == 5) {
             int start = EVT_EOT;
-            moe_forward(&m, &start, NULL, 1, 1);
+            moe_forward(&m, &start, NULL, 1, 1, &EVAL0);
             int best = 0;
             for (int vv = 1; vv < EVT_V; vv++) if (m.acts.logits[vv] > m.acts.logits[best]) best = vv;
             CHECK((int)gt->items[0].number == best, "greedy generation: first token %d, argmax %d", (int)gt->items[0].number, best);
@@ -2213,7 +2371,7 @@ static void evt_build_forced(MoEModel* m, MCSet* set, int n_examples) {
         double G = 0.0;
         for (int s = 0; s < greedy_len; s++) {
             int len = ctx_len + s;
-            moe_forward(m, seq, NULL, 1, len);
+            moe_forward(m, seq, NULL, 1, len, &EVAL0);
             int best = 32;
             for (int v = 33; v < 127; v++) if (evt_ce(m, len - 1, v) < evt_ce(m, len - 1, best)) best = v;
             double ce = evt_ce(m, len - 1, best);
@@ -2230,7 +2388,7 @@ static void evt_build_forced(MoEModel* m, MCSet* set, int n_examples) {
             ex->ending_len[j] = dis_len;
             for (int s = 0; s < dis_len; s++) {
                 int len = ctx_len + s;
-                moe_forward(m, seq, NULL, 1, len);
+                moe_forward(m, seq, NULL, 1, len, &EVAL0);
                 // the (j+1)-th printable token, from a rotating start, whose CE exceeds G by a margin
                 int found = -1, skip = j;
                 for (int k = 0; k < 95 && found < 0; k++) {
@@ -2303,20 +2461,20 @@ static void test_eval_mc_forced(void) {
     int Bs[3] = {3, 1, 16};
     for (int i = 0; i < 3; i++) {
         MCResult r;
-        mc_evaluate(&m, &bin, -1, Bs[i], 16, EVT_EOT, &r, NULL);
+        mc_evaluate(&m, &EVAL0, &bin, -1, Bs[i], 16, EVT_EOT, &r, NULL);
         CHECK(r.scored == 8 && r.correct == 8 && r.correct_norm == 8 && r.acc == 1.0 && r.acc_norm == 1.0 && r.chance == 0.25,
               "forced .bin, B=%d: acc %d/%d acc_norm %d/%d (chance %.3f), expected 8/8", Bs[i], r.correct, r.scored,
               r.correct_norm, r.scored, r.chance);
-        mc_evaluate(&m, &jl, -1, Bs[i], 16, EVT_EOT, &r, NULL);
+        mc_evaluate(&m, &EVAL0, &jl, -1, Bs[i], 16, EVT_EOT, &r, NULL);
         CHECK(r.correct == 8 && r.correct_norm == 8, "forced JSONL, B=%d: acc %d/8 acc_norm %d/8", Bs[i], r.correct, r.correct_norm);
     }
     MCResult r;
-    mc_evaluate(&m, &bin, 3, 4, 16, EVT_EOT, &r, NULL);
+    mc_evaluate(&m, &EVAL0, &bin, 3, 4, 16, EVT_EOT, &r, NULL);
     CHECK(r.examples == 3 && r.scored == 3, "--mc-limit 3: %d examples scored", r.scored);
 
     // L_sum of every ending equals a direct single-sequence forward
     double lsum[64];
-    mc_evaluate(&m, &bin, -1, 3, 16, EVT_EOT, &r, lsum);
+    mc_evaluate(&m, &EVAL0, &bin, -1, 3, 16, EVT_EOT, &r, lsum);
     int worst = 0;
     double maxdiff = 0.0;
     for (int e = 0, job = 0; e < bin.n; e++) {
@@ -2325,7 +2483,7 @@ static void test_eval_mc_forced(void) {
             int seq[64], len = ex->ctx_len + ex->ending_len[j];
             memcpy(seq, ex->tokens, sizeof(int) * (size_t)ex->ctx_len);
             memcpy(seq + ex->ctx_len, mc_ending(ex, j), sizeof(int) * (size_t)ex->ending_len[j]);
-            moe_forward(&m, seq, NULL, 1, len - 1);
+            moe_forward(&m, seq, NULL, 1, len - 1, &EVAL0);
             double s = 0.0;
             for (int t = ex->ctx_len - 1; t < len - 1; t++) s += evt_ce(&m, t, seq[t + 1]);
             if (fabs(s - lsum[job]) > maxdiff) { maxdiff = fabs(s - lsum[job]); worst = job; }
@@ -2394,7 +2552,7 @@ static void test_eval_mc_truncation(void) {
     }
     MCResult r;
     double lsum[6];
-    mc_evaluate(&m, &set, -1, 2, 8, EVT_EOT, &r, lsum);
+    mc_evaluate(&m, &EVAL0, &set, -1, 2, 8, EVT_EOT, &r, lsum);
     CHECK(r.examples == 3 && r.scored == 2 && r.truncated == 1 && r.skipped == 1,
           "truncation: scored %d truncated %d skipped %d, expected 2 1 1", r.scored, r.truncated, r.skipped);
     CHECK(isnan(lsum[2]) && isnan(lsum[3]), "a skipped example's L_sum should be NAN");
@@ -2403,7 +2561,7 @@ static void test_eval_mc_truncation(void) {
     int seq[16];
     memcpy(seq, ex->tokens + 4, sizeof(int) * 6);
     memcpy(seq + 6, ex->tokens + 10, sizeof(int) * 3);
-    moe_forward(&m, seq, NULL, 1, 8);
+    moe_forward(&m, seq, NULL, 1, 8, &EVAL0);
     double s = evt_ce(&m, 5, seq[6]) + evt_ce(&m, 6, seq[7]) + evt_ce(&m, 7, seq[8]);
     CHECK(fabs(s - lsum[0]) < 1e-4, "truncated example: L_sum %.6f, direct %.6f", lsum[0], s);
     mc_free(&set);
@@ -2707,6 +2865,8 @@ int main(void) {
     test_gatepro();
     test_compete_hand();
     test_compete_schedule();
+    test_auxfree_hand();
+    test_xmoe_hand();
     printf("[MoE metrics]\n");
     test_metrics();
     printf("[whole model vs finite differences]\n");
@@ -2716,6 +2876,10 @@ int main(void) {
     test_model_fd(ROUTER_GATEPRO, GATE_SOFTMAX_TOPK);
     test_model_fd(ROUTER_COMPETE, 0);
     test_model_fd(ROUTER_COMPETE, 1);
+    test_model_fd(ROUTER_AUXFREE, GATE_TOPK_SOFTMAX);
+    test_model_fd(ROUTER_AUXFREE, GATE_SOFTMAX_TOPK);
+    test_model_fd(ROUTER_XMOE, GATE_TOPK_SOFTMAX);
+    test_model_fd(ROUTER_XMOE, GATE_SOFTMAX_TOPK);
     printf("[PyTorch reference]\n");
     test_pytorch_reference("topk_ts");
     test_pytorch_reference("topk_st");
@@ -2725,14 +2889,21 @@ int main(void) {
     test_pytorch_reference("gatepro_hard");
     test_pytorch_reference("compete_norm");
     test_pytorch_reference("compete_softmax");
+    test_pytorch_reference("auxfree_ts");
+    test_pytorch_reference("auxfree_st");
+    test_pytorch_reference("xmoe_ts");
+    test_pytorch_reference("xmoe_st");
     printf("  largest relative gradient error vs PyTorch: %.3g (max|diff| / max|ref| per tensor)\n", worst_grad_rel_error);
     printf("[determinism, checkpoints]\n");
     test_determinism();
     test_checkpoint();
+    test_checkpoint_v1();
     printf("[train_moe: resume, signals, refusals]\n");
     test_trainer_resume("topk", "--seed 42");
     test_trainer_resume("compete", "--seed 42 --router compete --compete-rate 0.5 --compete-max-layers 1");
     test_trainer_resume_rules();
+    test_trainer_resume("auxfree", "--seed 42 --router auxfree --auxfree-rate 0.01");
+    test_trainer_resume("xmoe", "--seed 42 --router xmoe --xmoe-dim 8");
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_nan();

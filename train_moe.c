@@ -25,7 +25,7 @@ typedef enum {
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
-    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_COMM_STATS, F_HELP, NUM_FLAGS
+    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_AUXFREE_RATE, F_XMOE_DIM, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_COMM_STATS, F_HELP, NUM_FLAGS
 } FlagId;
 
 static const FlagSpec FLAGS[NUM_FLAGS] = {
@@ -55,9 +55,9 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_HIDDEN]         = {"expert-hidden", 0, 1, "0", "expert hidden size H (0 = 4C; 4C/K matches active parameters)"},
     [F_MAX_SEQ_LEN]    = {"max-seq-len", 0, 1, "0", "maxT, the position table's length (0 = T)"},
     [F_VOCAB]          = {"vocab-size", 0, 1, "0", "V for shards without a tokenizer (0 = from the tokenizer)"},
-    [F_ROUTER]         = {"router", 0, 1, "topk", "router: topk | gatepro | compete"},
+    [F_ROUTER]         = {"router", 0, 1, "topk", "router: topk | gatepro | compete | auxfree | xmoe"},
     [F_GATE_NORM]      = {"gate-norm", 0, 1, "topk_softmax", "gate weights: topk_softmax | softmax_topk"},
-    [F_AUX_LOSS]       = {"aux-loss", 0, 1, "0.01", "Switch load-balance loss coefficient a"},
+    [F_AUX_LOSS]       = {"aux-loss", 0, 1, "0.01", "Switch load-balance loss coefficient a (auxfree: 0 unless given)"},
     [F_Z_LOSS]         = {"z-loss", 0, 1, "0", "router z-loss coefficient z"},
     [F_ROUTER_INIT_STD]= {"router-init-std", 0, 1, "0.02", "std of the router weights' initialisation (0 allowed)"},
     [F_GATEPRO_LAMBDA] = {"gatepro-lambda", 0, 1, "1e-4", "GatePro penalty lambda (finite, >= 0)"},
@@ -71,6 +71,8 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_COMPETE_ROUTER_COEF] = {"compete-router-coef", 0, 1, "0.01", "CompeteSMoE: router distillation loss coefficient"},
     [F_COMPETE_DIV_COEF] = {"compete-div-coef", 0, 1, "0.01", "CompeteSMoE: expert-output diversity loss coefficient (0 = off)"},
     [F_COMPETE_BAL_COEF] = {"compete-bal-coef", 0, 1, "0.01", "CompeteSMoE: competition balance loss coefficient"},
+    [F_AUXFREE_RATE]   = {"auxfree-rate", 0, 1, "1e-3", "auxfree: bias update speed u per optimizer step"},
+    [F_XMOE_DIM]       = {"xmoe-dim", 0, 1, "16", "X-MoE: routing dimension d_e (the paper's 16)"},
     [F_SEED]           = {"seed", 0, 1, "1337", "seed of every random stream (init, data order, sampling, corpus)"},
     [F_GRAD_CLIP]      = {"grad-clip", 0, 1, "1.0", "clip the global gradient norm to this (0 = off)"},
     [F_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file for samples (default: tokenizer.bin beside the train shards)"},
@@ -113,7 +115,8 @@ static void format_eta(char* buf, size_t n, double seconds) {
 // value per layer into probe_sim (L).
 // Under MPI rank r takes batches r, r+R, ... (so the probe is rank 0's) and the losses are summed
 // in batch order, as one process would.
-static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches, float* probe_sim) {
+static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches, float* probe_sim, int step) {
+    RoutingMode mode = routing_eval(step);  // GatePro as at this step; never competes
     dataloader_reset(val);
     int per_rank = (batches + dist->size - 1) / dist->size;
     double* local = (double*)callocCheck((size_t)per_rank, sizeof(double));
@@ -121,7 +124,7 @@ static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches,
     for (int i = 0; i < batches; i++) {
         dataloader_next_batch(val);
         if (i % dist->size != dist->rank) continue;
-        moe_forward(model, val->inputs, val->targets, val->B, val->T);
+        moe_forward(model, val->inputs, val->targets, val->B, val->T, &mode);
         local[i / dist->size] = model->mean_loss;
         if (i == 0 && probe_sim != NULL)
             for (int l = 0; l < model->config.num_layers; l++) probe_sim[l] = expert_output_similarity(model, l);
@@ -173,11 +176,11 @@ static void print_layer_summary(const MoEMetrics* mm, const MoEModel* model, con
 
 // Samples gen_len tokens after an end-of-text token, at temperature 1, with its own model copy of
 // activations (shares the parameters) so the training buffers are untouched.
-static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eot, int gen_len, uint64_t* rng) {
+static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eot, int gen_len, uint64_t* rng, int step) {
+    RoutingMode mode = routing_eval(step);
     MoEModel infer = *model;  // shares the parameters; its own activations; never competes
     infer.acts_memory = NULL; infer.idx_memory = NULL; infer.scratch_memory = NULL;
     infer.m_memory = NULL; infer.v_memory = NULL;
-    infer.compete_layers = NULL;
     memset(&infer.compete, 0, sizeof(infer.compete));
     int T = model->config.max_seq_len < gen_len + 1 ? model->config.max_seq_len : gen_len + 1;
     int V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
@@ -190,7 +193,7 @@ static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eo
         int len = i - start;
         int window[4096];
         for (int t = 0; t < T; t++) window[t] = t < len ? ctx[start + t] : eot;
-        moe_forward(&infer, window, NULL, 1, T);
+        moe_forward(&infer, window, NULL, 1, T, &mode);
         const float* logits = infer.acts.logits + (size_t)(len - 1) * Vp;
         softmax_lse(probs, logits, V);
         float r = random_f32(rng), cdf = 0.0f;
@@ -245,7 +248,7 @@ static const ResumeRule RESUME_RULES[] = {
     {F_FINAL_LR,             HDR_RUN_FINAL_LR,         VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
     {F_WEIGHT_DECAY,         HDR_RUN_WEIGHT_DECAY,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
     {F_GRAD_CLIP,            HDR_RUN_GRAD_CLIP,        VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 1, HDR_RUN_PRESENT},
-    {F_ROUTER,               HDR_ROUTER,               VALUE_CHOICE, ROUTER_NAMES, 3, CHANGE_APPLIED, 0, -1},
+    {F_ROUTER,               HDR_ROUTER,               VALUE_CHOICE, ROUTER_NAMES, NUM_ROUTERS, CHANGE_APPLIED, 0, -1},
     {F_GATE_NORM,            HDR_GATE_NORM,            VALUE_CHOICE, GATE_NORM_NAMES, 2, CHANGE_APPLIED, 0, -1},
     {F_AUX_LOSS,             HDR_AUX_COEF,             VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
     {F_Z_LOSS,               HDR_Z_COEF,               VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
@@ -260,6 +263,7 @@ static const ResumeRule RESUME_RULES[] = {
     {F_COMPETE_ROUTER_COEF,  HDR_COMPETE_ROUTER_COEF,  VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
     {F_COMPETE_DIV_COEF,     HDR_COMPETE_DIV_COEF,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
     {F_COMPETE_BAL_COEF,     HDR_COMPETE_BAL_COEF,     VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, HDR_COMPETE_MAX_LAYERS},
+    {F_AUXFREE_RATE,         HDR_AUXFREE_RATE,         VALUE_FLOAT, NULL, 0, CHANGE_APPLIED, 0, -1},
 };
 #define NUM_RESUME_RULES (int)(sizeof(RESUME_RULES) / sizeof(RESUME_RULES[0]))
 
@@ -402,6 +406,8 @@ static void load_init_checkpoint(Run* run) {
            " (parameters only: a fresh run)");
     for (int i = F_LAYERS; i <= F_MAX_SEQ_LEN; i++)
         if (run->flags.given[i]) fprintf(stderr, "warning: --%s ignored: the architecture comes from the checkpoint\n", FLAGS[i].name);
+    if (run->flags.given[F_XMOE_DIM])
+        fprintf(stderr, "warning: --xmoe-dim ignored: the checkpoint's X-MoE dim is %d\n", run->model.config.xmoe_dim);
     flags_from_checkpoint(&run->flags, path, &info, run->resuming);
     if (run->resuming && info.header[HDR_RUN_PRESENT]) {  // the same data source as the run that wrote it
         int ckpt_synthetic = info.header[HDR_RUN_DATA_SOURCE] == 1, synthetic = run->flags.value[F_TRAIN][0] == '\0';
@@ -416,9 +422,14 @@ static void load_init_checkpoint(Run* run) {
 
 static RouterConfig router_settings(const Flags* flags) {
     RouterConfig rc = ROUTER_DEFAULTS;
-    rc.router = flag_choice(flags, F_ROUTER, ROUTER_NAMES, 3);
+    rc.router = flag_choice(flags, F_ROUTER, ROUTER_NAMES, NUM_ROUTERS);
     rc.gate_norm = flag_choice(flags, F_GATE_NORM, GATE_NORM_NAMES, 2);
     rc.aux_loss_coef = flag_float(flags, F_AUX_LOSS, 0.0f, 1e6f);
+    // auxfree balances with its bias: --aux-loss defaults to 0 for it, unless given (or kept from an
+    // auxfree checkpoint)
+    if (rc.router == ROUTER_AUXFREE && !flags->given[F_AUX_LOSS] &&
+        (flags->value[F_AUX_LOSS] == flags->spec[F_AUX_LOSS].def || flags->given[F_ROUTER]))
+        rc.aux_loss_coef = 0.0f;
     rc.z_loss_coef = flag_float(flags, F_Z_LOSS, 0.0f, 1e6f);
     rc.gatepro_lambda = flag_float(flags, F_GATEPRO_LAMBDA, 0.0f, 3e38f);
     rc.gatepro_start = (int)flag_int(flags, F_GATEPRO_START, 0, 1L << 30);
@@ -436,6 +447,9 @@ static RouterConfig router_settings(const Flags* flags) {
     rc.compete_bal_coef = flag_float(flags, F_COMPETE_BAL_COEF, 0.0f, 1e6f);
     for (int i = F_COMPETE_RATE; i <= F_COMPETE_BAL_COEF; i++)
         if (flags->given[i] && rc.router != ROUTER_COMPETE) die("--%s needs --router compete", FLAGS[i].name);
+    rc.auxfree_rate = flag_float(flags, F_AUXFREE_RATE, 0.0f, 1e6f);
+    if (flags->given[F_AUXFREE_RATE] && rc.router != ROUTER_AUXFREE) die("--auxfree-rate needs --router auxfree");
+    if (flags->given[F_XMOE_DIM] && rc.router != ROUTER_XMOE) die("--xmoe-dim needs --router xmoe");
     return rc;
 }
 
@@ -551,6 +565,7 @@ static void setup_model(Run* run) {
         if (cfg.max_seq_len == 0) cfg.max_seq_len = s->T;
         cfg.vocab_size = run->data.V;
         cfg.padded_vocab_size = pad_vocab(run->data.V);
+        cfg.xmoe_dim = s->router.router == ROUTER_XMOE ? (int)flag_int(flags, F_XMOE_DIM, 1, 256) : 0;
         char err[256];
         if (config_check(&cfg, err, sizeof(err)) != 0) die("%s", err);
         moe_build(model, &cfg);
@@ -559,8 +574,9 @@ static void setup_model(Run* run) {
     model->router = s->router;  // the flags, which hold the checkpoint's settings unless given (above)
     const MoEConfig* cfg = &model->config;
     if (s->T > cfg->max_seq_len) die("-t %d exceeds the model's maxT = %d", s->T, cfg->max_seq_len);
-    if (model->router.router == ROUTER_GATEPRO && cfg->n_expert < 2) die("--router gatepro needs E >= 2");
-    if (model->router.router == ROUTER_COMPETE && cfg->n_expert < 2) die("--router compete needs E >= 2");
+    if (model->router.router != ROUTER_TOPK && cfg->n_expert < 2) die("--router %s needs E >= 2", ROUTER_NAMES[model->router.router]);
+    if (model->router.router == ROUTER_XMOE && cfg->xmoe_dim < 1)
+        die("--router xmoe: checkpoint %s has no X-MoE parameters (train with --router xmoe from the start)", s->init_path);
     if (cfg->top_k == 1 && model->router.router == ROUTER_GATEPRO)
         fprintf(stderr, "warning: GatePro with K=1 changes nothing: the top-1 expert never loses to its sibling\n");
     if (cfg->top_k == 1 && cfg->n_expert > 1 && model->router.gate_norm == GATE_TOPK_SOFTMAX)
@@ -654,6 +670,8 @@ static void print_run(const Run* run) {
     if (model->router.router == ROUTER_GATEPRO)
         printf(", lambda %g on steps [%d, %s)", model->router.gatepro_lambda, model->router.gatepro_start,
                model->router.gatepro_stop < 0 ? "end" : run->flags.value[F_GATEPRO_STOP]);
+    if (model->router.router == ROUTER_AUXFREE) printf(", bias rate %g", model->router.auxfree_rate);
+    if (model->router.router == ROUTER_XMOE) printf(", routing dim %d", cfg->xmoe_dim);
     printf("\ntraining: B=%d T=%d, %d micro-batches per step (%ld tokens), %d steps, lr %g warmup %d final %g, "
            "wd %g, clip %g, seed %llu, %d threads, output %s\n", s->B, s->T, s->grad_accum, s->total_batch, s->steps,
            s->lr, s->warmup, s->final_frac, s->weight_decay, s->grad_clip, (unsigned long long)s->seed, threads, s->outdir);
@@ -671,7 +689,7 @@ static void validate_and_sample(Run* run, int step, int last) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
     if (s->val_every > 0 && (step % s->val_every == 0 || last)) {
-        float val_loss = validate(&run->dist, &run->model, &run->data.val, s->val_batches, o->probe_sim);
+        float val_loss = validate(&run->dist, &run->model, &run->data.val, s->val_batches, o->probe_sim, step);
         o->have_probe = 1;
         if (step > run->start_step && o->log != NULL)  // the last step's routing
             print_layer_summary(&o->metrics, &run->model, o->probe_sim);
@@ -680,7 +698,7 @@ static void validate_and_sample(Run* run, int step, int last) {
     }
     if (s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step && run->dist.rank == 0) {
         int eot = run->data.have_tokenizer ? (int)run->data.tokenizer.eot_token : run->data.V - 1;
-        sample_and_print(&run->model, run->data.have_tokenizer ? &run->data.tokenizer : NULL, eot, s->gen_len, &run->sample_rng);
+        sample_and_print(&run->model, run->data.have_tokenizer ? &run->data.tokenizer : NULL, eot, s->gen_len, &run->sample_rng, step);
     }
 }
 
@@ -708,12 +726,13 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     double t0 = now_seconds();
     // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
     metrics_reset(&run->out.metrics);
-    model->compete_layers = run->schedule != NULL ? run->schedule + (size_t)step * model->config.num_layers : NULL;
+    // this step's routing: GatePro's window at this step, the layers that compete (CompeteSMoE)
+    RoutingMode mode = {step, 1, run->schedule != NULL ? run->schedule + (size_t)step * model->config.num_layers : NULL};
     memset(st, 0, sizeof(*st));
     for (int micro = 0; micro < s->grad_accum; micro++) {
         dataloader_next_batch(dl);  // every rank reads every batch: the data position is the same on all
         if (micro % dist->size != dist->rank) continue;  // data parallel: micro-batches rank, rank+R, ...
-        moe_forward(model, dl->inputs, dl->targets, s->B, s->T);
+        moe_forward(model, dl->inputs, dl->targets, s->B, s->T, &mode);
         double tm0 = now_seconds();
         metrics_accumulate(&o->metrics, model, dl->input_domains);
         *metrics_seconds += now_seconds() - tm0;
@@ -721,7 +740,6 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
         ml[0] = model->mean_loss; ml[1] = model->aux_loss; ml[2] = model->z_loss; ml[3] = model->compete_loss;
         moe_backward(model, 1.0f / s->grad_accum);
     }
-    model->compete_layers = NULL;  // validation and samples never compete
     // every micro-batch's losses, averaged in micro-batch order as one process does
     dist_gather_micro(dist, o->micro_local, s->grad_accum / dist->size, 4, o->micro_all);
     for (int micro = 0; micro < s->grad_accum; micro++) {
@@ -741,6 +759,8 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     st->lr = lr_schedule(s->lr, step, s->warmup, s->steps, s->final_frac);
     float clip_scale = s->grad_clip > 0.0f && st->norm > s->grad_clip ? s->grad_clip / (st->norm + 1e-6f) : 1.0f;
     dist_adamw_update(dist, model, st->lr, 0.9f, 0.95f, 1e-8f, s->weight_decay, clip_scale, step + 1);
+    dist_sum_doubles(dist, model->step_load, model->config.num_layers * model->config.n_expert);  // every rank's tokens
+    moe_after_step(model);  // the router's update after the step (auxfree's bias)
     double t2 = now_seconds();
     st->ms = (t2 - t0) * 1000.0;
     st->fwdbwd_ms = (t1 - t0) * 1000.0;
@@ -789,9 +809,6 @@ static int train_loop(Run* run) {
     run->out.t_start = now_seconds();
     for (int step = run->start_step; step <= s->steps; step++) {
         int last = step == s->steps;
-        // GatePro's penalty is on at step s iff start <= s and (stop < 0 or s < stop), in every
-        // forward of that step: validation and samples included
-        run->model.gatepro_active = gatepro_active_at(&run->model.router, step);
         int stop = dist_agree_stop(&run->dist, (int)stop_signal);  // a signal to any rank stops every rank
         validate_and_sample(run, step, last);
         if (last || (s->ckpt_every > 0 && step % s->ckpt_every == 0 && step > run->start_step) || stop) {

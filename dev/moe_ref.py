@@ -177,12 +177,15 @@ STEP_MARGIN_MIN = 1e-3                 # near-tie guard on each training step (1
 
 class Config:
     def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0, gatepro_lambda=0.0,
-                 compete=None):
+                 compete=None, auxfree_rate=1e-3, xmoe_dim=0):
         self.maxT, self.V, self.L, self.NH, self.C = maxT, V, L, NH, C
         self.E, self.K, self.H = E, K, H
         self.Vp = 128 * ((V + 127) // 128)       # llm.c's padding rule
         self.router = router                     # 0 = topk, 1 = gatepro (penalty on at every forward),
-                                                 # 2 = compete (the layers in compete_mask compete)
+                                                 # 2 = compete (the layers in compete_mask compete),
+                                                 # 3 = auxfree, 4 = xmoe
+        self.auxfree_rate = bits_f32(f32_bits(auxfree_rate))   # auxfree's u, as the C reads it
+        self.xmoe_dim = xmoe_dim                 # X-MoE's d_e (0: no X-MoE parameters)
         self.gate_norm = gate_norm               # 0 topk_softmax, 1 softmax_topk
         # GatePro's lambda as the C reads it (float32); only used when router == 1
         self.gatepro_lambda = bits_f32(f32_bits(gatepro_lambda))
@@ -196,7 +199,8 @@ class Config:
         self.compete_mask = 0                    # bit l set: layer l competes (every forward)
         # finite differences only: {layer: p^C} held fixed (see finite_difference_check)
         self.compete_frozen_pC = None
-        assert C % NH == 0 and 1 <= K <= E and router in (0, 1, 2)
+        assert C % NH == 0 and 1 <= K <= E and router in (0, 1, 2, 3, 4)
+        assert (router == 4) == (xmoe_dim > 0)
         assert router == 0 or E >= 2             # SPEC §3.2: --router gatepro requires E >= 2
 
     def param_shapes(self):
@@ -212,6 +216,11 @@ class Config:
             ("fcw", (L, E, H, C)), ("fcb", (L, E, H)),
             ("fcprojw", (L, E, C, H)), ("fcprojb", (L, E, C)),
             ("lnfw", (C,)), ("lnfb", (C,)),
+            # checkpoint version 2: the routers' tensors after GPT-2's (version 1 ends at lnfb)
+            ("router_bias", (L, E)),                     # auxfree's b: state, gradient 0, no decay
+            ("xmoe_proj", (L, self.xmoe_dim, C)),        # X-MoE W_p
+            ("xmoe_experts", (L, E, self.xmoe_dim)),     # X-MoE expert embeddings e_i
+            ("xmoe_log_temp", (L if self.xmoe_dim > 0 else 0,)),  # X-MoE log tau
         ]
 
     def num_params(self):
@@ -219,7 +228,7 @@ class Config:
 
 
 # SPEC §4: weight decay on these matrices only, none on biases or LayerNorm parameters
-DECAYED = {"wte", "wpe", "qkvw", "attprojw", "routerw", "fcw", "fcprojw"}
+DECAYED = {"wte", "wpe", "qkvw", "attprojw", "routerw", "fcw", "fcprojw", "xmoe_proj", "xmoe_experts"}
 
 
 def split_params(cfg, flat):
@@ -261,6 +270,13 @@ def init_params(cfg, seed, router_std=0.5, expert_std=None):
             t = normal(shape, router_std)
         elif name in ("ln1w", "ln2w", "lnfw"):
             t = normal(shape, 0.1, mean=1.0)
+        elif name == "router_bias":
+            # auxfree: a nonzero bias (as after some training) so it changes the first selection
+            t = normal(shape, 0.5) if cfg.router == 3 else torch.zeros(shape, dtype=DTYPE)
+        elif name in ("xmoe_proj", "xmoe_experts"):
+            t = normal(shape, 0.5)                       # only directions matter (cosine)
+        elif name == "xmoe_log_temp":
+            t = torch.full(shape, math.log(0.07), dtype=DTYPE)   # X-MoE's tau = 0.07
         else:  # ln biases and linear biases
             t = normal(shape, 0.02)
         chunks.append(t.reshape(-1))
@@ -347,10 +363,19 @@ def selection_margin(sel, penalised, K):
     return (gap - room).min().item()
 
 
-def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
+def xmoe_scores(x, proj, experts, log_temp):
+    """X-MoE (arXiv 2204.09179): l_i = cos(W_p x, e_i) / tau, tau = exp(log_temp); F.normalize's
+    max(|v|, 1e-12) convention on both sides. x (N,C), proj (De,C), experts (E,De)."""
+    z = x @ proj.T                                             # (N,De)
+    zh = z / torch.clamp(z.norm(dim=-1, keepdim=True), min=1e-12)
+    eh = experts / torch.clamp(experts.norm(dim=-1, keepdim=True), min=1e-12)
+    return (zh @ eh.T) * torch.exp(-log_temp)
+
+
+def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef, bias=None, xmoe=None):
     """x (N,C) -> y (N,C), plus this layer's aux loss, z-loss, selected experts (N,K) and a dict of
     near-tie diagnostics (see forward). routerw (E,C), fcw (E,H,C), fcb (E,H), fcprojw (E,C,H),
-    fcprojb (E,C)."""
+    fcprojb (E,C). bias (E): auxfree's selection bias; xmoe: (proj, experts, log_temp)."""
     N, C = x.shape
     E, K = cfg.E, cfg.K
     zero = torch.zeros((), dtype=x.dtype)
@@ -361,7 +386,10 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
         gates = torch.ones(N, 1, dtype=x.dtype)
         aux, z = zero, zero
     else:
-        logits = x @ routerw.T                                 # (N,E), no router bias
+        if cfg.router == 4:
+            logits = xmoe_scores(x, *xmoe)                     # (N,E) cosine / tau
+        else:
+            logits = x @ routerw.T                             # (N,E), no router bias
         if cfg.router == 1:
             # GatePro (SPEC §3.2): expert i loses when l_i < l_{j*(i)} (strict: a tie is no loss)
             # and its logit drops by lambda. The mask is a constant (detached), so dl~/dl = I and no
@@ -375,9 +403,16 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef):
         else:
             loses = torch.zeros(logits.shape, dtype=torch.bool)
             sel = logits
-        selected = topk_lower_index(sel, K)                    # top-k on l~, not differentiable
-        diag["margin"] = selection_margin(sel, loses, K) if cfg.router == 1 else routing_margin(logits, K)
-        if cfg.router == 1:
+        if cfg.router == 3:
+            # auxfree: top-k on l + b (b a constant: no gradient), the weights from the unbiased l
+            biased = logits.detach() + bias.detach()
+            selected = topk_lower_index(biased, K)
+            diag["margin"] = routing_margin(biased, K)
+            plain = torch.sort(topk_lower_index(logits, K), dim=-1).values
+        else:
+            selected = topk_lower_index(sel, K)                # top-k on l~, not differentiable
+            diag["margin"] = selection_margin(sel, loses, K) if cfg.router == 1 else routing_margin(logits, K)
+        if cfg.router in (1, 3):
             diag["topk_diff"] = int((torch.sort(selected, dim=-1).values != plain).any(dim=1).sum())
         chosen = sel.gather(1, selected)                       # (N,K)
         # the aux losses' P and the z-loss use the unpenalised logits l (SPEC §3.2 step 5).
@@ -496,8 +531,10 @@ def forward(cfg, params, inputs, targets, aux_coef, z_coef):
             compete_diag.append(dict(cd, layer=l))
             routing.append(torch.sort(selected, dim=-1).values.view(B, T, cfg.K))
             continue
+        xmoe = (p["xmoe_proj"][l], p["xmoe_experts"][l], p["xmoe_log_temp"][l]) if cfg.router == 4 else None
         y, aux, z, selected, d = moe_layer(h, p["routerw"][l], p["fcw"][l], p["fcb"][l],
-                                           p["fcprojw"][l], p["fcprojb"][l], cfg, aux_coef, z_coef)
+                                           p["fcprojw"][l], p["fcprojb"][l], cfg, aux_coef, z_coef,
+                                           bias=p["router_bias"][l], xmoe=xmoe)
         x = x + y.view(B, T, cfg.C)
         aux_total = aux_total + aux
         z_total = z_total + z
@@ -573,6 +610,8 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
         result["winner_sets"].append([cd["winner_sets"] for cd in cds])
         result["compete_parts"].append([(cd["L_D"], cd["L_div"], cd["L_bal"]) for cd in cds])
         norm = adamw_step(flat, grad, m, v, step, hp["lr"], hp["wd"], hp["clip"], mask)
+        if cfg.router == 3:
+            auxfree_update(cfg, flat, out["routing"])
         result["norms"].append(norm)
         if verbose:
             clipped = "clipped" if norm > hp["clip"] else ""
@@ -587,6 +626,15 @@ def run_case(cfg, flat32, inputs, targets, hp, verbose=True):
                   f"total {out['total'].item():.6f}  margin {out['margin']:.3e}  {gp}"
                   f"|g| {norm:.4f} {clipped}")
     return result
+
+
+def auxfree_update(cfg, flat, routing):
+    """auxfree after an optimizer step (arXiv 2408.15664): per layer b_i += u sign(mean_j c_j - c_i),
+    c_i = tokens routed to expert i in the step (routing (L,B,T,K)). In place on flat (float64)."""
+    b = split_params(cfg, flat)["router_bias"]                 # a view into flat
+    for l in range(cfg.L):
+        c = torch.bincount(routing[l].reshape(-1), minlength=cfg.E).to(DTYPE)
+        b[l] += cfg.auxfree_rate * torch.sign(c.mean() - c)
 
 
 def make_batch(cfg, B, T, seed):
@@ -618,7 +666,7 @@ def checkpoint_bytes(cfg, flat32, seed):
     # topk cases carry the SPEC default lambda 1e-4 (unused by the topk router); gatepro its own
     gatepro_lambda = cfg.gatepro_lambda if cfg.router == 1 else 1e-4
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:19] = [CHECKPOINT_MAGIC, 1, cfg.maxT, cfg.V, cfg.Vp, cfg.L, cfg.NH, cfg.C,
+    header[:19] = [CHECKPOINT_MAGIC, 2, cfg.maxT, cfg.V, cfg.Vp, cfg.L, cfg.NH, cfg.C,
                    cfg.E, cfg.K, cfg.H, cfg.router, cfg.gate_norm, 0, 0,
                    f32_bits(gatepro_lambda), 0, -1, seed]
     if cfg.router == 2:
@@ -626,6 +674,7 @@ def checkpoint_bytes(cfg, flat32, seed):
         header[22:30] = [f32_bits(cp["rate"]), f32_bits(cp["warmup"]), cp["max_layers"], cp["weights"],
                          f32_bits(cp["alpha"]), f32_bits(cp["router_coef"]), f32_bits(cp["div_coef"]),
                          f32_bits(cp["bal_coef"])]
+    header[30:32] = [cfg.xmoe_dim, f32_bits(cfg.auxfree_rate)]
     return header.tobytes() + np.asarray(flat32, dtype="<f4").tobytes()
 
 
@@ -680,7 +729,7 @@ class Reader:
 def read_checkpoint(path):
     r = Reader(path)
     h = r.take("<i4", HEADER_INTS)
-    if h[0] != CHECKPOINT_MAGIC or h[1] != 1:
+    if h[0] != CHECKPOINT_MAGIC or h[1] != 2:
         raise ValueError(f"{path}: bad magic/version {h[0]}/{h[1]}")
     compete = None
     if h[11] == 2:
@@ -691,7 +740,7 @@ def read_checkpoint(path):
             raise ValueError(f"{path}: compete weights {h[25]}, expected 0 or 1")
     cfg = Config(maxT=h[2], V=h[3], L=h[5], NH=h[6], C=h[7], E=h[8], K=h[9], H=h[10],
                  gate_norm=h[12], router=h[11], gatepro_lambda=bits_f32(h[15]) if h[11] == 1 else 0.0,
-                 compete=compete)
+                 compete=compete, auxfree_rate=bits_f32(h[31]), xmoe_dim=int(h[30]))
     if h[11] == 1 and (h[16] != 0 or h[17] != -1):
         raise ValueError(f"{path}: gatepro start/stop {h[16]}/{h[17]}, the reference has 0/-1")
     if cfg.Vp != h[4]:
@@ -763,6 +812,10 @@ CASES = [
     ("compete_softmax", dict(E=4, K=2, gate_norm=0, router=2,
                              compete=dict(COMPETE_FILE, weights=1, alpha=0.0, **COMPETE_COEFS)),
      dict(aux=0.01, z=0.001)),
+    ("auxfree_ts", dict(E=4, K=2, gate_norm=0, router=3, auxfree_rate=0.05), dict(aux=0.0, z=0.001)),
+    ("auxfree_st", dict(E=4, K=2, gate_norm=1, router=3, auxfree_rate=0.05), dict(aux=0.01, z=0.001)),
+    ("xmoe_ts", dict(E=4, K=2, gate_norm=0, router=4, xmoe_dim=6), dict(aux=0.01, z=0.001)),
+    ("xmoe_st", dict(E=4, K=2, gate_norm=1, router=4, xmoe_dim=6), dict(aux=0.01, z=0.001)),
 ]
 LOSER_MARGIN_MIN = 1e-3                # GatePro (b): |l_i - l_{j*(i)}|, first forward and every step
 SIM_GAP_MIN = 1e-4                     # GatePro (c): best minus second-best S_ij of every row
@@ -780,6 +833,8 @@ def near_tie(cfg, res):
             return f"sibling gap of S {min(res['sim_gaps']):.3e}"
         if res["topk_diffs"][0] == 0:
             return "the penalty changes no routing decision at the first forward"
+    if cfg.router == 3 and res["topk_diffs"][0] == 0:
+        return "the bias changes no routing decision at the first forward"
     if cfg.router == 2:
         if min(res["compete_margins"]) < COMPETE_MARGIN_MIN:
             return (f"competition margin: first forward {res['compete_margins'][0]:.3e}, "
@@ -847,7 +902,7 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
     coords = torch.randint(0, flat.numel(), (count,), generator=gen).tolist()
     offset = 0
     for name, shape in cfg.param_shapes():
-        if name == "routerw" and cfg.E > 1:
+        if name in ("routerw", "xmoe_experts", "xmoe_log_temp") and cfg.E > 1:
             # every router weight: the gradient path through the gates (and GatePro's l~) and the
             # aux losses all end here
             coords.extend(range(offset, offset + math.prod(shape)))

@@ -1305,31 +1305,35 @@ static float grad_global_norm(const MoEModel* m) {
 // clip_scale first. p <- p - lr * (mhat / (sqrt(vhat) + eps) + wd * p), decay only where
 // PARAM_DECAY says. Consumes the gradients: leaves them zero for the next step's accumulation, in
 // the same pass over memory (a separate zeroing pass over a wide MoE's gradients costs ~5% of a
-// step). Elementwise, so any split of the range (ZeRO-1's shards) gives the same bits.
+// step). Elementwise, so any split of the range (ZeRO-1's shards) gives the same bits. One parallel
+// region for all the tensors (each tensor's loop split statically, no barrier between tensors).
 static void adamw_update_range(MoEModel* m, size_t lo, size_t hi, float* mm, float* vv, float lr, float beta1,
                                float beta2, float eps, float weight_decay, float clip_scale, int t) {
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    size_t start = 0;
-    for (int ti = 0; ti < NUM_PARAMETER_TENSORS; ti++) {
-        size_t end = start + m->param_sizes[ti];
-        size_t a = lo > start ? lo : start, b = hi < end ? hi : end;
-        float wd = PARAM_DECAY[ti] ? weight_decay : 0.0f;
-        if (a < b) {
-            float* p = m->params_memory + a;
-            float* g = m->grads_memory + a;
-            float* mt = mm + (a - lo);
-            float* vt = vv + (a - lo);
-            #pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < b - a; i++) {
-                float grad = g[i] * clip_scale;
-                g[i] = 0.0f;
-                mt[i] = beta1 * mt[i] + (1.0f - beta1) * grad;
-                vt[i] = beta2 * vt[i] + (1.0f - beta2) * grad * grad;
-                float mhat = mt[i] / bc1, vhat = vt[i] / bc2;
-                p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    #pragma omp parallel
+    {
+        size_t start = 0;
+        for (int ti = 0; ti < NUM_PARAMETER_TENSORS; ti++) {
+            size_t end = start + m->param_sizes[ti];
+            size_t a = lo > start ? lo : start, b = hi < end ? hi : end;
+            float wd = PARAM_DECAY[ti] ? weight_decay : 0.0f;
+            if (a < b) {
+                float* p = m->params_memory + a;
+                float* g = m->grads_memory + a;
+                float* mt = mm + (a - lo);
+                float* vt = vv + (a - lo);
+                #pragma omp for schedule(static) nowait
+                for (size_t i = 0; i < b - a; i++) {
+                    float grad = g[i] * clip_scale;
+                    g[i] = 0.0f;
+                    mt[i] = beta1 * mt[i] + (1.0f - beta1) * grad;
+                    vt[i] = beta2 * vt[i] + (1.0f - beta2) * grad * grad;
+                    float mhat = mt[i] / bc1, vhat = vt[i] / bc2;
+                    p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+                }
             }
+            start = end;
         }
-        start = end;
     }
 }
 

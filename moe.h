@@ -626,6 +626,8 @@ typedef struct {  // one layer's auxiliary losses in the last forward (unweighte
     float agreement;               // mean |I_C intersect T_k(l)| / K
 } LayerLosses;
 
+struct ExpertRunner;  // expert parallelism: after ExpertBlock below
+
 typedef struct {
     MoEConfig config;
     RouterConfig router;
@@ -655,6 +657,8 @@ typedef struct {
     float compete_loss;  // sum over competing layers of the weighted L_D + L_div + L_bal
     LayerLosses* layer_stats;  // (L) per-layer losses of the last forward
     double* step_load;   // (L, E) tokens per expert over the training forwards since the last moe_after_step
+    // expert parallelism (mpi_moe.h): runs each expert on the MPI rank that owns it; NULL: here
+    struct ExpertRunner* expert_runner;
 } MoEModel;
 
 static void moe_build(MoEModel* m, const MoEConfig* config) {
@@ -855,6 +859,24 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
 }
 
+// Expert parallelism (mpi_moe.h) runs a layer's experts where they live: it sends each block's
+// rows to the rank that owns the expert, which runs experts_ffn_forward/backward on the rows of
+// every rank, and brings the results (out; din in backward) back into the blocks. The MoE layers
+// (routed and competing) only call experts_forward/experts_backward, so every router works unchanged.
+typedef struct ExpertRunner {
+    void (*forward)(struct ExpertRunner* r, MoEModel* m, int l, const ExpertBlock* blk);
+    void (*backward)(struct ExpertRunner* r, MoEModel* m, int l, const ExpertBlock* blk);
+} ExpertRunner;
+
+static void experts_forward(MoEModel* m, int l, const ExpertBlock* blk) {
+    if (m->expert_runner != NULL) m->expert_runner->forward(m->expert_runner, m, l, blk);
+    else experts_ffn_forward(m, l, blk);
+}
+static void experts_backward(MoEModel* m, int l, const ExpertBlock* blk) {
+    if (m->expert_runner != NULL) m->expert_runner->backward(m->expert_runner, m, l, blk);
+    else experts_ffn_backward(m, l, blk);
+}
+
 // The dispatch of a routed layer l: each token runs on its K selected experts.
 static Dispatch layer_dispatch(MoEModel* m, int l, int N) {
     const MoEConfig* c = &m->config;
@@ -980,7 +1002,7 @@ static void routed_layer_forward(MoEModel* m, int l, int N, float* y, const Rout
     dispatch_forward(&d, expert_index, m->acts.ln2 + (size_t)l * N * C, N, E, C);
     ExpertBlock blk[256];
     dispatch_blocks(&d, E, C, c->expert_hidden, blk);
-    experts_ffn_forward(m, l, blk);
+    experts_forward(m, l, blk);
     combine_forward(y, d.out, d.token_slot, gate, N, K, C);
 }
 
@@ -1001,7 +1023,7 @@ static void routed_layer_backward(MoEModel* m, int l, int N, const float* dy, fl
     combine_backward(d.dout, s->dgate, dy, d.out, d.token_slot, gate, N, K, C);
     ExpertBlock blk[256];
     dispatch_blocks(&d, E, C, c->expert_hidden, blk);
-    experts_ffn_backward(m, l, blk);
+    experts_backward(m, l, blk);
     dispatch_backward(dx, &d, N, C);
     if (E == 1) return;
 
@@ -1092,7 +1114,7 @@ static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y)
     dispatch_forward(d, cb->all_experts, m->acts.ln2 + (size_t)l * N * C, N, E, C);
     ExpertBlock blk[256];
     dispatch_blocks(d, E, C, c->expert_hidden, blk);
-    experts_ffn_forward(m, l, blk);
+    experts_forward(m, l, blk);
     compete_responses(resp, pc, d->out, d->token_slot, N, E, C);
     compete_winners(win, w, win_slot, resp, d->token_slot, N, E, K, rc->compete_weights);
     combine_forward(y, d->out, win_slot, w, N, K, C);
@@ -1136,7 +1158,7 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
     compete_diversity_backward(d->dout, d->out, win_slot, N, K, C, rc->compete_div_coef * loss_scale);
     ExpertBlock blk[256];
     dispatch_blocks(d, E, C, c->expert_hidden, blk);
-    experts_ffn_backward(m, l, blk);
+    experts_backward(m, l, blk);
     dispatch_backward(dx, d, N, C);
     compete_distill_backward(sc->drouter, probs, pc, win, N, E, K, rc->compete_alpha, rc->compete_router_coef * loss_scale);
     linear_scores_backward(m, l, N, dx);

@@ -25,7 +25,7 @@ typedef enum {
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
-    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_AUXFREE_RATE, F_XMOE_DIM, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_COMM_STATS, F_HELP, NUM_FLAGS
+    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_AUXFREE_RATE, F_XMOE_DIM, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_EXPERT_PARALLEL, F_COMM_STATS, F_HELP, NUM_FLAGS
 } FlagId;
 
 static const FlagSpec FLAGS[NUM_FLAGS] = {
@@ -78,6 +78,7 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file for samples (default: tokenizer.bin beside the train shards)"},
     [F_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "size of the synthetic corpus's train split in tokens"},
     [F_ZERO]           = {"zero", 0, 0, "", "MPI: ZeRO-1, each rank keeps the AdamW state of its shard of the parameters"},
+    [F_EXPERT_PARALLEL] = {"expert-parallel", 0, 0, "", "MPI: split each layer's experts over the ranks; tokens travel to their experts"},
     [F_COMM_STATS]     = {"comm-stats", 0, 0, "", "MPI: print bytes and time communicated per step; check the ranks' parameters agree"},
     [F_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
@@ -351,7 +352,7 @@ typedef struct {
     const char* outdir;
     const char* init_path;  // -e, or ""
     int weights_only;
-    int zero, comm_stats;   // --zero, --comm-stats (MPI)
+    int zero, expert_parallel, comm_stats;  // --zero, --expert-parallel, --comm-stats (MPI)
 } RunSettings;
 
 typedef struct {
@@ -475,6 +476,7 @@ static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
     s->weights_only = flags->given[F_WEIGHTS_ONLY];
     s->zero = flags->given[F_ZERO];
     s->comm_stats = flags->given[F_COMM_STATS];
+    s->expert_parallel = flags->given[F_EXPERT_PARALLEL];
     long BT = (long)s->B * s->T;
     if (s->total_batch == 0) {  // one micro-batch per rank; the number is what config.txt and checkpoints keep
         static char text[32];
@@ -640,7 +642,7 @@ static void open_outputs(Run* run) {
             ROUTER_NAMES[model->router.router], GATE_NORM_NAMES[model->router.gate_norm], model->router.aux_loss_coef,
             model->router.z_loss_coef, model->router.gatepro_lambda, model->router.gatepro_start, model->router.gatepro_stop);
     fprintf(cf, "# resumed_from = %s at step %d\n", s->init_path[0] ? s->init_path : "(none)", run->start_step);
-    fprintf(cf, "# mpi: %d ranks%s\n", run->dist.size, s->zero ? ", ZeRO-1" : "");
+    fprintf(cf, "# mpi: %d ranks%s%s\n", run->dist.size, s->zero ? ", ZeRO-1" : "", s->expert_parallel ? ", expert parallel" : "");
     fclose(cf);
     snprintf(path, sizeof(path), "%s/main.log", s->outdir);
     o->log = fopen(path, run->resuming ? "a" : "w");
@@ -676,8 +678,9 @@ static void print_run(const Run* run) {
            "wd %g, clip %g, seed %llu, %d threads, output %s\n", s->B, s->T, s->grad_accum, s->total_batch, s->steps,
            s->lr, s->warmup, s->final_frac, s->weight_decay, s->grad_clip, (unsigned long long)s->seed, threads, s->outdir);
     if (run->dist.size > 1)
-        printf("mpi: %d ranks, %d micro-batches each per step (data parallel)%s\n", run->dist.size,
-               s->grad_accum / run->dist.size, s->zero ? ", ZeRO-1: AdamW state sharded" : "");
+        printf("mpi: %d ranks, %d micro-batches each per step (data parallel)%s%s; %zu parameters summed over ranks\n",
+               run->dist.size, s->grad_accum / run->dist.size, s->zero ? ", ZeRO-1: AdamW state sharded" : "",
+               s->expert_parallel ? ", expert parallel: each rank runs E/R experts of every layer" : "", run->dist.reduce_n);
 }
 
 // --- step 5: the train loop
@@ -688,7 +691,15 @@ typedef struct { double loss, aux, z, compete; float norm, lr; double ms, fwdbwd
 static void validate_and_sample(Run* run, int step, int last) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
-    if (s->val_every > 0 && (step % s->val_every == 0 || last)) {
+    int validating = s->val_every > 0 && (step % s->val_every == 0 || last);
+    int sampling = s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step;
+    if (!validating && !sampling) return;
+    struct ExpertRunner* runner = run->model.expert_runner;
+    if (runner != NULL) {  // expert parallel: every expert's current weights here, run here
+        dist_experts_gather(&run->dist, &run->model, 0);
+        run->model.expert_runner = NULL;
+    }
+    if (validating) {
         float val_loss = validate(&run->dist, &run->model, &run->data.val, s->val_batches, o->probe_sim, step);
         o->have_probe = 1;
         if (step > run->start_step && o->log != NULL)  // the last step's routing
@@ -696,10 +707,11 @@ static void validate_and_sample(Run* run, int step, int last) {
         printf("val loss %.6f (step %d)\n", val_loss, step);
         if (o->log != NULL) { fprintf(o->log, "s:%d tel:%.6f\n", step, val_loss); fflush(o->log); }
     }
-    if (s->sample_every > 0 && (step % s->sample_every == 0 || last) && step > run->start_step && run->dist.rank == 0) {
+    if (sampling && run->dist.rank == 0) {
         int eot = run->data.have_tokenizer ? (int)run->data.tokenizer.eot_token : run->data.V - 1;
         sample_and_print(&run->model, run->data.have_tokenizer ? &run->data.tokenizer : NULL, eot, s->gen_len, &run->sample_rng, step);
     }
+    run->model.expert_runner = runner;
 }
 
 // Writes model_%08d.bin of `step` with everything a resume needs (rank 0; every rank calls it); dies
@@ -868,7 +880,7 @@ int main(int argc, char** argv) {
     setup_model(&run);
     open_data_loaders(&run.data, &run.set, &run.flags);
     setup_schedule(&run);
-    dist_setup(&run.dist, &run.model, run.set.zero);  // shards; ZeRO-1 keeps this rank's moments
+    dist_setup(&run.dist, &run.model, run.set.zero, run.set.expert_parallel);  // shards, ZeRO-1, experts' owners
     open_outputs(&run);
     print_run(&run);
 

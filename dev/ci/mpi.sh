@@ -6,6 +6,8 @@
 #   data parallel, 2 ranks x 1 micro-batch  vs  1 process x 2 micro-batches: losses within 1e-5
 #   (the first step's bit for bit), every step's parameters identical on both ranks (crc32)
 #   ZeRO-1: bit-identical to plain data parallel; gradient/parameter bytes per step as README says
+#   expert parallel (+ data parallel): losses within 1e-5 of 1 process, validation identical; no
+#   expert gradient communicated; checkpoints to and from 1 process
 #   1 rank under MPI: bit-identical to the build without MPI
 #   checkpoints: 2 ranks -> 1 process -> 2 ranks (ZeRO-1) resumes; a signal to one rank stops all
 #   with a resumable checkpoint; a NaN loss saves the last good state on every rank count
@@ -42,9 +44,10 @@ within() { [ "$1" != none ] && awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }
 first_loss() { grep -m1 trl: "$1" | cut -d: -f3; }
 
 # --- data parallel against one process, every router
-for router in topk gatepro compete; do
+COMPETE="--compete-rate 0.5 --compete-warmup 0 --compete-max-layers 2"  # competition at most steps
+for router in topk gatepro compete auxfree xmoe; do
     extra=""
-    [ "$router" = compete ] && extra="--compete-rate 0.5 --compete-warmup 0 --compete-max-layers 2"
+    [ "$router" = compete ] && extra="$COMPETE"
     ./train_moe $SMALL --router $router $extra -x 8 -d 128 -o "$dir/one_$router" >"$dir/one_$router.txt" 2>&1
     $MPIRUN -np 2 ./train_moe_mpi $SMALL --router $router $extra -x 8 -o "$dir/dp_$router" --comm-stats \
         >"$dir/dp_$router.txt" 2>&1
@@ -77,6 +80,43 @@ g=$(grep -m1 "^comm step" "$dir/zero.txt" | sed 's/.* grads \([0-9]*\) params \(
 set -- $g
 [ $(( $1 + $2 )) = $((4 * P)) ] && [ "$2" -gt 0 ]
 check $? "ZeRO-1: rank 0 receives its shard's gradient ($1 B) and the other shard's parameters ($2 B): 4P in all"
+
+# --- expert parallel (with data parallel): 2 ranks, 2 experts each, tokens sent to their experts
+for router in topk gatepro compete auxfree xmoe; do
+    extra=""
+    [ "$router" = compete ] && extra="$COMPETE"
+    $MPIRUN -np 2 ./train_moe_mpi $SMALL --router $router $extra -x 8 -v 4 -o "$dir/ep_$router" --expert-parallel \
+        --comm-stats >"$dir/ep_$router.txt" 2>&1
+    rc=$?
+    ./train_moe $SMALL --router $router $extra -x 8 -v 4 -d 128 -o "$dir/onev_$router" >/dev/null 2>&1
+    d=$(maxdiff "$dir/onev_$router/main.log" "$dir/ep_$router/main.log")
+    tv=$(grep tel: "$dir/onev_$router/main.log"); ev=$(grep tel: "$dir/ep_$router/main.log")
+    [ $rc = 0 ] && within "$d" 1e-5 && [ "$tv" = "$ev" ]
+    check $? "$router expert parallel: 2 ranks vs 1 process (2 micro-batches): max |loss diff| $d over 8 steps; validation losses identical"
+    n=$(grep -c "params crc32 .* on all 2 ranks" "$dir/ep_$router.txt")
+    ne=$(grep -m1 "parameters summed over ranks" "$dir/ep_$router.txt" | sed 's/.*; \([0-9]*\) parameters summed.*/\1/')
+    g=$(grep "^comm step 2:" "$dir/ep_$router.txt" | sed 's/.* grads \([0-9]*\) params \([0-9]*\) tokens \([0-9]*\) .*/\1 \2 \3/')
+    set -- $g
+    [ "$n" = 8 ] && [ "$1" = $((4 * ne)) ] && [ "$2" = 0 ] && [ "${3:-0}" -gt 0 ]
+    check $? "$router expert parallel: shared parameters identical on both ranks every step; rank 0 receives 4 x $ne B of shared gradients, no expert gradients, $3 B of tokens (step 2)"
+done
+cmp -s "$dir/onev_compete/metrics.tsv" "$dir/ep_compete/metrics.tsv"
+check $? "compete expert parallel: metrics.tsv (routing counts, competition losses, expert-output similarity) equals one process's"
+$MPIRUN -np 2 ./train_moe_mpi $SMALL -x 6 -d 256 -o "$dir/ep4" --expert-parallel >/dev/null 2>&1
+./train_moe $SMALL -x 6 -d 256 -o "$dir/one4" >/dev/null 2>&1
+d=$(maxdiff "$dir/one4/main.log" "$dir/ep4/main.log")
+within "$d" 1e-5
+check $? "expert parallel, 2 micro-batches per rank: max |loss diff| $d to 1 process x 4 micro-batches"
+# an expert-parallel checkpoint is the single-process file: it resumes in one process, and back
+./train_moe $SMALL -x 8 -v 4 -e "$dir/ep_topk/model_00000008.bin" -x 10 -o "$dir/ep_r1" >/dev/null 2>&1 &&
+    $MPIRUN -np 2 ./train_moe_mpi $SMALL -v 4 -x 12 -e "$dir/ep_r1/model_00000010.bin" --expert-parallel -o "$dir/ep_r2" >/dev/null 2>&1 &&
+    ./train_moe $SMALL -v 4 -x 12 -e "$dir/ep_topk/model_00000008.bin" -o "$dir/ep_r3" >/dev/null 2>&1
+d=$(maxdiff "$dir/ep_r3/main.log" "$(cat "$dir/ep_r1/main.log" "$dir/ep_r2/main.log" > "$dir/ep_rr.log"; echo "$dir/ep_rr.log")")
+[ -f "$dir/ep_r2/model_00000012.bin" ] && within "$d" 1e-5
+check $? "expert-parallel checkpoint -> 1 process (2 steps) -> expert parallel (2 steps): max |loss diff| $d to 1 process throughout"
+$MPIRUN -np 2 ./train_moe_mpi $SMALL --experts 3 --top-k 1 -x 1 --expert-parallel -o "$dir/ep3" >"$dir/ep3.txt" 2>&1
+[ $? != 0 ] && grep -q "do not split evenly" "$dir/ep3.txt"
+check $? "expert parallel refuses 3 experts on 2 ranks with a message"
 
 # --- one rank under MPI is the plain program
 $MPIRUN -np 1 ./train_moe_mpi $SMALL -x 4 -o "$dir/mpi1" >/dev/null 2>&1

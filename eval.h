@@ -25,15 +25,7 @@ lowest ending. Choices this file makes where the spec is silent:
 #include "dataloader.h"
 #include "tokenizer.h"
 #include "mc.h"
-
-// ----------------------------------------------------------------------------
-// time
-
-static double eval_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "progress.h"
 
 // ----------------------------------------------------------------------------
 // EXPERT ANALYSIS (SPEC §6): the per-layer MoE metrics, by the same moe.h code train_moe logs, over
@@ -111,6 +103,7 @@ static void expert_analysis_free(ExpertAnalysis* xa) {
 
 typedef struct {
     int batches;
+    int available_batches;  // in one full pass over the data
     long tokens;
     double nll_sum;      // nats, over all target tokens
     double bytes;        // sum of bytes(target token); 0 when no tokenizer
@@ -141,7 +134,10 @@ static void eval_loss(MoEModel* m, const RoutingMode* mode, DataLoader* dl, int 
     int batches = max_batches < 0 || max_batches > nb ? (int)nb : max_batches;
     int N = dl->B * dl->T;
     dataloader_reset(dl);
+    Progress progress;
+    progress_begin(&progress, "eval_moe: loss pass", "batches", now_seconds());
     for (int b = 0; b < batches; b++) {
+        progress_tick(&progress, b, batches, now_seconds(), stderr);
         dataloader_next_batch(dl);
         moe_forward(m, dl->inputs, dl->targets, dl->B, dl->T, mode);
         double s = 0.0;
@@ -151,6 +147,7 @@ static void eval_loss(MoEModel* m, const RoutingMode* mode, DataLoader* dl, int 
         if (xa != NULL) expert_analysis_batch(xa, m, dl->input_domains);
     }
     r->batches = batches;
+    r->available_batches = (int)nb;
     r->tokens = (long)batches * N;
     r->loss = r->tokens > 0 ? r->nll_sum / r->tokens : NAN;
     r->perplexity = exp(r->loss);
@@ -204,7 +201,10 @@ static void mc_evaluate(MoEModel* m, const RoutingMode* mode, const MCSet* set, 
     int* row_ex = (int*)mallocCheck(sizeof(int) * (size_t)B);
     // walk the jobs of scored examples, B rows at a time
     int ex_i = 0, end_j = 0;
+    Progress progress;
+    progress_begin(&progress, "eval_moe: multiple choice", "examples", now_seconds());
     for (;;) {
+        progress_tick(&progress, ex_i, n, now_seconds(), stderr);
         int rows = 0;
         for (int t = 0; t < B * T_run; t++) { inputs[t] = eot; targets[t] = eot; }
         while (rows < B && ex_i < n) {

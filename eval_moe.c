@@ -31,7 +31,7 @@ static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_BATCH]          = {"batch", 'b', 1, "16", "batch size B (loss: rows per batch; multiple choice: endings per forward)"},
     [EF_SEQ_LEN]        = {"seq-len", 't', 1, "0", "sequence length T (0 = the checkpoint's maxT)"},
     [EF_VAL_BATCHES]    = {"val-batches", 'm', 1, "-1", "loss batches (-1 = one full pass, 0 = skip the loss)"},
-    [EF_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file (default: tokenizer.bin beside the -j shards, else beside --mc)"},
+    [EF_TOKENIZER]      = {"tokenizer", 0, 1, "", "tokenizer file (default: the one the run's config.txt records, else tokenizer.bin beside -j, else beside --mc)"},
     [EF_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "train_moe's --synthetic-tokens: the synthetic val split is 1/16 of it"},
     [EF_MC]             = {"mc", 0, 1, "", "multiple-choice file: llm.c hellaswag .bin, or JSONL (ctx|ctx_a+ctx_b, endings, label, sep)"},
     [EF_MC_LIMIT]       = {"mc-limit", 0, 1, "-1", "score at most this many examples (-1 = all)"},
@@ -73,6 +73,7 @@ typedef struct {
     Tokenizer tokenizer;
     int have_tok, eot;
     char tok_path[4096];
+    const char* tok_source;        // how tok_path was found, for the report
     DataLoader dl;                 // the loss pass's data
     int have_dl;
     char loss_data[4096];
@@ -158,20 +159,53 @@ static void load_model(EvalRun* r) {
     r->gatepro_active = m->router.router == ROUTER_GATEPRO && gatepro_active_at(&m->router, r->info.step);
 }
 
-// The tokenizer (--tokenizer, else tokenizer.bin beside the -j shards, else beside --mc) and the
-// loss pass's data (-j, else the synthetic corpus's val split for a V=512 model, else none).
+// The value of `key` in the run's config.txt (beside the checkpoint; train_moe writes "key = value"
+// lines) into out; 0 when there is no such file or line. config_path receives the file's path.
+static int run_config_value(const char* ckpt_path, const char* key, char* out, size_t n, char* config_path, size_t pn) {
+    eval_beside(config_path, pn, ckpt_path, "config.txt");
+    FILE* f = fopen(config_path, "r");
+    if (f == NULL) return 0;
+    char line[8192];
+    size_t klen = strlen(key);
+    int found = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, key, klen) != 0 || strncmp(line + klen, " = ", 3) != 0) continue;
+        line[strcspn(line, "\r\n")] = 0;
+        snprintf(out, n, "%s", line + klen + 3);
+        found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+// The tokenizer: --tokenizer; else the one the run recorded in its config.txt (train_moe writes
+// tokenizer_file and tokenizer_crc32 there); else tokenizer.bin beside the -j shards, else beside
+// --mc. A tokenizer whose crc32 differs from the recorded one is refused, unless given by --tokenizer
+// (then a warning). Then the loss pass's data: -j, else the synthetic corpus's val split for a
+// V=512 model, else none.
 static void set_up_data(EvalRun* r) {
-    char err[1024];
+    char err[1024], config_path[4096], recorded[4096] = "", recorded_crc[64] = "";
     int V = r->model.config.vocab_size;
+    run_config_value(r->ckpt_path, "tokenizer_crc32", recorded_crc, sizeof(recorded_crc), config_path, sizeof(config_path));
+    if (r->tok_path[0]) r->tok_source = "--tokenizer";
+    else if (run_config_value(r->ckpt_path, "tokenizer_file", recorded, sizeof(recorded), config_path, sizeof(config_path))) {
+        if (eval_file_exists(recorded)) {
+            snprintf(r->tok_path, sizeof(r->tok_path), "%s", recorded);
+            r->tok_source = "recorded in the run's config.txt";
+        } else {
+            fprintf(stderr, "warning: %s names the tokenizer %s, which is not there; looking beside -j/--mc "
+                            "(or give --tokenizer FILE)\n", config_path, recorded);
+        }
+    }
     if (!r->tok_path[0]) {
         char guess[4096];
         if (r->val_pattern[0]) {
             eval_beside(guess, sizeof(guess), r->val_pattern, "tokenizer.bin");
-            if (eval_file_exists(guess)) snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess);
+            if (eval_file_exists(guess)) { snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess); r->tok_source = "beside -j"; }
         }
         if (!r->tok_path[0] && r->mc_path[0]) {
             eval_beside(guess, sizeof(guess), r->mc_path, "tokenizer.bin");
-            if (eval_file_exists(guess)) snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess);
+            if (eval_file_exists(guess)) { snprintf(r->tok_path, sizeof(r->tok_path), "%s", guess); r->tok_source = "beside --mc"; }
         }
     }
     if (r->tok_path[0]) {
@@ -179,6 +213,16 @@ static void set_up_data(EvalRun* r) {
         if ((int)r->tokenizer.vocab_size != V)
             die("tokenizer %s has V=%u but the checkpoint has V=%d: not this model's tokenizer", r->tok_path,
                 r->tokenizer.vocab_size, V);
+        char crc[16];
+        snprintf(crc, sizeof(crc), "%08x", r->tokenizer.file_crc32);
+        if (recorded_crc[0] && strcmp(crc, recorded_crc) != 0) {
+            if (strcmp(r->tok_source, "--tokenizer") != 0)
+                die("tokenizer %s (%s) has crc32 %s, but the model was trained with a tokenizer of crc32 %s (%s): "
+                    "not the same file; give --tokenizer FILE to use a tokenizer anyway", r->tok_path, r->tok_source,
+                    crc, recorded_crc, config_path);
+            fprintf(stderr, "warning: tokenizer %s has crc32 %s, but the model was trained with a tokenizer of crc32 %s "
+                            "(%s)\n", r->tok_path, crc, recorded_crc, config_path);
+        }
         r->have_tok = 1;
     }
     r->eot = r->have_tok ? (int)r->tokenizer.eot_token : V - 1;
@@ -212,17 +256,18 @@ static void print_header(const EvalRun* r) {
            GATE_NORM_NAMES[rc->gate_norm]);
     if (rc->router == ROUTER_GATEPRO)
         printf(", GatePro penalty %s at step %d, lambda %g", r->gatepro_active ? "on" : "off", r->info.step, rc->gatepro_lambda);
-    printf("\ntokenizer %s\n", r->have_tok ? r->tok_path : "(none)");
+    if (r->have_tok) printf("\ntokenizer %s (%s, crc32 %08x)\n", r->tok_path, r->tok_source, r->tokenizer.file_crc32);
+    else printf("\ntokenizer (none)\n");
 }
 
 // 1. loss, perplexity, bits per byte over the loss data; its tokens feed the expert analysis
 static void evaluate_loss(EvalRun* r) {
     expert_analysis_begin(&r->xa, &r->model);
     if (r->have_dl) {
-        double t0 = eval_now();
+        double t0 = now_seconds();
         double* token_bytes = r->have_tok ? token_byte_counts(&r->tokenizer) : NULL;
         eval_loss(&r->model, &r->mode, &r->dl, r->val_batches, token_bytes, &r->xa, &r->loss);
-        r->loss_seconds = eval_now() - t0;
+        r->loss_seconds = now_seconds() - t0;
         free(token_bytes);
         dataloader_free(&r->dl);
         r->did_loss = 1;
@@ -231,8 +276,12 @@ static void evaluate_loss(EvalRun* r) {
     print_rule();
     if (r->did_loss) {
         printf("validation     %s\n", r->loss_data);
-        printf("  batches      %d of B=%d x T=%d = %ld tokens (%.1f s)\n", loss->batches, r->B, r->T, loss->tokens,
-               r->loss_seconds);
+        if (loss->batches == loss->available_batches)
+            printf("  batches      all %d of B=%d x T=%d = %ld tokens: one full pass (%.1f s)\n", loss->batches, r->B,
+                   r->T, loss->tokens, r->loss_seconds);
+        else
+            printf("  batches      the first %d of %d, B=%d x T=%d = %ld tokens (-m %d; -m -1 for a full pass) (%.1f s)\n",
+                   loss->batches, loss->available_batches, r->B, r->T, loss->tokens, r->val_batches, r->loss_seconds);
         printf("  loss         %.6f nats/token\n", loss->loss);
         printf("  perplexity   %.4f\n", loss->perplexity);
         if (loss->have_bpb) printf("  bits/byte    %.6f (%.0f target bytes)\n", loss->bpb, loss->bytes);
@@ -251,9 +300,9 @@ static void multiple_choice(EvalRun* r) {
     char err[1024];
     if (mc_load(r->mc_path, r->have_tok ? &r->tokenizer : NULL, r->model.config.vocab_size, r->eot, &r->set, err,
                 sizeof(err)) != 0) die("%s", err);
-    double t0 = eval_now();
+    double t0 = now_seconds();
     mc_evaluate(&r->model, &r->mode, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
-    r->mc_seconds = eval_now() - t0;
+    r->mc_seconds = now_seconds() - t0;
     r->did_mc = 1;
     const MCResult* mc = &r->mc;
     print_rule();
@@ -291,7 +340,9 @@ static void encode_prompt(EvalRun* r) {
             errno = 0;
             long id = strtol(s, &end, 10);
             if (end == s || errno || id < 0 || id >= V)
-                die("--prompt: without a tokenizer the prompt is token ids in [0, %d) separated by spaces; got '%s'", V, s);
+                die("--prompt: there is no tokenizer (no --tokenizer, none recorded in the run's config.txt, no "
+                    "tokenizer.bin beside -j or --mc), so the prompt must be token ids in [0, %d) separated by "
+                    "spaces; got '%s'", V, s);
             r->prompt[r->n_prompt++] = (int)id;
             s = end;
         }
@@ -346,14 +397,22 @@ static void write_json(const EvalRun* r) {
             ROUTER_NAMES[m->router.router], GATE_NORM_NAMES[m->router.gate_norm]);
     json_write_number(jf, m->router.gatepro_lambda);
     fprintf(jf, ", \"gatepro_active\": %d},\n  \"tokenizer\": ", r->gatepro_active);
-    if (r->have_tok) json_write_cstr(jf, r->tok_path); else fputs("null", jf);
+    if (r->have_tok) {
+        json_write_cstr(jf, r->tok_path);
+        fprintf(jf, ", \"tokenizer_found\": ");
+        json_write_cstr(jf, r->tok_source);
+        fprintf(jf, ", \"tokenizer_crc32\": \"%08x\"", r->tokenizer.file_crc32);
+    } else {
+        fputs("null", jf);
+    }
     fprintf(jf, ",\n  \"loss\": ");
     if (r->did_loss) {
         const LossResult* loss = &r->loss;
         fprintf(jf, "{\"data\": ");
         json_write_cstr(jf, r->loss_data);
-        fprintf(jf, ", \"batch\": %d, \"seq_len\": %d, \"batches\": %d, \"tokens\": %ld, \"loss\": ", r->B, r->T,
-                loss->batches, loss->tokens);
+        fprintf(jf, ", \"batch\": %d, \"seq_len\": %d, \"batches\": %d, \"available_batches\": %d, \"full_pass\": %s, "
+                    "\"tokens\": %ld, \"loss\": ", r->B, r->T, loss->batches, loss->available_batches,
+                loss->batches == loss->available_batches ? "true" : "false", loss->tokens);
         json_write_number(jf, loss->loss);
         fprintf(jf, ", \"perplexity\": ");
         json_write_number(jf, loss->perplexity);

@@ -2851,6 +2851,218 @@ static void test_eval(void) {
 }
 
 
+// ============================================================================
+// first day: what a new user meets following the README (the data script, the run folder, the
+// tokenizer found from the run, progress lines and the ETA, what eval_moe says it measured)
+
+static char fdt_dir[320];  // this section's temp directory, under test_dir
+
+// A text of `words` words from a small vocabulary (seeded), lines of 4-12 words.
+static void fdt_write_text(const char* path, int words, uint64_t seed) {
+    static const char* vocab[] = {"the", "king", "shall", "come", "to", "night", "and", "my", "lord", "speak",
+                                  "ROMEO:", "JULIET:", "love", "sweet", "death", "good", "morrow", "thou", "art", "fair"};
+    FILE* f = fopen(path, "w");
+    if (f == NULL) return;
+    int in_line = 0, line_len = 4;
+    for (int i = 0; i < words; i++) {
+        fprintf(f, "%s", vocab[random_u32(&seed) % 20]);
+        if (++in_line == line_len) { fputc('\n', f); in_line = 0; line_len = 4 + (int)(random_u32(&seed) % 9); }
+        else fputc(' ', f);
+    }
+    fclose(f);
+}
+
+// progress.h: a line at most every PROGRESS_EVERY seconds, with percent and ETA; format_eta
+static void test_first_day_progress(void) {
+    char eta[32];
+    format_eta(eta, sizeof(eta), 3725.0);
+    CHECK(strcmp(eta, "1h02m") == 0, "format_eta(3725 s) = %s, expected 1h02m", eta);
+    format_eta(eta, sizeof(eta), NAN);
+    CHECK(strcmp(eta, "0m00s") == 0, "format_eta(NaN) = %s, expected 0m00s", eta);
+    FILE* f = tmpfile();
+    if (f == NULL) { CHECK(0, "tmpfile: %s", strerror(errno)); return; }
+    Progress p;
+    progress_begin(&p, "eval_moe: loss pass", "batches", 100.0);
+    int printed[4];
+    printed[0] = progress_tick(&p, 1, 10, 101.0, f);  // 1 s in: too early
+    printed[1] = progress_tick(&p, 2, 10, 102.5, f);  // 2.5 s: a line, 20%, ETA 2.5 / 2 * 8 = 10 s
+    printed[2] = progress_tick(&p, 3, 10, 103.0, f);  // 0.5 s after the last line: quiet
+    printed[3] = progress_tick(&p, 5, 10, 104.6, f);  // 2.1 s after it: a line
+    char text[512] = "";
+    rewind(f);
+    size_t got = fread(text, 1, sizeof(text) - 1, f);
+    text[got] = 0;
+    fclose(f);
+    CHECK(!printed[0] && printed[1] && !printed[2] && printed[3], "progress: lines at ticks %d %d %d %d, expected 0 1 0 1",
+          printed[0], printed[1], printed[2], printed[3]);
+    CHECK(strstr(text, "eval_moe: loss pass  20% (2/10 batches), 2 s, ETA 0m10s\n") != NULL &&
+          strstr(text, " 50% (5/10 batches)") != NULL, "progress lines: '%s'", text);
+    // train_moe's ETA. Validations of a 120-step run with -v 50: before steps 0, 50, 100 and at the end
+    // (120); after step 0 three are left, after step 50 two, after step 119 the final one
+    int v0 = validations_left(0, 120, 50), v50 = validations_left(50, 120, 50), v119 = validations_left(119, 120, 50);
+    int v99 = validations_left(99, 100, 50), none = validations_left(5, 100, 0);
+    CHECK(v0 == 3 && v50 == 2 && v119 == 1 && v99 == 1 && none == 0,
+          "validations_left: %d %d %d %d %d, expected 3 2 1 1 0", v0, v50, v119, v99, none);
+    // step 1 of 100 took 0.1 s after a 30 s step-0 validation: 99 x 0.1 + 2 validations x 30 = 69.9 s,
+    // not (30 + 0.1) x 99 (the step-0 validation counted as step time)
+    double eta_s = run_eta_seconds(0.1, 1, 99, 30.0, 1, validations_left(0, 100, 50));
+    CHECK(fabs(eta_s - 69.9) < 1e-9, "run_eta_seconds: %.3f s, expected 69.9", eta_s);
+    CHECK(run_eta_seconds(5.0, 10, 90, 0.0, 0, 0) == 45.0, "run_eta_seconds without validation: expected 45 s");
+}
+
+// data/tinyshakespeare.sh: offline, it says how to get the text and what to run; with a local
+// file that is not tinyshakespeare, it warns and still prepares the data
+static void test_first_day_tinyshakespeare_script(void) {
+    char cmd[2048], out[512];
+    snprintf(out, sizeof(out), "%s/script.txt", fdt_dir);
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/repo/data && cp data/tinyshakespeare.sh data/prepare_text %s/repo/data/",
+             fdt_dir, fdt_dir);
+    if (system(cmd) != 0) { CHECK(0, "cannot copy the script: %s", cmd); return; }
+    snprintf(cmd, sizeof(cmd), "TINYSHAKESPEARE_URLS=file:///nonexistent/input.txt sh %s/repo/data/tinyshakespeare.sh", fdt_dir);
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 1 && file_contains(out, "could not download tinyshakespeare") &&
+          file_contains(out, "data/tinyshakespeare.sh path/to/input.txt") && file_contains(out, "char-rnn"),
+          "tinyshakespeare.sh offline: exit %d, expected 1 and the local-file instructions (see %s)", rc, out);
+    char text[512];
+    snprintf(text, sizeof(text), "%s/not_shakespeare.txt", fdt_dir);
+    fdt_write_text(text, 6000, 5);
+    snprintf(cmd, sizeof(cmd), "sh %s/repo/data/tinyshakespeare.sh %s -v 300", fdt_dir, text);
+    rc = run_cmd(cmd, out);
+    char shard[512];
+    snprintf(shard, sizeof(shard), "%s/repo/data/tinyshakespeare/tiny_shakespeare_val.bin", fdt_dir);
+    int has_sha = system("command -v sha256sum >/dev/null 2>&1") == 0;
+    CHECK(rc == 0 && access(shard, F_OK) == 0 && (!has_sha || file_contains(out, "not the usual tinyshakespeare")),
+          "tinyshakespeare.sh with a local file: exit %d, shard %s, expected 0, the shard and a sha256 warning (see %s)",
+          rc, access(shard, F_OK) == 0 ? "written" : "missing", out);
+}
+
+// eval_moe finds the tokenizer the run recorded in config.txt (beside the checkpoint), checks its
+// crc32, and says how many batches its loss covers
+static void test_first_day_eval_from_run(void) {
+    char cmd[4096], out[512], text[512], data[512], run[512], json[512];
+    snprintf(out, sizeof(out), "%s/eval_run.txt", fdt_dir);
+    snprintf(text, sizeof(text), "%s/text.txt", fdt_dir);
+    snprintf(data, sizeof(data), "%s/data", fdt_dir);
+    snprintf(run, sizeof(run), "%s/runs/a/b", fdt_dir);
+    snprintf(json, sizeof(json), "%s/eval.json", fdt_dir);
+    fdt_write_text(text, 12000, 9);
+    snprintf(cmd, sizeof(cmd), "data/prepare_text -i %s -o %s -n t -v 300", text, data);
+    if (run_cmd(cmd, out) != 0) { CHECK(0, "prepare_text failed (see %s)", out); return; }
+    // a run on shards, its tokenizer beside them; -o with parents that do not exist yet
+    snprintf(cmd, sizeof(cmd), "./train_moe -i '%s/t_train.bin' -j '%s/t_val.bin' --layers 1 --channels 32 --heads 2 "
+             "--experts 4 -b 4 -t 16 -x 2 -v 0 -o %s", data, data, run);
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 0 && file_contains(out, "data: ") && file_contains(out, " epochs"),
+          "train_moe on shards with -o a/b: exit %d, expected 0 and a 'data:' line with the epochs (see %s)", rc, out);
+    char config[600];
+    snprintf(config, sizeof(config), "%s/config.txt", run);
+    CHECK(file_contains(config, "tokenizer_file = /") && file_contains(config, "tokenizer_crc32 = "),
+          "config.txt must record the tokenizer's absolute path and crc32 (see %s)", config);
+    // eval_moe with no --tokenizer and no -j: the prompt is text, decoded back
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -m 0 --prompt 'ROMEO:' -g 4 --json %s", run, json);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0 && file_contains(out, "recorded in the run's config.txt") && file_contains(json, "\"tokenizer_crc32\""),
+          "eval_moe should find the run's tokenizer from config.txt: exit %d (see %s)", rc, out);
+    // the loss: a full pass says so, -m 1 says it is the first batch of how many
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -j '%s/t_val.bin' -b 4 -t 16 --json %s", run, data, json);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0 && file_contains(out, "one full pass") && file_contains(json, "\"full_pass\": true"),
+          "eval_moe full pass: exit %d, expected 'one full pass' and full_pass true (see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -j '%s/t_val.bin' -b 4 -t 16 -m 1 --json %s", run, data, json);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0 && file_contains(out, "the first 1 of ") && file_contains(json, "\"full_pass\": false"),
+          "eval_moe -m 1: exit %d, expected 'the first 1 of N' and full_pass false (see %s)", rc, out);
+    // a different tokenizer (another text's, same V) where the run's was: refused, unless given by --tokenizer
+    char text2[512];
+    snprintf(text2, sizeof(text2), "%s/text2.txt", fdt_dir);
+    fdt_write_text(text2, 12000, 10);
+    snprintf(cmd, sizeof(cmd), "(cp %s/tokenizer.bin %s/tokenizer.saved && data/prepare_text -i %s -o %s/other -n t -v 300 && "
+             "cp %s/other/tokenizer.bin %s/tokenizer.bin)", data, data, text2, fdt_dir, fdt_dir, data);
+    if (run_cmd(cmd, out) != 0) { CHECK(0, "cannot replace the tokenizer (see %s)", out); return; }
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -m 0 --json %s", run, json);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 1 && file_contains(out, "crc32") && file_contains(out, "--tokenizer"),
+          "eval_moe with a changed tokenizer: exit %d, expected 1 and a crc32 message (see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -m 0 --tokenizer %s/tokenizer.bin --json %s", run, data, json);
+    rc = run_cmd(cmd, out);
+    CHECK(rc != 0 || file_contains(out, "warning: tokenizer"),
+          "eval_moe --tokenizer with a changed file: exit %d, expected a warning or a refusal (see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "mv %s/tokenizer.saved %s/tokenizer.bin", data, data);
+    if (system(cmd) != 0) CHECK(0, "cannot restore the tokenizer");
+}
+
+// -o: parents are created (above: runs/a/b); a folder holding another run's checkpoints is refused,
+// resuming from it is not, and --overwrite deletes the old checkpoints
+static void test_first_day_output_dir(void) {
+    char cmd[4096], out[512], run[512], path[600];
+    snprintf(out, sizeof(out), "%s/outdir.txt", fdt_dir);
+    snprintf(run, sizeof(run), "%s/runs/c", fdt_dir);
+    const char* tiny = "./train_moe --synthetic-tokens 40000 --layers 1 --channels 32 --heads 2 --experts 4 -b 4 -t 16 -v 0";
+    snprintf(cmd, sizeof(cmd), "%s -x 2 -o %s", tiny, run);
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "train_moe -o %s: exit %d (see %s)", run, rc, out);
+    snprintf(cmd, sizeof(cmd), "%s -x 3 -o %s", tiny, run);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 1 && file_contains(out, "already holds 1 checkpoint") && file_contains(out, "--overwrite"),
+          "a second run into %s: exit %d, expected 1 and a message naming --overwrite (see %s)", run, rc, out);
+    snprintf(cmd, sizeof(cmd), "%s -x 3 -e %s/model_00000002.bin -o %s", tiny, run, run);
+    rc = run_cmd(cmd, out);
+    snprintf(path, sizeof(path), "%s/model_00000003.bin", run);
+    CHECK(rc == 0 && access(path, F_OK) == 0, "resuming into its own folder: exit %d (see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "%s -x 1 --overwrite -o %s", tiny, run);
+    rc = run_cmd(cmd, out);
+    int old_gone = access(path, F_OK) != 0;
+    snprintf(path, sizeof(path), "%s/model_00000001.bin", run);
+    CHECK(rc == 0 && old_gone && access(path, F_OK) == 0 && file_contains(out, "deleted 2 checkpoints"),
+          "--overwrite: exit %d, old checkpoints %s, expected 0, deleted and the new one (see %s)", rc,
+          old_gone ? "deleted" : "still there", out);
+}
+
+// README's flag tables copy --help: every flag of train_moe and eval_moe is in README.md
+static void test_first_day_readme_flags(void) {
+    const char* programs[2] = {"./train_moe", "./eval_moe"};
+    char out[512], cmd[1024];
+    snprintf(out, sizeof(out), "%s/help.txt", fdt_dir);
+    FILE* f = fopen("README.md", "rb");
+    if (f == NULL) { CHECK(0, "README.md: cannot open"); return; }
+    static char readme[1 << 18];
+    size_t n = fread(readme, 1, sizeof(readme) - 1, f);
+    readme[n] = 0;
+    fclose(f);
+    for (int p = 0; p < 2; p++) {
+        snprintf(cmd, sizeof(cmd), "%s --help", programs[p]);
+        if (run_cmd(cmd, out) != 0) { CHECK(0, "%s --help failed", programs[p]); continue; }
+        FILE* h = fopen(out, "r");
+        if (h == NULL) continue;
+        char line[1024], missing[2048] = "";
+        while (fgets(line, sizeof(line), h)) {
+            char* dash = strstr(line, "--");
+            if (dash == NULL || strncmp(line, "  ", 2) != 0) continue;
+            char name[128], row_a[160], row_b[160];
+            size_t len = strcspn(dash, " \n");
+            snprintf(name, sizeof(name), "%.*s", (int)len, dash);
+            snprintf(row_a, sizeof(row_a), "| `%s` |", name);     // a long flag alone
+            snprintf(row_b, sizeof(row_b), ", %s` |", name);      // "-x, --name"
+            if (strstr(readme, row_a) == NULL && strstr(readme, row_b) == NULL && strlen(missing) + len + 2 < sizeof(missing)) {
+                strcat(missing, " ");
+                strcat(missing, name);
+            }
+        }
+        fclose(h);
+        CHECK(missing[0] == 0, "README.md has no flag-table row for %s's%s: copy them from its --help", programs[p], missing);
+    }
+}
+
+static void test_first_day(void) {
+    snprintf(fdt_dir, sizeof(fdt_dir), "%s/first_day", test_dir);
+    if (mkdir(fdt_dir, 0755) != 0) { CHECK(0, "mkdir %s: %s", fdt_dir, strerror(errno)); return; }
+    test_first_day_progress();
+    test_first_day_tinyshakespeare_script();
+    test_first_day_eval_from_run();
+    test_first_day_output_dir();
+    test_first_day_readme_flags();
+}
+
 int main(void) {
     char tmpl[] = "/tmp/test_moe_XXXXXX";
     if (mkdtemp(tmpl) == NULL) die("cannot create a temp directory");
@@ -2914,6 +3126,8 @@ int main(void) {
     test_tokenizer();
     printf("[eval_moe, make_cloze]\n");
     test_eval();
+    printf("[first day: data script, run folder, tokenizer from the run, progress, ETA]\n");
+    test_first_day();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", test_dir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", test_dir);

@@ -39,6 +39,7 @@ Encoding (SPEC §5.2):
 #include <string.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <zlib.h>
 #include "data/unicode_tables.h"
 
 #define TOKENIZER_MAGIC 20240328
@@ -290,6 +291,7 @@ typedef struct {
     uint32_t byte_token[256];   // id of the length-1 token holding each byte, or TOKENIZER_NONE
     PairMap merge_rank;         // (left, right) -> rank
     BytesMap token_index;       // token bytes -> lowest id with those bytes (end-of-text excluded)
+    uint32_t file_crc32;        // zlib crc32 of the file tokenizer_load read (train_moe records it in config.txt)
 } Tokenizer;
 
 static inline void tokenizer_free(Tokenizer* t) {
@@ -493,6 +495,10 @@ static inline int tokenizer_load(Tokenizer* t, const char* path, char* err, size
         return -1;
     }
     int status = tokenizer_parse(t, data, size, path, err, errlen);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (size_t pos = 0; pos < size; pos += 1u << 30)
+        crc = crc32(crc, data + pos, (uInt)(size - pos < (1u << 30) ? size - pos : (1u << 30)));
+    t->file_crc32 = (uint32_t)crc;
     free(data);
     return status;
 }

@@ -9,18 +9,20 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 #include <signal.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include "moe.h"
 #include "metrics.h"
 #include "dataloader.h"
 #include "tokenizer.h"
 #include "flags.h"
 #include "mpi_moe.h"
+#include "progress.h"
 
 // ----------------------------------------------------------------------------
 // the flags: one table, with defaults and help
 
 typedef enum {
-    F_TRAIN, F_VAL, F_OUTPUT, F_BATCH, F_SEQ_LEN, F_LR, F_WARMUP, F_FINAL_LR, F_WEIGHT_DECAY, F_TOTAL_BATCH,
+    F_TRAIN, F_VAL, F_OUTPUT, F_OVERWRITE, F_BATCH, F_SEQ_LEN, F_LR, F_WARMUP, F_FINAL_LR, F_WEIGHT_DECAY, F_TOTAL_BATCH,
     F_STEPS, F_VAL_EVERY, F_VAL_BATCHES, F_SAMPLE_EVERY, F_GEN_LEN, F_CKPT_EVERY, F_INIT, F_WEIGHTS_ONLY,
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
@@ -31,7 +33,8 @@ typedef enum {
 static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_TRAIN]          = {"train-data", 'i', 1, "", "train shards (glob; .bin also matches .bin.gz); empty = built-in synthetic corpus"},
     [F_VAL]            = {"val-data", 'j', 1, "", "validation shards (glob); empty = the synthetic corpus's val split"},
-    [F_OUTPUT]         = {"output", 'o', 1, "out", "output directory: main.log, config.txt, checkpoints"},
+    [F_OUTPUT]         = {"output", 'o', 1, "out", "output directory (parents created): main.log, config.txt, checkpoints"},
+    [F_OVERWRITE]      = {"overwrite", 0, 0, "", "start a new run in an -o that holds another run's checkpoints (deletes them)"},
     [F_BATCH]          = {"batch", 'b', 1, "16", "micro-batch size B"},
     [F_SEQ_LEN]        = {"seq-len", 't', 1, "64", "sequence length T (1 <= T <= maxT)"},
     [F_LR]             = {"lr", 'l', 1, "1e-3", "peak learning rate"},
@@ -84,29 +87,26 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
 };
 
 // ----------------------------------------------------------------------------
-// small things: time, signals, files
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+// small things: signals, files
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
 
+// mkdir -p: the directory and any missing parents
 static void make_dir(const char* path) {
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) die("cannot create output directory %s: %s", path, strerror(errno));
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    for (char* p = dir + 1; ; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) die("cannot create output directory %s: %s", dir, strerror(errno));
+        *p = c;
+        if (c == '\0') break;
+    }
 }
 
 static int file_exists(const char* path) { struct stat st; return stat(path, &st) == 0; }
-
-static void format_eta(char* buf, size_t n, double seconds) {
-    if (seconds < 0) seconds = 0;
-    int s = (int)(seconds + 0.5);
-    if (s >= 3600) snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
-    else snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
-}
 
 // ----------------------------------------------------------------------------
 // validation and sampling
@@ -360,6 +360,7 @@ typedef struct {
     SyntheticCorpus corpus;
     Tokenizer tokenizer;
     int have_tokenizer;
+    char tokenizer_path[4096];  // absolute, for config.txt
     int V;
     DataLoader train, val;
 } RunData;
@@ -373,6 +374,8 @@ typedef struct {
     double metrics_seconds, step_seconds, t_start;
     double* micro_local;    // (grad_accum / ranks, 4) this rank's micro-batches' loss, aux, z, compete
     double* micro_all;      // (grad_accum, 4) every micro-batch's, in order
+    double val_seconds;     // spent validating, over val_passes passes (for the ETA)
+    int val_passes;
 } RunOutputs;
 
 typedef struct {
@@ -522,6 +525,7 @@ static void setup_data(RunData* d, const RunSettings* s, const Flags* flags) {
             char err[512];
             if (tokenizer_load(&d->tokenizer, tok_path, err, sizeof(err)) != 0) die("%s", err);
             d->have_tokenizer = 1;
+            if (realpath(tok_path, d->tokenizer_path) == NULL) snprintf(d->tokenizer_path, sizeof(d->tokenizer_path), "%s", tok_path);
             printf("tokenizer: %s (V=%d)\n", tok_path, d->tokenizer.vocab_size);
         }
         d->V = (int)flag_int(flags, F_VOCAB, 0, 1L << 30);
@@ -586,6 +590,26 @@ static void setup_model(Run* run) {
                         "gets no gradient from the LM loss; consider --gate-norm softmax_topk\n");
 }
 
+// What the run will read: the train data's size and the epochs the steps cover; per validation,
+// how much of the val data (eval_moe's default is a full pass).
+static void print_data_coverage(const Run* run) {
+    const RunSettings* s = &run->set;
+    const DataLoader* train = &run->data.train;
+    const DataLoader* val = &run->data.val;
+    char train_files[64] = "the built-in corpus", val_files[64] = "the built-in corpus";
+    if (!run->data.synthetic) {
+        snprintf(train_files, sizeof(train_files), "%d shard%s", train->num_shards, train->num_shards == 1 ? "" : "s");
+        snprintf(val_files, sizeof(val_files), "%d shard%s", val->num_shards, val->num_shards == 1 ? "" : "s");
+    }
+    double epoch_tokens = (double)train->num_batches * s->B * s->T;
+    printf("data: train %zu tokens (%s), %lld batches of B*T per epoch; %d steps x %ld tokens = %.3g epochs\n",
+           train->num_tokens, train_files, (long long)train->num_batches, s->steps, s->total_batch,
+           epoch_tokens > 0 ? (double)s->steps * s->total_batch / epoch_tokens : 0.0);
+    if (s->val_every > 0)
+        printf("      val %zu tokens (%s): each validation reads the first %d of its %lld batches (eval_moe: all)\n",
+               val->num_tokens, val_files, s->val_batches, (long long)val->num_batches);
+}
+
 // The step count, the CompeteSMoE schedule and, when resuming, the data position and RNG.
 static void setup_schedule(Run* run) {
     RunSettings* s = &run->set;
@@ -594,6 +618,7 @@ static void setup_schedule(Run* run) {
     if (s->val_batches > val_available) s->val_batches = (int)val_available;
     if (s->steps < 0) s->steps = (int)(dataloader_num_batches(&run->data.train) / s->grad_accum);
     if (s->steps < 1) s->steps = 1;
+    print_data_coverage(run);
     if (run->model.router.router == ROUTER_COMPETE) {  // drawn once from the run's seed: a resume redraws the same
         const RouterConfig* r = &run->model.router;
         run->schedule = (unsigned char*)mallocCheck((size_t)s->steps * cfg->num_layers);
@@ -619,6 +644,40 @@ static void setup_schedule(Run* run) {
 
 // --- step 4: the output directory: config.txt, main.log, metrics.tsv
 
+// An -o that holds checkpoints (model_*.bin) is another run's unless this run resumes from one of
+// them: refused, or with --overwrite its checkpoints are deleted. Returns how many were deleted.
+static int claim_output_dir(const Run* run) {
+    const char* outdir = run->set.outdir;
+    char out_real[4096], init_dir[4096], init_real[4096];
+    if (realpath(outdir, out_real) == NULL) return 0;
+    if (run->resuming) {
+        snprintf(init_dir, sizeof(init_dir), "%s", run->set.init_path);
+        char* slash = strrchr(init_dir, '/');
+        if (slash != NULL) *slash = '\0'; else snprintf(init_dir, sizeof(init_dir), ".");
+        if (realpath(init_dir, init_real) != NULL && strcmp(init_real, out_real) == 0) return 0;
+    }
+    DIR* d = opendir(outdir);
+    if (d == NULL) return 0;
+    char first[512] = "", path[4096];
+    int found = 0, deleted = 0;
+    struct dirent* e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "model_", 6) != 0 || n < 10 || strcmp(e->d_name + n - 4, ".bin") != 0) continue;
+        if (!found++) snprintf(first, sizeof(first), "%s", e->d_name);
+        if (!run->flags.given[F_OVERWRITE]) continue;
+        snprintf(path, sizeof(path), "%s/%s", outdir, e->d_name);
+        if (unlink(path) != 0) die("--overwrite: cannot delete %s: %s", path, strerror(errno));
+        deleted++;
+    }
+    closedir(d);
+    if (found && !run->flags.given[F_OVERWRITE])
+        die("output directory %s already holds %d checkpoint%s of another run (%s%s): resume that run with -e %s/%s, "
+            "choose another -o, or give --overwrite to delete them", outdir, found, found == 1 ? "" : "s", first,
+            found > 1 ? ", ..." : "", outdir, first);
+    return deleted;
+}
+
 static void open_outputs(Run* run) {
     const RunSettings* s = &run->set;
     const MoEModel* model = &run->model;
@@ -630,6 +689,8 @@ static void open_outputs(Run* run) {
     o->micro_all = (double*)callocCheck((size_t)s->grad_accum * 4, sizeof(double));
     if (run->dist.rank != 0) return;  // rank 0 alone writes files
     make_dir(s->outdir);
+    int deleted = claim_output_dir(run);
+    if (deleted) printf("--overwrite: deleted %d checkpoint%s of an earlier run in %s\n", deleted, deleted == 1 ? "" : "s", s->outdir);
     char path[4096];
     snprintf(path, sizeof(path), "%s/config.txt", s->outdir);
     FILE* cf = fopen(path, "w");
@@ -643,6 +704,8 @@ static void open_outputs(Run* run) {
             model->router.z_loss_coef, model->router.gatepro_lambda, model->router.gatepro_start, model->router.gatepro_stop);
     fprintf(cf, "# resumed_from = %s at step %d\n", s->init_path[0] ? s->init_path : "(none)", run->start_step);
     fprintf(cf, "# mpi: %d ranks%s%s\n", run->dist.size, s->zero ? ", ZeRO-1" : "", s->expert_parallel ? ", expert parallel" : "");
+    if (run->data.have_tokenizer)  // eval_moe finds the tokenizer here and checks its crc32
+        fprintf(cf, "tokenizer_file = %s\ntokenizer_crc32 = %08x\n", run->data.tokenizer_path, run->data.tokenizer.file_crc32);
     fclose(cf);
     snprintf(path, sizeof(path), "%s/main.log", s->outdir);
     o->log = fopen(path, run->resuming ? "a" : "w");
@@ -700,7 +763,10 @@ static void validate_and_sample(Run* run, int step, int last) {
         run->model.expert_runner = NULL;
     }
     if (validating) {
+        double t0 = now_seconds();
         float val_loss = validate(&run->dist, &run->model, &run->data.val, s->val_batches, o->probe_sim, step);
+        o->val_seconds += now_seconds() - t0;
+        o->val_passes++;
         o->have_probe = 1;
         if (step > run->start_step && o->log != NULL)  // the last step's routing
             print_layer_summary(&o->metrics, &run->model, o->probe_sim);
@@ -780,6 +846,12 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     return 0;
 }
 
+static double eta_seconds(const Run* run, int step) {
+    const RunOutputs* o = &run->out;
+    return run_eta_seconds(o->step_seconds, step + 1 - run->start_step, run->set.steps - step - 1, o->val_seconds,
+                           o->val_passes, validations_left(step, run->set.steps, run->set.val_every));
+}
+
 static void log_step(Run* run, int step, const StepStats* st) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
@@ -789,7 +861,7 @@ static void log_step(Run* run, int step, const StepStats* st) {
     o->step_seconds += st->ms / 1000.0 + (now_seconds() - t0);
     o->have_probe = 0;
     char eta[32], compete_text[64] = "";
-    format_eta(eta, sizeof(eta), (now_seconds() - o->t_start) / (step + 1 - run->start_step) * (s->steps - step - 1));
+    format_eta(eta, sizeof(eta), eta_seconds(run, step));
     if (run->schedule != NULL) snprintf(compete_text, sizeof(compete_text), " compete %.4f", st->compete);
     printf("step %4d/%d | loss %.4f | aux %.4f z %.4f%s | lr %.2e | norm %.3f | %.1f ms (fwd+bwd %.1f, opt %.1f) | "
            "%.0f tok/s | ETA %s\n", step + 1, s->steps, st->loss, st->aux, st->z, compete_text, st->lr, st->norm, st->ms,

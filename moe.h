@@ -181,11 +181,19 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
 // stands in for 0, which no softmax here can tell apart.
 static inline float exp_approx(float x) {
     x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;  // (not fminf/fmaxf: those stay calls in scalar code)
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    // n = floor(t) and 2^n without a float -> int conversion and without floorf: gcc leaves a loop
+    // with either of those scalar. rt is t rounded to an integer (|t| < 2^22) by the 1.5 * 2^23
+    // trick; the biased exponent n + 127 is read from the low bits of n + 127 + 1.5 * 2^23.
+    float t = x * 1.44269504088896341f + 0.5f;
+    float rt = (t + 12582912.0f) - 12582912.0f;
+    float n = rt > t ? rt - 1.0f : rt;
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    float biased = n + (127.0f + 12582912.0f);
+    int32_t bits;
+    memcpy(&bits, &biased, 4);
+    bits = (bits - 0x4B400000) << 23;
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;

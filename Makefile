@@ -17,7 +17,7 @@ else
   $(warning OpenMP not found: building single-threaded)
 endif
 
-HEADERS = moe.h routers.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h data/cloze.h data/unicode_tables.h
+HEADERS = moe.h routers.h metrics.h matmul.h dataloader.h tokenizer.h flags.h mc.h eval.h upcycle.h data/cloze.h data/unicode_tables.h
 
 # MPI (mpi_moe.h): `make USE_MPI=1` builds train_moe with mpicc (Open MPI: apt-get install
 # openmpi-bin libopenmpi-dev); `make train_moe_mpi` builds an MPI train_moe_mpi beside the plain
@@ -30,7 +30,7 @@ else
   TRAIN_CC = $(CC)
 endif
 
-all: train_moe eval_moe test_moe data/prepare_text data/make_cloze
+all: train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/export_llmc
 
 train_moe: train_moe.c $(HEADERS) mpi_moe.h
 	$(TRAIN_CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
@@ -50,6 +50,9 @@ test_moe: test_moe.c $(HEADERS)
 data/prepare_text: data/prepare_text.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
+dev/export_llmc: dev/export_llmc.c $(HEADERS)
+	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
 dev/test_sgemm: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -65,6 +68,6 @@ ci: all dev/test_sgemm dev/test_sgemm_avx2
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2
+	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/export_llmc
 
 .PHONY: all test ci clean

@@ -20,6 +20,7 @@ static int tests_passed, tests_failed;
 
 #include "dataloader.h"
 #include "tokenizer.h"
+#include "upcycle.h"
 #include "metrics.h"
 #include "eval.h"
 #include "data/cloze.h"
@@ -3063,6 +3064,374 @@ static void test_first_day(void) {
     test_first_day_readme_flags();
 }
 
+// ============================================================================
+// upcycling and llm.c's model file (upcycle.h)
+
+static char upc_dir[320];
+static const char* upc_path(const char* name) {
+    static char buf[4][512];
+    static int next = 0;
+    char* p = buf[next++ & 3];
+    snprintf(p, 512, "%s/%s", upc_dir, name);
+    return p;
+}
+
+// A dense GPT-2 (E=1, H=4C) with every parameter random, biases and LayerNorms included.
+static void upc_dense_model(MoEModel* d, int V, int maxT) {
+    MoEConfig c = {maxT, V, pad_vocab(V), 2, 2, 16, 1, 1, 64, 0};
+    moe_build(d, &c);
+    moe_init_params(d, 11, 0.02f);
+    for (size_t i = 0; i < d->num_parameters; i++) d->params_memory[i] += 0.05f * urand();
+}
+
+// llm.c's model file written by hand, field by field, independently of upcycle.h: header, then the
+// 16 tensors in llm.c's order from the dense model's named pointers, as float32 or as bfloat16
+// (the top 16 bits: truncation, so a value converted back is exactly representable).
+static void upc_write_llmc_by_hand(const char* path, const MoEModel* d, int version) {
+    const MoEConfig* c = &d->config;
+    size_t C = c->channels, L = c->num_layers;
+    int32_t h[256] = {0};
+    h[0] = 20240326; h[1] = version; h[2] = c->max_seq_len; h[3] = c->vocab_size;
+    h[4] = c->num_layers; h[5] = c->num_heads; h[6] = c->channels; h[7] = c->padded_vocab_size;
+    const ParameterTensors* p = &d->params;
+    const float* t[16] = {p->wte, p->wpe, p->ln1w, p->ln1b, p->qkvw, p->qkvb, p->attprojw, p->attprojb,
+                          p->ln2w, p->ln2b, p->fcw, p->fcb, p->fcprojw, p->fcprojb, p->lnfw, p->lnfb};
+    size_t n[16] = {c->padded_vocab_size * C, c->max_seq_len * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
+                    L * C * C, L * C, L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    FILE* f = fopen(path, "wb");
+    if (f == NULL) { printf("cannot create %s\n", path); return; }
+    fwrite(h, sizeof(h), 1, f);
+    for (int i = 0; i < 16; i++) {
+        if (version == 3) { fwrite(t[i], 4, n[i], f); continue; }
+        for (size_t j = 0; j < n[i]; j++) { uint16_t b = (uint16_t)(float_bits(t[i][j]) >> 16); fwrite(&b, 2, 1, f); }
+    }
+    fclose(f);
+}
+
+// max |a - b| over the first V logits of every row, and max |a| (for the scale)
+static float upc_logit_diff(const MoEModel* a, const MoEModel* b, int N, float* scale) {
+    int V = a->config.vocab_size, Vp = a->config.padded_vocab_size;
+    float worst = 0.0f, big = 0.0f;
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < V; v++) {
+            float x = a->acts.logits[(size_t)n * Vp + v], y = b->acts.logits[(size_t)n * Vp + v];
+            worst = fmaxf(worst, fabsf(x - y));
+            big = fmaxf(big, fabsf(x));
+        }
+    if (scale) *scale = big;
+    return worst;
+}
+
+static int upc_inputs[2 * 8], upc_targets[2 * 8];
+static void upc_forward(MoEModel* m) { RoutingMode mode = routing_eval(0); moe_forward(m, upc_inputs, upc_targets, 2, 8, &mode); }
+
+static int upc_files_equal(const char* a, const char* b) {
+    size_t na, nb;
+    unsigned char* x = dlt_read_raw(a, &na);
+    unsigned char* y = dlt_read_raw(b, &nb);
+    int same = x != NULL && y != NULL && na == nb && memcmp(x, y, na) == 0;
+    free(x); free(y);
+    return same;
+}
+
+// The exact test: with noise 0 and topk_softmax, the upcycled MoE's logits are the dense model's,
+// whether the dense model came from our checkpoint or from an llm.c file (float32 or bfloat16),
+// under every router that renormalises its weights over the chosen experts (all but compete's
+// competition steps, which evaluation never takes).
+static float upc_worst_exact = 0.0f;
+static void upc_check_exact_router(const char* what, const char* path, MoEModel* dense_ref, int router) {
+    MoEModel m;
+    char err[512];
+    if (moe_build_upcycled(&m, path, 4, 2, router == ROUTER_XMOE ? 8 : 0, 5, 0.5f, 0.0f, err, sizeof(err)) != 0) {
+        CHECK(0, "%s: %s", what, err);
+        return;
+    }
+    m.router.router = router;
+    upc_forward(dense_ref);
+    upc_forward(&m);
+    float scale, diff = upc_logit_diff(&m, dense_ref, 16, &scale);
+    if (diff > upc_worst_exact) upc_worst_exact = diff;
+    CHECK(diff <= 2e-6f * fmaxf(scale, 1.0f), "%s, router %s: upcycled logits differ from the dense model's by %g "
+          "(max |logit| %g)", what, ROUTER_NAMES[router], diff, scale);
+    CHECK(fabsf(m.mean_loss - dense_ref->mean_loss) <= 1e-6f * fabsf(dense_ref->mean_loss),
+          "%s, router %s: loss %.9g vs dense %.9g", what, ROUTER_NAMES[router], m.mean_loss, dense_ref->mean_loss);
+    // the routing is not trivial: several experts receive tokens in layer 0 (else the test proves little)
+    int used[4] = {0}, distinct = 0;
+    for (int i = 0; i < 16 * 2; i++) used[m.idx.expert_index[i]] = 1;
+    for (int e = 0; e < 4; e++) distinct += used[e];
+    CHECK(distinct >= 3, "%s, router %s: only %d of 4 experts received tokens; the exact test needs real routing",
+          what, ROUTER_NAMES[router], distinct);
+    moe_free(&m);
+}
+static void upc_check_exact(const char* what, const char* path, MoEModel* dense_ref) {
+    upc_check_exact_router(what, path, dense_ref, ROUTER_TOPK);
+}
+
+static void test_upcycle_exact(void) {
+    MoEModel d;
+    upc_dense_model(&d, 37, 8);
+    for (int i = 0; i < 16; i++) { upc_inputs[i] = (i * 7 + 3) % 37; upc_targets[i] = (i * 5 + 1) % 37; }
+    char err[512];
+    CHECK(moe_save_checkpoint(&d, upc_path("dense.bin"), 0, 0, 1, 1, NULL, err, sizeof(err)) == 0, "save: %s", err);
+    upc_write_llmc_by_hand(upc_path("llmc.bin"), &d, 3);
+    upc_check_exact("upcycle from a moe.c E=1 checkpoint", upc_path("dense.bin"), &d);
+    upc_check_exact("upcycle from an llm.c float32 file", upc_path("llmc.bin"), &d);
+    upc_check_exact_router("upcycle from a moe.c checkpoint", upc_path("dense.bin"), &d, ROUTER_GATEPRO);
+    upc_check_exact_router("upcycle from a moe.c checkpoint", upc_path("dense.bin"), &d, ROUTER_AUXFREE);
+    upc_check_exact_router("upcycle from a moe.c checkpoint", upc_path("dense.bin"), &d, ROUTER_XMOE);
+
+    // the writer: byte for byte the hand-written file; the CLI too; round trip export -> upcycle
+    CHECK(llmc_save_model(&d, upc_path("export.bin"), err, sizeof(err)) == 0, "llmc_save_model: %s", err);
+    CHECK(upc_files_equal(upc_path("export.bin"), upc_path("llmc.bin")), "llmc_save_model's file differs from llm.c's layout");
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "./dev/export_llmc %s %s", upc_path("dense.bin"), upc_path("export_cli.bin"));
+    int rc = run_cmd(cmd, upc_path("export_cli.txt"));
+    CHECK(rc == 0 && upc_files_equal(upc_path("export_cli.bin"), upc_path("llmc.bin")),
+          "dev/export_llmc: exit %d or its file differs from llm.c's layout (see %s)", rc, upc_path("export_cli.txt"));
+    upc_check_exact("round trip: export_llmc -> upcycle", upc_path("export_cli.bin"), &d);
+
+    // llm.c's reader alone gives back the dense tensors exactly (the unused E=1 router aside)
+    MoEModel r;
+    CHECK(llmc_load_model(&r, upc_path("llmc.bin"), err, sizeof(err)) == 0, "llmc_load_model: %s", err);
+    if (r.params_memory != NULL) {
+        int same = memcmp(&r.config, &d.config, sizeof(MoEConfig)) == 0;
+        for (int j = 0; j < GPT2_NUM_TENSORS && same; j++) {
+            size_t na, nb;
+            float* a = moe_param_tensor(&r, GPT2_TENSORS[j].name, &na);
+            float* b = moe_param_tensor(&d, GPT2_TENSORS[j].name, &nb);
+            same = na == nb && memcmp(a, b, na * 4) == 0;
+        }
+        CHECK(same, "llmc_load_model: config or tensors differ from the file's");
+        moe_free(&r);
+    }
+
+    // bfloat16 (version 5): converted exactly; the upcycled model equals the bf16-rounded dense one
+    upc_write_llmc_by_hand(upc_path("llmc_bf16.bin"), &d, 5);
+    MoEModel d16;
+    MoEConfig c = d.config;
+    moe_build(&d16, &c);
+    for (size_t i = 0; i < d.num_parameters; i++) d16.params_memory[i] = bits_float(float_bits(d.params_memory[i]) & 0xFFFF0000u);
+    upc_check_exact("upcycle from an llm.c bfloat16 file", upc_path("llmc_bf16.bin"), &d16);
+    moe_free(&d16);
+
+    // what is copied, what is left alone: experts are the dense MLP; every tensor outside GPT-2's
+    // (routerw, router_bias, X-MoE's) is the initialiser's
+    MoEModel m, fresh;
+    moe_build_upcycled(&m, upc_path("dense.bin"), 4, 2, 8, 5, 0.5f, 0.0f, err, sizeof(err));
+    MoEConfig mc = m.config;
+    moe_build(&fresh, &mc);
+    moe_init_params(&fresh, 5, 0.5f);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        int gpt2 = 0;
+        for (int j = 0; j < GPT2_NUM_TENSORS; j++) gpt2 |= strcmp(PARAM_NAMES[i], GPT2_TENSORS[j].name) == 0;
+        if (gpt2) continue;
+        size_t na, nb;
+        float* a = moe_param_tensor(&m, PARAM_NAMES[i], &na);
+        float* b = moe_param_tensor(&fresh, PARAM_NAMES[i], &nb);
+        CHECK(na == nb && na > 0 && memcmp(a, b, na * 4) == 0,
+              "upcycle: router tensor %s is not the initialiser's (seed 5, --router-init-std 0.5)", PARAM_NAMES[i]);
+    }
+    int copies = 1;
+    size_t HC = (size_t)64 * 16;
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < 4; e++)
+            copies &= memcmp(m.params.fcw + ((size_t)l * 4 + e) * HC, d.params.fcw + l * HC, HC * 4) == 0 &&
+                      memcmp(m.params.fcprojb + ((size_t)l * 4 + e) * 16, d.params.fcprojb + l * 16, 16 * 4) == 0;
+    CHECK(copies, "upcycle: an expert's fcw or fcprojb is not the dense layer's");
+    CHECK(memcmp(m.params.qkvw, d.params.qkvw, m.param_sizes[4] * 4) == 0 && memcmp(m.params.wte, d.params.wte, m.param_sizes[0] * 4) == 0,
+          "upcycle: attention or embedding weights not copied");
+    moe_free(&fresh);
+
+    // noise: seeded, its own stream, relative size S
+    MoEModel n1, n2, n3;
+    moe_build_upcycled(&n1, upc_path("dense.bin"), 4, 2, 8, 5, 0.5f, 0.1f, err, sizeof(err));
+    moe_build_upcycled(&n2, upc_path("dense.bin"), 4, 2, 8, 5, 0.5f, 0.1f, err, sizeof(err));
+    moe_build_upcycled(&n3, upc_path("dense.bin"), 4, 2, 8, 6, 0.5f, 0.1f, err, sizeof(err));
+    CHECK(memcmp(n1.params_memory, n2.params_memory, n1.num_parameters * 4) == 0, "upcycle noise: same seed, different weights");
+    CHECK(memcmp(n1.params.fcw, n3.params.fcw, n1.param_sizes[11] * 4) != 0, "upcycle noise: a different seed gave the same noise");
+    CHECK(memcmp(n1.params.routerw, m.params.routerw, m.param_sizes[10] * 4) == 0, "upcycle noise moved the router's initialisation");
+    double ss_noise = 0.0, ss_dense = 0.0;
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < 4; e++)
+            for (size_t i = 0; i < HC; i++) {
+                double dn = (double)n1.params.fcw[((size_t)l * 4 + e) * HC + i] - d.params.fcw[l * HC + i];
+                ss_noise += dn * dn;
+                ss_dense += (double)d.params.fcw[l * HC + i] * d.params.fcw[l * HC + i];
+            }
+    double rel = sqrt(ss_noise / ss_dense);
+    CHECK(fabs(rel - 0.1) < 0.01, "upcycle noise 0.1: measured relative size %.4f", rel);
+    upc_forward(&n1);
+    upc_forward(&d);
+    CHECK(upc_logit_diff(&n1, &d, 16, NULL) > 1e-4f, "upcycle noise 0.1 left the logits unchanged");
+    moe_free(&n1); moe_free(&n2); moe_free(&n3);
+    moe_free(&m);
+    moe_free(&d);
+}
+
+// softmax_topk: the weights are the K largest softmax probabilities, summing to s < 1, so the MoE
+// layer outputs s(x) * MLP(x); with a zero router every probability is 1/E and s = K/E.
+static void test_upcycle_softmax_topk(void) {
+    MoEModel d;
+    char err[512];
+    if (dense_load(&d, upc_path("dense.bin"), err, sizeof(err)) != 0) { CHECK(0, "softmax_topk: %s", err); return; }
+    const float stds[2] = {0.5f, 0.0f};
+    for (int r = 0; r < 2; r++) {
+        MoEModel m;
+        moe_build_upcycled(&m, upc_path("dense.bin"), 4, 2, 0, 5, stds[r], 0.0f, err, sizeof(err));
+        m.router.gate_norm = GATE_SOFTMAX_TOPK;
+        upc_forward(&m);
+        upc_forward(&d);
+        int N = 16, C = 16;
+        float* y = fmalloc((size_t)N * C);
+        float* yd = fmalloc((size_t)N * C);
+        RoutingMode mode = routing_eval(0);
+        routed_layer_forward(&m, 0, N, y, &mode);   // layer 0's MoE output on the same input as the dense MLP's
+        routed_layer_forward(&d, 0, N, yd, &mode);
+        float worst = 0.0f, ymax = 0.0f, smax = 0.0f, smin = 2.0f;
+        for (int n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (int k = 0; k < 2; k++) s += m.acts.gate[n * 2 + k];
+            smax = fmaxf(smax, s); smin = fminf(smin, s);
+            if (r == 1) CHECK(fabsf(s - 0.5f) < 1e-6f, "softmax_topk, zero router: weights sum to %g, expected K/E = 0.5", s);
+            for (int i = 0; i < C; i++) {
+                worst = fmaxf(worst, fabsf(y[n * C + i] - s * yd[n * C + i]));
+                ymax = fmaxf(ymax, fabsf(yd[n * C + i]));
+            }
+        }
+        CHECK(worst <= 2e-6f * fmaxf(ymax, 1.0f), "softmax_topk (router std %g): MoE output differs from s * dense MLP by %g",
+              stds[r], worst);
+        CHECK(smax < 1.0f && smin > 0.0f, "softmax_topk: top-k weights should sum to (0, 1), got [%g, %g]", smin, smax);
+        CHECK(upc_logit_diff(&m, &d, N, NULL) > 1e-3f, "softmax_topk: the logits should differ from the dense model's");
+        free(y); free(yd);
+        moe_free(&m);
+    }
+    moe_free(&d);
+}
+
+// Hostile and odd files: every one refused with a message naming what is wrong, nothing allocated.
+static void upc_expect_refusal(const char* what, const void* data, size_t n, const char* needle) {
+    const char* p = upc_path("bad.bin");
+    dlt_write_raw(p, data, n);
+    MoEModel m;
+    char err[512] = "";
+    int rc = moe_build_upcycled(&m, p, 4, 2, 0, 1, 0.02f, 0.0f, err, sizeof(err));
+    CHECK(rc != 0 && strstr(err, needle) != NULL && strstr(err, "bad.bin") != NULL,
+          "%s: expected a refusal naming the file and '%s', got rc %d '%s'", what, needle, rc, err);
+    if (rc == 0) moe_free(&m);
+}
+static void test_upcycle_bad_files(void) {
+    size_t n;
+    unsigned char* good = dlt_read_raw(upc_path("llmc.bin"), &n);
+    if (good == NULL) { CHECK(0, "no llmc.bin from test_upcycle_exact"); return; }
+    unsigned char* buf = (unsigned char*)malloc(n + 8);
+    const struct { int field, value; const char* needle; } fields[] = {
+        {0, 12345, "magic"}, {1, 1, "version 1"}, {1, 4, "version 4"}, {2, 0, "maxT"}, {3, 1, "V ("},
+        {4, 0, "L ("}, {4, 1 << 30, "L ("}, {5, 0, "NH"}, {6, -16, "C ("}, {6, 1 << 20, "C ("}, {7, 36, "padded vocab"},
+        {5, 3, "divisible"}, {2, 9, "describes"}, {7, 256, "describes"}, {3, 200, "padded vocab"}};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        memcpy(buf, good, n);
+        memcpy(buf + 4 * fields[i].field, &fields[i].value, 4);
+        char what[64];
+        snprintf(what, sizeof(what), "llm.c header[%d] = %d", fields[i].field, fields[i].value);
+        upc_expect_refusal(what, buf, n, fields[i].needle);
+    }
+    upc_expect_refusal("llm.c file one byte short", good, n - 1, "describes");
+    memcpy(buf, good, n); buf[n] = 0;
+    upc_expect_refusal("llm.c file one byte long", buf, n + 1, "describes");
+    upc_expect_refusal("llm.c file of 100 bytes", good, 100, "header");
+    memcpy(buf, good, n);
+    float nan = NAN;
+    memcpy(buf + n - 8, &nan, 4);  // in lnfb
+    upc_expect_refusal("llm.c file with a NaN", buf, n, "lnfb");
+    upc_expect_refusal("empty file", good, 0, "magic");
+    free(buf);
+    free(good);
+    // an MoE checkpoint is not a dense model
+    MoEConfig c = tiny_config(4, 2);
+    MoEModel moe;
+    moe_build(&moe, &c);
+    moe_init_params(&moe, 1, 0.02f);
+    char err[512] = "";
+    moe_save_checkpoint(&moe, upc_path("moe.bin"), 0, 0, 1, 1, NULL, err, sizeof(err));
+    MoEModel m;
+    int rc = moe_build_upcycled(&m, upc_path("moe.bin"), 4, 2, 0, 1, 0.02f, 0.0f, err, sizeof(err));
+    CHECK(rc != 0 && strstr(err, "E=4") != NULL, "upcycling an E=4 checkpoint: expected a refusal, got '%s'", err);
+    rc = moe_build_upcycled(&m, upc_path("dense.bin"), 4, 5, 0, 1, 0.02f, 0.0f, err, sizeof(err));
+    CHECK(rc != 0 && strstr(err, "top-k") != NULL, "upcycling with K > E: expected a refusal, got '%s'", err);
+    // the exporter refuses what llm.c cannot hold
+    CHECK(llmc_save_model(&moe, upc_path("x.bin"), err, sizeof(err)) != 0 && strstr(err, "E=4"), "export of E=4: '%s'", err);
+    moe_free(&moe);
+    MoEConfig h = {8, 37, 128, 2, 2, 16, 1, 1, 24, 0};
+    moe_build(&moe, &h);
+    CHECK(llmc_save_model(&moe, upc_path("x.bin"), err, sizeof(err)) != 0 && strstr(err, "H=24"), "export of H=24: '%s'", err);
+    moe_free(&moe);
+}
+
+// The trainer and evaluator on an upcycled GPT-2-shaped model with an llm.c tokenizer file:
+// train_moe --upcycle starts at the dense model's validation loss (to the 6 printed decimals),
+// samples through the tokenizer, writes a checkpoint that eval_moe evaluates and generates from.
+static double upc_first_val_loss(const char* out) {
+    FILE* f = fopen(out, "r");
+    if (f == NULL) return NAN;
+    char line[1024];
+    double v = NAN;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "val loss %lf (step 0)", &v) == 1) break;
+    fclose(f);
+    return v;
+}
+static void test_upcycle_trainer(void) {
+    evt_write_tokenizer(upc_path("tokenizer.bin"));
+    uint16_t toks[600];
+    for (int i = 0; i < 600; i++) toks[i] = (uint16_t)((i * 37 + i / 7) % EVT_V);
+    dlt_write_llmc_shard(upc_path("d_train.bin"), toks, 600, 600, 20240520, 1);
+    dlt_write_llmc_shard(upc_path("d_val.bin"), toks + 100, 400, 400, 20240520, 1);
+    MoEModel d;
+    upc_dense_model(&d, EVT_V, 16);
+    char err[512];
+    moe_save_checkpoint(&d, upc_path("dense260.bin"), 0, 0, 1, 1, NULL, err, sizeof(err));
+    upc_write_llmc_by_hand(upc_path("llmc260.bin"), &d, 3);
+    moe_free(&d);
+    char cmd[2048], data[1024];
+    snprintf(data, sizeof(data), "-i %s -j %s --tokenizer %s -b 2 -t 16 -v 1 -m 2", upc_path("d_train.bin"),
+             upc_path("d_val.bin"), upc_path("tokenizer.bin"));
+    snprintf(cmd, sizeof(cmd), "./train_moe %s -e %s --weights-only -x 1 -o %s", data, upc_path("dense260.bin"), upc_path("run_dense"));
+    int rc = run_cmd(cmd, upc_path("run_dense.txt"));
+    double dense_loss = upc_first_val_loss(upc_path("run_dense.txt"));
+    CHECK(rc == 0 && isfinite(dense_loss), "dense run failed (exit %d, see %s)", rc, upc_path("run_dense.txt"));
+    snprintf(cmd, sizeof(cmd), "./train_moe %s --upcycle %s --experts 4 --top-k 2 -x 2 -s 2 -g 6 -o %s", data,
+             upc_path("llmc260.bin"), upc_path("run_up"));
+    rc = run_cmd(cmd, upc_path("run_up.txt"));
+    double up_loss = upc_first_val_loss(upc_path("run_up.txt"));
+    CHECK(rc == 0 && file_contains(upc_path("run_up.txt"), "--- sample ---") && file_contains(upc_path("run_up.txt"), "upcycled"),
+          "train_moe --upcycle from an llm.c file: exit %d or no sample (see %s)", rc, upc_path("run_up.txt"));
+    CHECK(fabs(up_loss - dense_loss) <= 2e-6, "train_moe --upcycle: first val loss %.6f, the dense model's %.6f", up_loss, dense_loss);
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -j %s --tokenizer %s -b 2 -t 16 --prompt ab -g 4 --json %s",
+             upc_path("run_up"), upc_path("d_val.bin"), upc_path("tokenizer.bin"), upc_path("eval.json"));
+    rc = run_cmd(cmd, upc_path("eval.txt"));
+    CHECK(rc == 0 && file_contains(upc_path("eval.json"), "\"loss\"") && file_contains(upc_path("eval.txt"), "E=4"),
+          "eval_moe on an upcycled checkpoint: exit %d (see %s)", rc, upc_path("eval.txt"));
+    // flags that do not go together
+    snprintf(cmd, sizeof(cmd), "./train_moe %s --upcycle %s -e %s -x 1 -o %s", data, upc_path("llmc260.bin"),
+             upc_path("dense260.bin"), upc_path("run_x"));
+    CHECK(run_cmd(cmd, upc_path("x.txt")) != 0 && file_contains(upc_path("x.txt"), "exclude"), "--upcycle with -e must be refused");
+    snprintf(cmd, sizeof(cmd), "./train_moe %s --upcycle-noise 0.1 -x 1 -o %s", data, upc_path("run_x"));
+    CHECK(run_cmd(cmd, upc_path("x.txt")) != 0 && file_contains(upc_path("x.txt"), "needs --upcycle"), "--upcycle-noise alone must be refused");
+    snprintf(cmd, sizeof(cmd), "./train_moe %s --upcycle %s -x 1 -o %s", data, upc_path("nonexistent.bin"), upc_path("run_x"));
+    CHECK(run_cmd(cmd, upc_path("x.txt")) != 0 && file_contains(upc_path("x.txt"), "nonexistent.bin"), "--upcycle of a missing file");
+}
+
+static void test_upcycle(void) {
+    snprintf(upc_dir, sizeof(upc_dir), "%s/upcycle", test_dir);
+    mkdir(upc_dir, 0755);
+    test_upcycle_exact();
+    test_upcycle_softmax_topk();
+    test_upcycle_bad_files();
+    test_upcycle_trainer();
+    printf("  upcycled vs dense logits, largest |difference| (noise 0, topk_softmax): %.3g\n", upc_worst_exact);
+}
+
+
 int main(void) {
     char tmpl[] = "/tmp/test_moe_XXXXXX";
     if (mkdtemp(tmpl) == NULL) die("cannot create a temp directory");
@@ -3126,6 +3495,8 @@ int main(void) {
     test_tokenizer();
     printf("[eval_moe, make_cloze]\n");
     test_eval();
+    printf("[upcycling, llm.c model files]\n");
+    test_upcycle();
     printf("[first day: data script, run folder, tokenizer from the run, progress, ETA]\n");
     test_first_day();
     char cmd[512];

@@ -16,6 +16,7 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 #include "tokenizer.h"
 #include "flags.h"
 #include "mpi_moe.h"
+#include "upcycle.h"
 #include "progress.h"
 
 // ----------------------------------------------------------------------------
@@ -24,6 +25,7 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 typedef enum {
     F_TRAIN, F_VAL, F_OUTPUT, F_OVERWRITE, F_BATCH, F_SEQ_LEN, F_LR, F_WARMUP, F_FINAL_LR, F_WEIGHT_DECAY, F_TOTAL_BATCH,
     F_STEPS, F_VAL_EVERY, F_VAL_BATCHES, F_SAMPLE_EVERY, F_GEN_LEN, F_CKPT_EVERY, F_INIT, F_WEIGHTS_ONLY,
+    F_UPCYCLE, F_UPCYCLE_NOISE,
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
@@ -50,6 +52,8 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_CKPT_EVERY]     = {"checkpoint-every", 'n', 1, "0", "write a checkpoint every N steps (one is always written at the end)"},
     [F_INIT]           = {"init", 'e', 1, "", "initialise from a checkpoint; resumes if it holds optimizer state"},
     [F_WEIGHTS_ONLY]   = {"weights-only", 0, 0, "", "with -e: load the parameters only and start a fresh run"},
+    [F_UPCYCLE]        = {"upcycle", 0, 1, "", "start from a dense model (E=1 checkpoint or llm.c GPT-2 .bin): every expert a copy of its MLP"},
+    [F_UPCYCLE_NOISE]  = {"upcycle-noise", 0, 1, "0", "with --upcycle: add N(0, (S*rms)^2) to each expert copy (0 = exact copies)"},
     [F_LAYERS]         = {"layers", 0, 1, "4", "layers L"},
     [F_HEADS]          = {"heads", 0, 1, "4", "attention heads NH (C % NH == 0)"},
     [F_CHANNELS]       = {"channels", 0, 1, "128", "channels C"},
@@ -352,6 +356,8 @@ typedef struct {
     const char* outdir;
     const char* init_path;  // -e, or ""
     int weights_only;
+    const char* upcycle_path;  // --upcycle, or ""
+    float upcycle_noise;
     int zero, expert_parallel, comm_stats;  // --zero, --expert-parallel, --comm-stats (MPI)
 } RunSettings;
 
@@ -480,6 +486,10 @@ static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
     s->zero = flags->given[F_ZERO];
     s->comm_stats = flags->given[F_COMM_STATS];
     s->expert_parallel = flags->given[F_EXPERT_PARALLEL];
+    s->upcycle_path = flags->value[F_UPCYCLE];
+    s->upcycle_noise = flag_float(flags, F_UPCYCLE_NOISE, 0.0f, 100.0f);
+    if (s->upcycle_path[0] && s->init_path[0]) die("--upcycle and -e exclude each other (-e continues a model; --upcycle starts one)");
+    if (flags->given[F_UPCYCLE_NOISE] && !s->upcycle_path[0]) die("--upcycle-noise needs --upcycle DENSE.bin");
     long BT = (long)s->B * s->T;
     if (s->total_batch == 0) {  // one micro-batch per rank; the number is what config.txt and checkpoints keep
         static char text[32];
@@ -558,6 +568,20 @@ static void setup_model(Run* run) {
     if (s->init_path[0]) {
         if (model->config.vocab_size != run->data.V)
             die("checkpoint %s has V=%d but the data needs V=%d", s->init_path, model->config.vocab_size, run->data.V);
+    } else if (s->upcycle_path[0]) {  // upcycle.h: the dense model's shape; E and K from the flags
+        int E = (int)flag_int(flags, F_EXPERTS, 1, 256), K = (int)flag_int(flags, F_TOP_K, 1, 256);
+        int xmoe_dim = s->router.router == ROUTER_XMOE ? (int)flag_int(flags, F_XMOE_DIM, 1, 256) : 0;
+        char err[1024];
+        if (moe_build_upcycled(model, s->upcycle_path, E, K, xmoe_dim, s->seed, s->router_init_std, s->upcycle_noise,
+                               err, sizeof(err)) != 0)
+            die("%s", err);
+        printf("upcycled %s: every expert of each layer starts as its dense MLP (noise %g)\n", s->upcycle_path,
+               s->upcycle_noise);
+        if (model->config.vocab_size != run->data.V)
+            die("--upcycle %s has V=%d but the data needs V=%d", s->upcycle_path, model->config.vocab_size, run->data.V);
+        for (int i = F_LAYERS; i <= F_MAX_SEQ_LEN; i++)
+            if (flags->given[i] && i != F_EXPERTS && i != F_TOP_K)
+                fprintf(stderr, "warning: --%s ignored: the architecture comes from the dense model\n", FLAGS[i].name);
     } else {
         MoEConfig cfg;
         cfg.num_layers = (int)flag_int(flags, F_LAYERS, 1, 1 << 16);

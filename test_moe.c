@@ -24,6 +24,7 @@ static int tests_passed, tests_failed;
 #include "metrics.h"
 #include "eval.h"
 #include "data/cloze.h"
+#include "mpi_moe.h"  // built here without MPI: its pieces that need no other rank
 
 static const RoutingMode EVAL0 = {0, 0, NULL};  // an evaluation forward at step 0
 
@@ -719,6 +720,87 @@ static void test_determinism(void) {
     }
     CHECK(memcmp(a, c1, sizeof(a)) == 0, "determinism: 1 thread and 2 threads give different losses (%.9g vs %.9g)", a[5], c1[5]);
     CHECK(a[5] < a[0], "training on random tokens should still lower the loss: %g -> %g", a[0], a[5]);
+}
+
+// ----------------------------------------------------------------------------
+// mpi_moe.h's pieces that run in one process (dev/ci/mpi.sh runs the rest on 2 MPI ranks)
+
+static void test_dist_pieces(void) {
+    MoEConfig cfg = tiny_config(4, 2);
+    MoEModel a, b;
+    moe_build(&a, &cfg);
+    moe_init_params(&a, 3, 0.02f);
+    float loss[1];
+    train_steps(&a, 1, loss);  // AdamW moments that are not zero
+    uint64_t r = 5;
+    for (size_t i = 0; i < a.num_parameters; i++) a.grads_memory[i] = random_normal(&r) * 0.01f;
+    moe_build(&b, &cfg);
+    size_t P = a.num_parameters;
+    memcpy(b.params_memory, a.params_memory, P * 4);
+    memcpy(b.grads_memory, a.grads_memory, P * 4);
+    b.m_memory = (float*)mallocCheck(P * 4); b.v_memory = (float*)mallocCheck(P * 4);
+    memcpy(b.m_memory, a.m_memory, P * 4); memcpy(b.v_memory, a.v_memory, P * 4);
+    // the gradient norm from two ranks' chunk partials, and AdamW over three shards: the same bits
+    double partial[GRAD_NORM_CHUNKS], total = 0.0;
+    grad_sq_partials(&b, 0, 100, partial);
+    grad_sq_partials(&b, 100, GRAD_NORM_CHUNKS, partial);
+    for (int i = 0; i < GRAD_NORM_CHUNKS; i++) total += partial[i];
+    float norm = grad_global_norm(&a);
+    CHECK(float_bits((float)sqrt(total)) == float_bits(norm), "norm from chunk partials %.9g != grad_global_norm %.9g",
+          sqrt(total), norm);
+    moe_adamw_update(&a, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 2);
+    size_t cut[4] = {0, P / 3 + 7, 2 * P / 3 + 1, P};
+    for (int k = 0; k < 3; k++)
+        adamw_update_range(&b, cut[k], cut[k + 1], b.m_memory + cut[k], b.v_memory + cut[k], 1e-2f, 0.9f, 0.95f, 1e-8f,
+                           0.1f, 0.5f, 2);
+    CHECK(memcmp(a.params_memory, b.params_memory, P * 4) == 0 && memcmp(a.m_memory, b.m_memory, P * 4) == 0 &&
+          memcmp(a.v_memory, b.v_memory, P * 4) == 0 && memcmp(a.grads_memory, b.grads_memory, P * 4) == 0,
+          "AdamW over three shards (ZeRO-1) differs from AdamW over the whole buffer");
+    // expert parallel ownership: on R ranks, the shared ranges and every rank's experts cover the
+    // parameter buffer exactly once, and only expert tensors are owned
+    for (int R = 1; R <= 4; R *= 2) {
+        unsigned char* seen = (unsigned char*)callocCheck(P, 1);
+        int bad = 0;
+        for (int rank = 0; rank < R; rank++) {
+            Dist d = {0};
+            d.rank = rank; d.size = R;
+            ExpertParallel* ep = ep_create(&d, &a);
+            for (int i = 0; i < ep->n_own; i++) {
+                for (size_t j = ep->own[i][0]; j < ep->own[i][1]; j++) seen[j]++;
+                bad |= ep->own[i][0] < (size_t)(a.params.fcw - a.params_memory);
+            }
+            if (rank == 0) for (int i = 0; i < ep->n_rep; i++) for (size_t j = ep->rep[i][0]; j < ep->rep[i][1]; j++) seen[j]++;
+            ep_free(ep);
+        }
+        for (size_t j = 0; j < P; j++) bad |= seen[j] != 1;
+        CHECK(!bad, "expert parallel on %d ranks: shared and owned ranges do not partition the parameters", R);
+        free(seen);
+    }
+    // the (rank, expert) <-> (expert, rank) reorder of received rows, and back
+    int rows[6] = {2, 0, 1, 3, 1, 2};  // R = 3 ranks, P = 2 experts each: rows[q*2 + j]
+    float src[9], mid[9], back[9];
+    for (int i = 0; i < 9; i++) src[i] = (float)i;
+    ep_reorder(mid, src, rows, 3, 2, 1, 1);
+    ep_reorder(back, mid, rows, 3, 2, 1, 0);
+    float want[9] = {0, 1, 2, 6, 3, 4, 5, 7, 8};  // expert 0 from ranks 0, 1, 2; then expert 1
+    CHECK(memcmp(mid, want, sizeof(want)) == 0 && memcmp(back, src, sizeof(src)) == 0,
+          "ep_reorder: rows not grouped by expert then rank, or not restored");
+    moe_free(&a); moe_free(&b);
+    // expert parallel on one rank runs the same experts through the exchange: the same bits
+    float plain[4], ep1[4];
+    for (int run = 0; run < 2; run++) {
+        MoEModel m;
+        moe_build(&m, &cfg);
+        moe_init_params(&m, 11, 0.02f);
+        Dist d = {0};
+        d.size = 1;
+        if (run == 1) dist_setup(&d, &m, 0, 1);
+        train_steps(&m, 4, run == 0 ? plain : ep1);
+        m.expert_runner = NULL;
+        moe_free(&m);
+        free(d.shard); free(d.chunk); free(d.recv); free(d.packed); ep_free(d.ep);
+    }
+    CHECK(memcmp(plain, ep1, sizeof(plain)) == 0, "expert parallel on 1 rank changes the losses (%.9g vs %.9g)", plain[3], ep1[3]);
 }
 
 static char test_dir[256];
@@ -3476,6 +3558,7 @@ int main(void) {
     test_pytorch_reference("xmoe_st");
     printf("  largest relative gradient error vs PyTorch: %.3g (max|diff| / max|ref| per tensor)\n", worst_grad_rel_error);
     printf("[determinism, checkpoints]\n");
+    test_dist_pieces();
     test_determinism();
     test_checkpoint();
     test_checkpoint_v1();

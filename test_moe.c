@@ -3462,18 +3462,43 @@ static double upc_first_val_loss(const char* out) {
     fclose(f);
     return v;
 }
-static void test_upcycle_trainer(void) {
-    evt_write_tokenizer(upc_path("tokenizer.bin"));
+// llm.c's version-1 tokenizer file, GPT-2's shape: 50257 tokens (the 256 bytes, then distinct
+// 3-byte strings), end-of-text 50256, no merges.
+static void upc_write_tokenizer_v1(const char* path) {
+    FILE* f = fopen(path, "wb");
+    if (f == NULL) return;
+    uint32_t h[256] = {0};
+    h[0] = TOKENIZER_MAGIC; h[1] = 1; h[2] = 50257;
+    fwrite(h, sizeof(h), 1, f);
+    for (int id = 0; id < 50256; id++) {
+        unsigned char e[4] = {1, (unsigned char)id, 0, 0};
+        if (id >= 256) { e[0] = 3; e[1] = 0x01; e[2] = (unsigned char)(id >> 8); e[3] = (unsigned char)id; }
+        fwrite(e, 1, 1 + e[0], f);
+    }
+    unsigned char n = (unsigned char)strlen(TOKENIZER_EOT_TEXT);
+    fwrite(&n, 1, 1, f);
+    fwrite(TOKENIZER_EOT_TEXT, 1, n, f);
+    fclose(f);
+}
+
+// tok_version 2: the eval tests' 260-token tokenizer; 1: a GPT-2-sized vocabulary (V=50257, Vp=50304).
+static void test_upcycle_trainer(int tok_version) {
+    int V = tok_version == 1 ? 50257 : EVT_V;
+    if (tok_version == 1) upc_write_tokenizer_v1(upc_path("tokenizer.bin"));
+    else evt_write_tokenizer(upc_path("tokenizer.bin"));
     uint16_t toks[600];
-    for (int i = 0; i < 600; i++) toks[i] = (uint16_t)((i * 37 + i / 7) % EVT_V);
+    for (int i = 0; i < 600; i++) toks[i] = (uint16_t)((i * 7919 + i / 7) % V);
     dlt_write_llmc_shard(upc_path("d_train.bin"), toks, 600, 600, 20240520, 1);
     dlt_write_llmc_shard(upc_path("d_val.bin"), toks + 100, 400, 400, 20240520, 1);
     MoEModel d;
-    upc_dense_model(&d, EVT_V, 16);
+    upc_dense_model(&d, V, 16);
     char err[512];
     moe_save_checkpoint(&d, upc_path("dense260.bin"), 0, 0, 1, 1, NULL, err, sizeof(err));
     upc_write_llmc_by_hand(upc_path("llmc260.bin"), &d, 3);
     moe_free(&d);
+    char runs[512];
+    snprintf(runs, sizeof(runs), "rm -rf %s/run_*", upc_dir);
+    if (system(runs) != 0) printf("note: could not clear %s\n", upc_dir);
     char cmd[2048], data[1024];
     snprintf(data, sizeof(data), "-i %s -j %s --tokenizer %s -b 2 -t 16 -v 1 -m 2", upc_path("d_train.bin"),
              upc_path("d_val.bin"), upc_path("tokenizer.bin"));
@@ -3486,13 +3511,13 @@ static void test_upcycle_trainer(void) {
     rc = run_cmd(cmd, upc_path("run_up.txt"));
     double up_loss = upc_first_val_loss(upc_path("run_up.txt"));
     CHECK(rc == 0 && file_contains(upc_path("run_up.txt"), "--- sample ---") && file_contains(upc_path("run_up.txt"), "upcycled"),
-          "train_moe --upcycle from an llm.c file: exit %d or no sample (see %s)", rc, upc_path("run_up.txt"));
-    CHECK(fabs(up_loss - dense_loss) <= 2e-6, "train_moe --upcycle: first val loss %.6f, the dense model's %.6f", up_loss, dense_loss);
-    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -j %s --tokenizer %s -b 2 -t 16 --prompt ab -g 4 --json %s",
+          "train_moe --upcycle from an llm.c file (tokenizer version %d): exit %d or no sample (see %s)", tok_version, rc, upc_path("run_up.txt"));
+    CHECK(fabs(up_loss - dense_loss) <= 2e-6, "train_moe --upcycle (V=%d): first val loss %.6f, the dense model's %.6f", V, up_loss, dense_loss);
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s/model_00000002.bin -j %s --tokenizer %s -b 2 -t 16 -m 2 --prompt ab -g 4 --json %s",
              upc_path("run_up"), upc_path("d_val.bin"), upc_path("tokenizer.bin"), upc_path("eval.json"));
     rc = run_cmd(cmd, upc_path("eval.txt"));
     CHECK(rc == 0 && file_contains(upc_path("eval.json"), "\"loss\"") && file_contains(upc_path("eval.txt"), "E=4"),
-          "eval_moe on an upcycled checkpoint: exit %d (see %s)", rc, upc_path("eval.txt"));
+          "eval_moe on an upcycled checkpoint (V=%d): exit %d (see %s)", V, rc, upc_path("eval.txt"));
     // flags that do not go together
     snprintf(cmd, sizeof(cmd), "./train_moe %s --upcycle %s -e %s -x 1 -o %s", data, upc_path("llmc260.bin"),
              upc_path("dense260.bin"), upc_path("run_x"));
@@ -3509,7 +3534,8 @@ static void test_upcycle(void) {
     test_upcycle_exact();
     test_upcycle_softmax_topk();
     test_upcycle_bad_files();
-    test_upcycle_trainer();
+    test_upcycle_trainer(2);
+    test_upcycle_trainer(1);
     printf("  upcycled vs dense logits, largest |difference| (noise 0, topk_softmax): %.3g\n", upc_worst_exact);
 }
 

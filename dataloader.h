@@ -25,6 +25,14 @@ Order:
 Files: a pattern is a glob, sorted by byte order; one ending in ".bin" also matches the same
 names + ".gz". If both x.bin and x.bin.gz match, init refuses (the data would be read twice).
 
+Domain labels (optional): beside shard X.bin (or X.bin.gz) a file X.domains holds one uint8 domain
+id per token of the shard, after a 16-byte header: uint32 magic 20261201, uint32 version 1,
+uint32 number of tokens (must equal the shard's), uint32 number of domains D (every id < D).
+domains.txt beside the shards names the domains, one per line, in id order (data/prepare_text
+writes both). Either every matched shard has a label file or none has; a label file whose count
+disagrees with its shard, an id >= D, or shards with different D are refused by name. With labels,
+input_domains holds each input token's domain, for shuffled batches too.
+
 Memory: only the current shard is held (as uint32). Every shard is read once at init to validate
 it (header, size, token ids, length >= B*T+1), one at a time, and freed again. The in-memory
 loader (the built-in synthetic corpus) keeps its own copy of the tokens and domains.
@@ -456,6 +464,142 @@ static inline int shard_write(const char* path, const uint32_t* tokens, size_t n
 }
 
 // ----------------------------------------------------------------------------
+// Domain labels: X.bin / X.bin.gz -> X.domains (format at the top of this file)
+
+#define DOMAIN_MAGIC 20261201
+#define DOMAIN_VERSION 1
+#define DOMAIN_HEADER_BYTES 16
+#define DOMAIN_MAX 255
+
+// the label file's path for a shard path: ".gz" then ".bin" stripped, ".domains" appended
+static inline void domain_label_path(const char* shard_path, char* out, size_t n) {
+    snprintf(out, n, "%s", shard_path);
+    size_t len = strlen(out);
+    if (len >= 3 && strcmp(out + len - 3, ".gz") == 0) out[len -= 3] = 0;
+    if (len >= 4 && strcmp(out + len - 4, ".bin") == 0) out[len -= 4] = 0;
+    snprintf(out + len, n - len, ".domains");
+}
+
+// Writes n labels (each < num_domains) to path atomically; 0, or -1 with err.
+static inline int domain_labels_write(const char* path, const uint8_t* labels, size_t n, int num_domains,
+                                      char* err, size_t errlen) {
+    if (num_domains < 1 || num_domains > DOMAIN_MAX || n > (size_t)INT32_MAX) {
+        dl_error(err, errlen, "domain labels %s: %d domains / %zu tokens out of range", path, num_domains, n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (labels[i] >= num_domains) {
+            dl_error(err, errlen, "domain labels %s: label %u at %zu >= %d domains", path, labels[i], i, num_domains);
+            return -1;
+        }
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    FILE* f = fopen(tmp, "wb");
+    if (f == NULL) { dl_error(err, errlen, "domain labels %s: cannot create (%s)", path, strerror(errno)); return -1; }
+    unsigned char header[DOMAIN_HEADER_BYTES];
+    dl_write_u32le(header, DOMAIN_MAGIC);
+    dl_write_u32le(header + 4, DOMAIN_VERSION);
+    dl_write_u32le(header + 8, (uint32_t)n);
+    dl_write_u32le(header + 12, (uint32_t)num_domains);
+    int bad = fwrite(header, 1, sizeof(header), f) != sizeof(header) || fwrite(labels, 1, n, f) != n;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) bad = 1;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        dl_error(err, errlen, "domain labels %s: write failed (%s)", path, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+// Loads path's labels into *labels (malloc'd) and its D into *num_domains, checking the header,
+// the size, the count against expect_n (the shard's tokens) and every id < D; 0, or -1 with err.
+static inline int domain_labels_load(const char* path, size_t expect_n, uint8_t** labels, int* num_domains,
+                                     char* err, size_t errlen) {
+    *labels = NULL;
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) { dl_error(err, errlen, "domain labels %s: cannot open (%s)", path, strerror(errno)); return -1; }
+    unsigned char header[DOMAIN_HEADER_BYTES];
+    struct stat st;
+    if (fread(header, 1, sizeof(header), f) != sizeof(header)) {
+        dl_error(err, errlen, "domain labels %s: truncated header (%d bytes expected)", path, DOMAIN_HEADER_BYTES);
+        fclose(f);
+        return -1;
+    }
+    uint32_t magic = dl_read_u32le(header), version = dl_read_u32le(header + 4);
+    uint32_t n = dl_read_u32le(header + 8), D = dl_read_u32le(header + 12);
+    if (magic != DOMAIN_MAGIC || version != DOMAIN_VERSION) {
+        dl_error(err, errlen, "domain labels %s: magic %u version %u, expected %d version %d: not a domain-label file",
+                 path, magic, version, DOMAIN_MAGIC, DOMAIN_VERSION);
+        fclose(f);
+        return -1;
+    }
+    if (D < 1 || D > DOMAIN_MAX) {
+        dl_error(err, errlen, "domain labels %s: header says %u domains (1..%d allowed)", path, D, DOMAIN_MAX);
+        fclose(f);
+        return -1;
+    }
+    if (n != expect_n) {
+        dl_error(err, errlen, "domain labels %s: labels %u tokens but its shard holds %zu; re-run data/prepare_text",
+                 path, n, expect_n);
+        fclose(f);
+        return -1;
+    }
+    if (fstat(fileno(f), &st) != 0 || (size_t)st.st_size != DOMAIN_HEADER_BYTES + (size_t)n) {
+        dl_error(err, errlen, "domain labels %s: header says %u labels, the file holds %lld bytes after the header",
+                 path, n, (long long)st.st_size - DOMAIN_HEADER_BYTES);
+        fclose(f);
+        return -1;
+    }
+    uint8_t* data = (uint8_t*)malloc(n > 0 ? n : 1);
+    if (data == NULL || fread(data, 1, n, f) != n) {
+        dl_error(err, errlen, "domain labels %s: %s", path, data == NULL ? "out of memory" : "read error");
+        free(data);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    for (uint32_t i = 0; i < n; i++)
+        if (data[i] >= D) {
+            dl_error(err, errlen, "domain labels %s: label %u at position %u is >= its %u domains", path, data[i], i, D);
+            free(data);
+            return -1;
+        }
+    *labels = data;
+    *num_domains = (int)D;
+    return 0;
+}
+
+#define DOMAIN_NAME_MAX 64
+// Reads the D domain names from domains.txt in the directory of path (a shard or a glob), one per
+// line; a missing file gives the names "domain0".."domain{D-1}" and returns 1; 0 when read;
+// -1 with err when the file exists but does not hold exactly D non-empty names.
+static inline int domain_names_load(const char* path, int D, char names[][DOMAIN_NAME_MAX], char* err, size_t errlen) {
+    char file[4096];
+    snprintf(file, sizeof(file), "%s", path);
+    char* slash = strrchr(file, '/');
+    if (slash != NULL) snprintf(slash + 1, sizeof(file) - (size_t)(slash + 1 - file), "domains.txt");
+    else snprintf(file, sizeof(file), "domains.txt");
+    for (int d = 0; d < D; d++) snprintf(names[d], DOMAIN_NAME_MAX, "domain%d", d);
+    FILE* f = fopen(file, "r");
+    if (f == NULL) return 1;
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (line[0] == 0) continue;
+        if (n < D) snprintf(names[n], DOMAIN_NAME_MAX, "%s", line);
+        n++;
+    }
+    fclose(f);
+    if (n != D) {
+        dl_error(err, errlen, "%s: holds %d domain names but the label files have %d domains", file, n, D);
+        return -1;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // splitmix64 and Fisher–Yates: the data order's own small, self-contained RNG
 
 static uint64_t dl_splitmix64(uint64_t* state) {
@@ -503,7 +647,8 @@ typedef struct {
     int64_t epoch, shard_pos, sample_pos;
     int* inputs;                      // (B*T) filled by dataloader_next_batch
     int* targets;                     // (B*T)
-    uint8_t* input_domains;           // (B*T) domain of each input token, or NULL (in-memory corpus only)
+    uint8_t* input_domains;           // (B*T) domain of each input token, or NULL (no labels)
+    int num_domains;                  // D of the shards' label files (0 = no labels; the in-memory corpus: 0)
     // caches, rebuilt from the position whenever it moves on
     int64_t* shard_order;             // (num_shards) this epoch's order of shards
     int64_t shard_order_epoch;        // epoch shard_order was built for, -1 none
@@ -513,7 +658,7 @@ typedef struct {
     int64_t batch_order_epoch;        // (epoch, shard) batch_order was built for
     int batch_order_shard;
     int in_memory;                    // 1: the in-memory corpus (shard holds a private copy)
-    uint8_t* domains;                 // (num tokens) private copy of the domains, or NULL
+    uint8_t* domains;                 // (tokens of the shard in memory) its domains, or NULL
 } DataLoader;
 
 typedef struct { int64_t epoch, shard_pos, sample_pos; } DataLoaderState;
@@ -638,10 +783,35 @@ static inline int dataloader_open(DataLoader* dl, const char* pattern, int B, in
                      "(B=%d, T=%d)", dl->shard_paths[i], num_tokens, BT + 1, B, T);
             goto fail;
         }
+        char label_path[4096];
+        domain_label_path(dl->shard_paths[i], label_path, sizeof(label_path));
+        int has_labels = access(label_path, F_OK) == 0;
+        if (i > 0 && has_labels != (dl->num_domains > 0)) {
+            dl_error(err, errlen, "shard %s %s a domain-label file (%s) but %s %s: label every shard or none",
+                     dl->shard_paths[i], has_labels ? "has" : "lacks", label_path, dl->shard_paths[0],
+                     has_labels ? "has none" : "has one");
+            goto fail;
+        }
+        if (has_labels) {
+            uint8_t* labels;
+            int D;
+            if (domain_labels_load(label_path, num_tokens, &labels, &D, err, errlen) != 0) goto fail;
+            free(labels);
+            if (i > 0 && D != dl->num_domains) {
+                dl_error(err, errlen, "domain labels %s: %d domains, but %d in the labels of %s", label_path, D,
+                         dl->num_domains, dl->shard_paths[0]);
+                goto fail;
+            }
+            dl->num_domains = D;
+        }
         dl->shard_num_tokens[i] = num_tokens;
         dl->shard_num_batches[i] = (int64_t)((num_tokens - 1) / BT);
         dl->num_batches += dl->shard_num_batches[i];
         dl->num_tokens += num_tokens;
+    }
+    if (dl->num_domains > 0) {
+        dl->input_domains = (uint8_t*)malloc(BT);
+        if (dl->input_domains == NULL) { dl_error(err, errlen, "dataloader: out of memory"); goto fail; }
     }
     return 0;
 fail:
@@ -745,6 +915,17 @@ static void dl_prepare_position(DataLoader* dl) {
             fprintf(stderr, "Error: shard %s: holds %zu tokens now but %zu when the run started; "
                     "was it rewritten?\n", dl->shard_paths[s], dl->shard.num_tokens, dl->shard_num_tokens[s]);
             exit(EXIT_FAILURE);
+        }
+        if (dl->num_domains > 0) {  // the shard's labels, checked again (the files may have changed)
+            char label_path[4096];
+            int D;
+            free(dl->domains);
+            dl->domains = NULL;
+            domain_label_path(dl->shard_paths[s], label_path, sizeof(label_path));
+            if (domain_labels_load(label_path, dl->shard.num_tokens, &dl->domains, &D, err, sizeof(err)) != 0) {
+                fprintf(stderr, "Error: %s\n", err);
+                exit(EXIT_FAILURE);
+            }
         }
         dl->current_shard = s;
     }

@@ -588,7 +588,8 @@ static inline int domain_names_load(const char* path, int D, char names[][DOMAIN
     while (fgets(line, sizeof(line), f) != NULL) {
         line[strcspn(line, "\r\n")] = 0;
         if (line[0] == 0) continue;
-        if (n < D) snprintf(names[n], DOMAIN_NAME_MAX, "%s", line);
+        line[DOMAIN_NAME_MAX - 1] = 0;  // a longer name is cut
+        if (n < D) memcpy(names[n], line, strlen(line) + 1);
         n++;
     }
     fclose(f);

@@ -39,22 +39,163 @@ typedef struct {
     MoEMetrics metrics;
     float* probe_sim;    // (L) expert-output similarity on the first batch
     int batches;
+    int num_domains;     // D: the synthetic corpus's, the -j shards' label files', or 0
+    char (*domain_names)[DOMAIN_NAME_MAX];  // (D)
+    uint32_t* token_counts;  // (L, E, V) input tokens routed to each expert (K slots per token)
+    uint8_t* null_domains;   // the pass's domains, permuted (MI's chance level); NULL without domains
+    size_t null_len, null_pos;
+    uint64_t null_seed;
+    FILE* dump;              // --routing-dump, or NULL
+    long dump_token;         // tokens dumped so far
 } ExpertAnalysis;
 
-static void expert_analysis_begin(ExpertAnalysis* xa, const MoEModel* m) {
+// names (D of them, may be NULL: "domain0".."") name the domains of the pass, if any
+static void expert_analysis_begin(ExpertAnalysis* xa, const MoEModel* m, int num_domains,
+                                  char (*names)[DOMAIN_NAME_MAX], uint64_t null_seed) {
     memset(xa, 0, sizeof(*xa));
     xa->m = m;
-    metrics_init(&xa->metrics, m->config.num_layers, m->config.n_expert, m->config.top_k,
-                 m->config.vocab_size == SYNTH_VOCAB ? SYNTH_DOMAINS : 0);
-    xa->probe_sim = (float*)callocCheck((size_t)m->config.num_layers, sizeof(float));
+    int L = m->config.num_layers, E = m->config.n_expert, V = m->config.vocab_size;
+    if (num_domains > METRICS_MAX_DOMAINS) num_domains = METRICS_MAX_DOMAINS;
+    metrics_init(&xa->metrics, L, E, m->config.top_k, num_domains);
+    xa->probe_sim = (float*)callocCheck((size_t)L, sizeof(float));
+    xa->num_domains = num_domains;
+    xa->domain_names = (char (*)[DOMAIN_NAME_MAX])callocCheck((size_t)(num_domains > 0 ? num_domains : 1), DOMAIN_NAME_MAX);
+    for (int d = 0; d < num_domains; d++) {
+        if (names != NULL) snprintf(xa->domain_names[d], DOMAIN_NAME_MAX, "%s", names[d]);
+        else snprintf(xa->domain_names[d], DOMAIN_NAME_MAX, "domain%d", d);
+    }
+    xa->token_counts = (uint32_t*)callocCheck((size_t)L * E * V, sizeof(uint32_t));
+    xa->null_seed = null_seed;
 }
-static void expert_analysis_batch(ExpertAnalysis* xa, const MoEModel* m, const uint8_t* domains) {
+
+// Writes one TSV line per (token, layer) of the last forward to xa->dump (format: README).
+static void routing_dump_batch(ExpertAnalysis* xa, const MoEModel* m, const int* inputs, const uint8_t* domains) {
+    int L = m->config.num_layers, K = m->config.top_k, N = m->batch_size * m->seq_len;
+    for (int n = 0; n < N; n++, xa->dump_token++) {
+        for (int l = 0; l < L; l++) {
+            const int* sel = m->idx.expert_index + ((size_t)l * N + n) * K;
+            const float* g = m->acts.gate + ((size_t)l * N + n) * K;
+            fprintf(xa->dump, "%ld\t%d\t%d\t%d\t", xa->dump_token, inputs[n], domains != NULL ? domains[n] : -1, l);
+            for (int k = 0; k < K; k++) fprintf(xa->dump, "%s%d", k ? "," : "", sel[k]);
+            fputc('\t', xa->dump);
+            for (int k = 0; k < K; k++) fprintf(xa->dump, "%s%.6g", k ? "," : "", g[k]);
+            fputc('\n', xa->dump);
+        }
+    }
+}
+
+static void expert_analysis_batch(ExpertAnalysis* xa, const MoEModel* m, const int* inputs, const uint8_t* domains) {
+    if (xa->dump != NULL) routing_dump_batch(xa, m, inputs, domains);
     if (m->config.n_expert < 2) return;
-    metrics_accumulate(&xa->metrics, m, domains);
+    metrics_accumulate(&xa->metrics, m, xa->num_domains > 0 ? domains : NULL);
+    int N = m->batch_size * m->seq_len;
+    if (xa->null_domains != NULL && xa->null_pos + (size_t)N <= xa->null_len) {
+        metrics_accumulate_null(&xa->metrics, m, xa->null_domains + xa->null_pos);
+        xa->null_pos += (size_t)N;
+    }
+    int L = m->config.num_layers, E = m->config.n_expert, K = m->config.top_k, V = m->config.vocab_size;
+    for (int l = 0; l < L; l++) {
+        const int* sel = m->idx.expert_index + (size_t)l * N * K;
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) xa->token_counts[((size_t)l * E + sel[(size_t)n * K + k]) * V + inputs[n]]++;
+    }
     if (xa->batches++ == 0)
         for (int l = 0; l < m->config.num_layers; l++) xa->probe_sim[l] = expert_output_similarity(m, l);
     xa->enabled = 1;
 }
+
+// a token's bytes, printable: quoted, with \n \t \\ \' and \xHH escapes; "#ID" without a tokenizer
+static void print_token(FILE* f, const Tokenizer* tok, int id) {
+    size_t n = 0;
+    const unsigned char* b = tok != NULL ? tokenizer_token(tok, (uint32_t)id, &n) : NULL;
+    if (b == NULL) { fprintf(f, "#%d", id); return; }
+    if (tok != NULL && (uint32_t)id == tok->eot_token) { fputs("<eot>", f); return; }
+    fputc('\'', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = b[i];
+        if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\\' || c == '\'') fprintf(f, "\\%c", c);
+        else if (c < 32 || c == 127) fprintf(f, "\\x%02x", c);
+        else fputc(c, f);
+    }
+    fputc('\'', f);
+}
+
+#define EXPERT_TOP_TOKENS 6
+// expert e of layer l: its top tokens by count (ids into top, counts into top_count, at most
+// EXPERT_TOP_TOKENS, ties to the lower id); returns the expert's total slot count
+static double expert_top_tokens(const ExpertAnalysis* xa, int l, int e, int* top, uint32_t* top_count, int* ntop) {
+    int E = xa->m->config.n_expert, V = xa->m->config.vocab_size;
+    const uint32_t* c = xa->token_counts + ((size_t)l * E + e) * V;
+    double total = 0.0;
+    *ntop = 0;
+    for (int v = 0; v < V; v++) {
+        total += c[v];
+        if (c[v] == 0) continue;
+        int pos = *ntop < EXPERT_TOP_TOKENS ? (*ntop)++ : EXPERT_TOP_TOKENS;
+        if (pos == EXPERT_TOP_TOKENS && c[v] <= top_count[EXPERT_TOP_TOKENS - 1]) continue;
+        if (pos == EXPERT_TOP_TOKENS) pos = EXPERT_TOP_TOKENS - 1;
+        while (pos > 0 && top_count[pos - 1] < c[v]) { top[pos] = top[pos - 1]; top_count[pos] = top_count[pos - 1]; pos--; }
+        top[pos] = v;
+        top_count[pos] = c[v];
+    }
+    return total;
+}
+
+// Per layer, per expert: its share of the slots, its most frequent input tokens (decoded) with
+// their share of the expert's tokens, and its top domain with the share of the expert's tokens
+// from it (domains: MI's table). On the terminal and, when json != NULL, as the JSON array
+// "expert_tokens".
+static void expert_tokens_report(const ExpertAnalysis* xa, const Tokenizer* tok, FILE* terminal, FILE* json) {
+    if (!xa->enabled) { if (json != NULL) fputs("null", json); return; }
+    const MoEMetrics* mm = &xa->metrics;
+    int L = mm->L, E = mm->E, D = xa->num_domains;
+    if (terminal != NULL)
+        fprintf(terminal, "expert tokens  per layer, per expert: share of the routed slots, top domain (share of the "
+                          "expert's tokens), most frequent input tokens (share of the expert's tokens)\n");
+    if (json != NULL) fputs("[", json);
+    for (int l = 0; l < L; l++) {
+        if (terminal != NULL) fprintf(terminal, "  layer %d\n", l);
+        if (json != NULL) fprintf(json, "%s[", l ? ", " : "");
+        for (int e = 0; e < E; e++) {
+            int top[EXPERT_TOP_TOKENS], ntop;
+            uint32_t top_count[EXPERT_TOP_TOKENS];
+            double total = expert_top_tokens(xa, l, e, top, top_count, &ntop);
+            int best_d = -1;
+            double best = 0.0;
+            for (int d = 0; d < D; d++) {
+                double v = mm->domain_joint[((size_t)l * E + e) * D + d];
+                if (v > best) { best = v; best_d = d; }
+            }
+            double share = mm->tokens > 0 ? total / (mm->tokens * mm->K) : 0.0;
+            if (terminal != NULL) {
+                fprintf(terminal, "    e%-3d %5.1f%%", e, 100.0 * share);
+                if (D > 0) {
+                    if (best_d >= 0) fprintf(terminal, "  %-12s %5.1f%%", xa->domain_names[best_d], 100.0 * best / total);
+                    else fprintf(terminal, "  %-12s %5s ", "-", "");
+                }
+                fputs(" |", terminal);
+                for (int i = 0; i < ntop; i++) {
+                    fputc(' ', terminal);
+                    print_token(terminal, tok, top[i]);
+                    fprintf(terminal, " %.1f%%", 100.0 * top_count[i] / total);
+                }
+                fputc('\n', terminal);
+            }
+            if (json != NULL) {
+                fprintf(json, "%s{\"expert\": %d, \"slots\": %.0f, \"top_domain\": ", e ? ", " : "", e, total);
+                if (best_d >= 0) json_write_cstr(json, xa->domain_names[best_d]); else fputs("null", json);
+                fprintf(json, ", \"top_domain_tokens\": %.0f, \"top_tokens\": [", best);
+                for (int i = 0; i < ntop; i++) fprintf(json, "%s[%d, %u]", i ? ", " : "", top[i], top_count[i]);
+                fputs("]}", json);
+            }
+        }
+        if (json != NULL) fputs("]", json);
+    }
+    if (json != NULL) fputs("]", json);
+}
+
 // One row per layer on the terminal; the JSON value of "experts": an array of per-layer objects.
 static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FILE* json) {
     const MoEMetrics* mm = &xa->metrics;
@@ -65,7 +206,7 @@ static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FIL
     }
     if (terminal != NULL) {
         fprintf(terminal, "experts        per layer over %.0f tokens (router %s)\n", mm->tokens, ROUTER_NAMES[xa->m->router.router]);
-        fprintf(terminal, "  layer  zero  load_cv  max/mean  load_ent  |S|    angle  spec_ent  sib_coact (random)  out_cos  MI/H(d)\n");
+        fprintf(terminal, "  layer  zero  load_cv  max/mean  load_ent  |S|    angle  spec_ent  sib_coact (random)  out_cos  MI/H(d) (chance: domains shuffled)\n");
     }
     if (json != NULL) fputs("[", json);
     for (int l = 0; l < mm->L; l++) {
@@ -75,7 +216,9 @@ static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FIL
             fprintf(terminal, "  %5d  %4d  %7.4f  %8.3f  %8.4f  %5.3f  %5.3f  %8.4f  %9.4f (%.4f)  %7.4f  ", l, lm.zero_experts,
                     lm.load_cv, lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
                     lm.sibling_coact, lm.sibling_coact_random, xa->probe_sim[l]);
-            if (lm.domain_mi >= 0) fprintf(terminal, "%7.4f\n", lm.domain_mi); else fprintf(terminal, "      -\n");
+            if (lm.domain_mi >= 0) fprintf(terminal, "%7.4f", lm.domain_mi); else fprintf(terminal, "      -");
+            if (lm.domain_mi_chance >= 0) fprintf(terminal, " (chance %.4f)", lm.domain_mi_chance);
+            fputc('\n', terminal);
         }
         if (json != NULL) {
             fprintf(json, "%s{\"layer\": %d, \"tokens\": %.0f, \"zero_experts\": %d, \"load_cv\": %.6f, \"load_max_mean\": %.6f, "
@@ -85,9 +228,18 @@ static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FIL
                     lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
                     lm.sibling_coact, lm.sibling_coact_random, xa->probe_sim[l]);
             if (lm.domain_mi >= 0) fprintf(json, "%.6f", lm.domain_mi); else fputs("null", json);
+            fputs(", \"domain_mi_chance\": ", json);
+            if (lm.domain_mi_chance >= 0) fprintf(json, "%.6f", lm.domain_mi_chance); else fputs("null", json);
             fputs(", \"expert_counts\": [", json);
             for (int e = 0; e < mm->E; e++) fprintf(json, "%s%.0f", e ? ", " : "", mm->counts[(size_t)l * mm->E + e]);
-            fputs("]}", json);
+            fputs("]", json);
+            if (mm->num_domains > 0) {
+                fputs(", \"domain_counts\": [", json);
+                for (int i = 0; i < mm->E * mm->num_domains; i++)
+                    fprintf(json, "%s%.0f", i ? ", " : "", mm->domain_joint[(size_t)l * mm->E * mm->num_domains + i]);
+                fputs("]", json);
+            }
+            fputs("}", json);
         }
     }
     if (json != NULL) fputs("]", json);
@@ -96,6 +248,9 @@ static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FIL
 static void expert_analysis_free(ExpertAnalysis* xa) {
     metrics_free(&xa->metrics);
     free(xa->probe_sim);
+    free(xa->domain_names);
+    free(xa->token_counts);
+    free(xa->null_domains);
 }
 
 // ----------------------------------------------------------------------------
@@ -133,6 +288,19 @@ static void eval_loss(MoEModel* m, const RoutingMode* mode, DataLoader* dl, int 
     int64_t nb = dataloader_num_batches(dl);
     int batches = max_batches < 0 || max_batches > nb ? (int)nb : max_batches;
     int N = dl->B * dl->T;
+    if (xa != NULL && xa->num_domains > 0 && dl->input_domains != NULL) {
+        // MI's chance level: the domains of the whole pass, permuted once (a batch alone is often
+        // from one document, so permuting within a batch would keep most of the dependence)
+        xa->null_len = (size_t)batches * N;
+        xa->null_pos = 0;
+        xa->null_domains = (uint8_t*)mallocCheck(xa->null_len > 0 ? xa->null_len : 1);
+        dataloader_reset(dl);
+        for (int b = 0; b < batches; b++) {
+            dataloader_next_batch(dl);
+            memcpy(xa->null_domains + (size_t)b * N, dl->input_domains, (size_t)N);
+        }
+        domains_permute(xa->null_domains, xa->null_len, xa->null_seed);
+    }
     dataloader_reset(dl);
     Progress progress;
     progress_begin(&progress, "eval_moe: loss pass", "batches", now_seconds());
@@ -144,7 +312,7 @@ static void eval_loss(MoEModel* m, const RoutingMode* mode, DataLoader* dl, int 
         for (int n = 0; n < N; n++) s += m->acts.losses[n];
         r->nll_sum += s;
         if (token_bytes != NULL) for (int n = 0; n < N; n++) r->bytes += token_bytes[dl->targets[n]];
-        if (xa != NULL) expert_analysis_batch(xa, m, dl->input_domains);
+        if (xa != NULL) expert_analysis_batch(xa, m, dl->inputs, dl->input_domains);
     }
     r->batches = batches;
     r->available_batches = (int)nb;

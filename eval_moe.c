@@ -22,7 +22,7 @@ file reader and writer in mc.h, the MoE metrics in metrics.h.
 typedef enum {
     EF_CHECKPOINT, EF_VAL, EF_BATCH, EF_SEQ_LEN, EF_VAL_BATCHES, EF_TOKENIZER, EF_SYNTH_TOKENS,
     EF_MC, EF_MC_LIMIT, EF_PROMPT, EF_GEN_LEN, EF_TEMPERATURE, EF_TOP_K_SAMPLE, EF_SEED,
-    EF_ROUTER, EF_GATE_NORM, EF_GATEPRO_LAMBDA, EF_JSON, EF_HELP, EVAL_NUM_FLAGS
+    EF_ROUTER, EF_GATE_NORM, EF_GATEPRO_LAMBDA, EF_JSON, EF_ROUTING_DUMP, EF_EXPERT_TOKENS, EF_HELP, EVAL_NUM_FLAGS
 } EvalFlagId;
 
 static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
@@ -44,6 +44,8 @@ static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_GATE_NORM]      = {"gate-norm", 0, 1, "", "override the checkpoint's gate weights: topk_softmax | softmax_topk"},
     [EF_GATEPRO_LAMBDA] = {"gatepro-lambda", 0, 1, "", "override the checkpoint's GatePro lambda (with router gatepro)"},
     [EF_JSON]           = {"json", 0, 1, "", "machine-readable results (default: <checkpoint>.eval.json)"},
+    [EF_ROUTING_DUMP]   = {"routing-dump", 0, 1, "", "write the loss pass's routing to this TSV: token, id, domain, layer, experts, weights"},
+    [EF_EXPERT_TOKENS]  = {"expert-tokens", 0, 1, "1", "print each expert's most frequent tokens and top domain per layer (0 = no)"},
     [EF_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
 
@@ -64,6 +66,8 @@ typedef struct {
     int router_flag, gate_norm_flag;  // --router, --gate-norm: the choice, or -1 when not given
     float gatepro_lambda_flag;        // --gatepro-lambda, or -1 when not given
     char json_path[4096];
+    const char* dump_path;         // --routing-dump, or ""
+    int show_expert_tokens;        // --expert-tokens
     int threads;
     // the model (load_model)
     MoEModel model;
@@ -77,6 +81,8 @@ typedef struct {
     DataLoader dl;                 // the loss pass's data
     int have_dl;
     char loss_data[4096];
+    int num_domains;               // D of the loss data (synthetic corpus, or the shards' label files), else 0
+    char (*domain_names)[DOMAIN_NAME_MAX];  // (D) from domains.txt beside the shards
     // the results
     ExpertAnalysis xa;
     LossResult loss;
@@ -114,6 +120,8 @@ static void parse_flags(EvalRun* r, int argc, char** argv) {
     r->val_pattern = flags.value[EF_VAL];
     r->mc_path = flags.value[EF_MC];
     r->prompt_text = flags.value[EF_PROMPT];
+    r->dump_path = flags.value[EF_ROUTING_DUMP];
+    r->show_expert_tokens = (int)flag_int(&flags, EF_EXPERT_TOKENS, 0, 1);
     r->seed_given = flags.value[EF_SEED][0] != 0;
     if (r->seed_given) r->seed = (uint64_t)flag_int(&flags, EF_SEED, 0, 0xFFFFFFFFL);
     if (flags.value[EF_TOKENIZER][0]) snprintf(r->tok_path, sizeof(r->tok_path), "%s", flags.value[EF_TOKENIZER]);
@@ -232,12 +240,19 @@ static void set_up_data(EvalRun* r) {
         if (dataloader_open(&r->dl, r->val_pattern, r->B, r->T, V, 0, 0, err, sizeof(err)) != 0) die("%s", err);
         snprintf(r->loss_data, sizeof(r->loss_data), "%s", r->val_pattern);
         r->have_dl = 1;
+        if (r->dl.num_domains > 0) {  // labelled shards: the expert x domain analysis, named by domains.txt
+            r->num_domains = r->dl.num_domains;
+            r->domain_names = (char (*)[DOMAIN_NAME_MAX])callocCheck((size_t)r->num_domains, DOMAIN_NAME_MAX);
+            if (domain_names_load(r->dl.shard_paths[0], r->num_domains, r->domain_names, err, sizeof(err)) < 0)
+                die("%s", err);
+        }
     } else if (V == SYNTH_VOCAB) {
         SyntheticCorpus corpus;
         synthetic_corpus_generate(&corpus, 1, r->synth_tokens / 16, r->seed);  // the val split only (train_len 1)
         if (dataloader_open_memory(&r->dl, corpus.val_tokens, corpus.val_domains, corpus.val_len, r->B, r->T, V, 0, 0,
                                    err, sizeof(err)) != 0) die("%s", err);
         synthetic_corpus_free(&corpus);
+        r->num_domains = SYNTH_DOMAINS;
         snprintf(r->loss_data, sizeof(r->loss_data), "synthetic val split (seed %llu, %zu tokens)",
                  (unsigned long long)r->seed, r->synth_tokens / 16);
         r->have_dl = 1;
@@ -262,11 +277,22 @@ static void print_header(const EvalRun* r) {
 
 // 1. loss, perplexity, bits per byte over the loss data; its tokens feed the expert analysis
 static void evaluate_loss(EvalRun* r) {
-    expert_analysis_begin(&r->xa, &r->model);
+    expert_analysis_begin(&r->xa, &r->model, r->num_domains, r->domain_names, r->seed);
+    if (r->dump_path[0] && !r->have_dl)
+        die("--routing-dump needs a loss pass (-j, or a synthetic-corpus model, and -m != 0)");
     if (r->have_dl) {
         double t0 = now_seconds();
         double* token_bytes = r->have_tok ? token_byte_counts(&r->tokenizer) : NULL;
+        if (r->dump_path[0]) {
+            r->xa.dump = fopen(r->dump_path, "w");
+            if (r->xa.dump == NULL) die("--routing-dump %s: cannot create (%s)", r->dump_path, strerror(errno));
+            fprintf(r->xa.dump, "token\tid\tdomain\tlayer\texperts\tweights\n");
+        }
         eval_loss(&r->model, &r->mode, &r->dl, r->val_batches, token_bytes, &r->xa, &r->loss);
+        if (r->xa.dump != NULL) {
+            if (fclose(r->xa.dump) != 0) die("--routing-dump %s: write failed", r->dump_path);
+            r->xa.dump = NULL;
+        }
         r->loss_seconds = now_seconds() - t0;
         free(token_bytes);
         dataloader_free(&r->dl);
@@ -286,13 +312,19 @@ static void evaluate_loss(EvalRun* r) {
         printf("  perplexity   %.4f\n", loss->perplexity);
         if (loss->have_bpb) printf("  bits/byte    %.6f (%.0f target bytes)\n", loss->bpb, loss->bytes);
         else printf("  bits/byte    - (%s)\n", r->have_tok ? "no target bytes" : "no tokenizer");
+        if (r->dump_path[0])
+            printf("  routing dump %s (%ld tokens x %d layers)\n", r->dump_path, r->xa.dump_token, r->model.config.num_layers);
     } else {
         printf("validation     skipped (%s)\n", r->val_batches == 0 ? "-m 0" : "no -j and not a synthetic-corpus model");
     }
 }
 
 // the per-layer expert metrics on the loss pass's tokens
-static void report_experts(const EvalRun* r) { expert_analysis_report(&r->xa, stdout, NULL); }
+// and each expert's most frequent tokens and top domain
+static void report_experts(const EvalRun* r) {
+    expert_analysis_report(&r->xa, stdout, NULL);
+    if (r->show_expert_tokens) expert_tokens_report(&r->xa, r->have_tok ? &r->tokenizer : NULL, stdout, NULL);
+}
 
 // 2. multiple choice
 static void multiple_choice(EvalRun* r) {
@@ -426,6 +458,11 @@ static void write_json(const EvalRun* r) {
     }
     fprintf(jf, ",\n  \"experts\": ");
     expert_analysis_report(&r->xa, NULL, jf);
+    fprintf(jf, ",\n  \"expert_tokens\": ");
+    expert_tokens_report(&r->xa, r->have_tok ? &r->tokenizer : NULL, NULL, jf);
+    fprintf(jf, ",\n  \"domains\": [");
+    for (int d = 0; d < r->xa.num_domains; d++) { if (d) fputs(", ", jf); json_write_cstr(jf, r->xa.domain_names[d]); }
+    fputs("]", jf);
     fprintf(jf, ",\n  \"mc\": ");
     if (r->did_mc) {
         const MCResult* mc = &r->mc;
@@ -467,6 +504,7 @@ static void finish(EvalRun* r) {
     mc_free(&r->set);
     if (r->have_tok) tokenizer_free(&r->tokenizer);
     expert_analysis_free(&r->xa);
+    free(r->domain_names);
     moe_free(&r->model);
 }
 

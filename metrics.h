@@ -20,6 +20,8 @@ typedef struct {
     double* counts;       // (L, E) c_i, tokens per expert
     double* sibling_hits; // (L) sum_t sum_{i in T_k(t)} [j*(i) in T_k(t)]
     double* domain_joint; // (L, E, D) count of (expert e selected, input token's domain d)
+    double* domain_joint_null; // (L, E, D) the same with the domains permuted (metrics_accumulate_null)
+    int has_null;         // metrics_accumulate_null was called since the last reset
 } MoEMetrics;
 
 typedef struct {  // one layer's numbers
@@ -33,6 +35,7 @@ typedef struct {  // one layer's numbers
     float sibling_coact;      // (1/(N K)) sum_t sum_{i in T_k} [j*(i) in T_k]
     float sibling_coact_random; // (K-1)/(E-1), the same rate under random routing
     float domain_mi;          // MI(e; d) / H(d), or -1 without domains
+    float domain_mi_chance;   // the same with the domains permuted (its chance level), or -1
 } LayerMetrics;
 
 static void metrics_init(MoEMetrics* mm, int L, int E, int K, int num_domains) {
@@ -42,14 +45,48 @@ static void metrics_init(MoEMetrics* mm, int L, int E, int K, int num_domains) {
     mm->counts = (double*)callocCheck((size_t)L * E, sizeof(double));
     mm->sibling_hits = (double*)callocCheck((size_t)L, sizeof(double));
     mm->domain_joint = (double*)callocCheck((size_t)L * E * (mm->num_domains > 0 ? mm->num_domains : 1), sizeof(double));
+    mm->domain_joint_null = (double*)callocCheck((size_t)L * E * (mm->num_domains > 0 ? mm->num_domains : 1), sizeof(double));
 }
 static void metrics_reset(MoEMetrics* mm) {
     mm->tokens = 0.0;
     memset(mm->counts, 0, sizeof(double) * mm->L * mm->E);
     memset(mm->sibling_hits, 0, sizeof(double) * mm->L);
     memset(mm->domain_joint, 0, sizeof(double) * mm->L * mm->E * (mm->num_domains > 0 ? mm->num_domains : 1));
+    memset(mm->domain_joint_null, 0, sizeof(double) * mm->L * mm->E * (mm->num_domains > 0 ? mm->num_domains : 1));
+    mm->has_null = 0;
 }
-static void metrics_free(MoEMetrics* mm) { free(mm->counts); free(mm->sibling_hits); free(mm->domain_joint); }
+static void metrics_free(MoEMetrics* mm) {
+    free(mm->counts); free(mm->sibling_hits); free(mm->domain_joint); free(mm->domain_joint_null);
+}
+
+// The chance level of MI(e; d): the same statistic with the tokens' domains shuffled. The caller
+// permutes the domains of the whole set the MI is taken over (a training step; eval_moe: the whole
+// pass) with domains_permute and feeds each forward pass's slice here, beside metrics_accumulate.
+static void metrics_accumulate_null(MoEMetrics* mm, const MoEModel* m, const uint8_t* permuted_domains) {
+    int L = mm->L, E = mm->E, K = mm->K, D = mm->num_domains;
+    int N = m->batch_size * m->seq_len;
+    if (D == 0 || permuted_domains == NULL) return;
+    mm->has_null = 1;
+    for (int l = 0; l < L; l++) {
+        const int* sel = m->idx.expert_index + (size_t)l * N * K;
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++)
+                if (permuted_domains[n] < D) mm->domain_joint_null[((size_t)l * E + sel[(size_t)n * K + k]) * D + permuted_domains[n]] += 1.0;
+    }
+}
+
+// Fisher-Yates shuffle of n domain labels with a splitmix64 stream from seed.
+static void domains_permute(uint8_t* d, size_t n, uint64_t seed) {
+    uint64_t state = seed;
+    for (size_t i = n; i > 1; i--) {
+        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        size_t j = (size_t)(z % i);
+        uint8_t t = d[i - 1]; d[i - 1] = d[j]; d[j] = t;
+    }
+}
 
 // Adds the routing of the last forward pass. domains (B*T) gives each input token's domain, or NULL.
 static void metrics_accumulate(MoEMetrics* mm, const MoEModel* m, const uint8_t* domains) {
@@ -179,6 +216,8 @@ static void moe_metrics_layer(const MoEMetrics* mm, const MoEModel* m, int l, La
         out->sibling_coact_random = (float)(K - 1) / (float)(E - 1);
     }
     out->domain_mi = D > 0 ? domain_mutual_information(mm->domain_joint + (size_t)l * E * D, E, D) : -1.0f;
+    out->domain_mi_chance = D > 0 && mm->has_null
+        ? domain_mutual_information(mm->domain_joint_null + (size_t)l * E * D, E, D) : -1.0f;
 }
 
 // Expert-output similarity of layer l on the tokens of the last forward pass: every expert runs

@@ -1837,6 +1837,175 @@ static void test_dataloader(void) {
 }
 
 // ============================================================================
+// domains on real text: label files beside shards, prepare_text with several inputs, eval_moe's
+// routing dump and MI chance level (the router study's data path)
+
+static char domt_dir[256];
+
+static const char* domt_path(const char* name) {
+    static char buffers[8][512];
+    static int next = 0;
+    char* p = buffers[next++ % 8];
+    snprintf(p, 512, "%s/%s", domt_dir, name);
+    return p;
+}
+
+// shard NAME.bin with n tokens base, base+1, ... and its labels (token / 37) % 5
+static void domt_labelled_shard(const char* name, uint32_t base, size_t n) {
+    uint32_t* t = (uint32_t*)malloc(n * sizeof(uint32_t));
+    uint8_t* d = (uint8_t*)malloc(n);
+    for (size_t i = 0; i < n; i++) { t[i] = base + (uint32_t)i; d[i] = (uint8_t)((t[i] / 37) % 5); }
+    char err[512], shard[600], labels[600];
+    snprintf(shard, sizeof(shard), "%s.bin", domt_path(name));
+    domain_label_path(shard, labels, sizeof(labels));
+    CHECK(shard_write(shard, t, n, 0, 0, err, sizeof(err)) == 0, "shard_write: %s", err);
+    CHECK(domain_labels_write(labels, d, n, 5, err, sizeof(err)) == 0, "domain_labels_write: %s", err);
+    free(t);
+    free(d);
+}
+
+static void test_domain_labels(void) {
+    char err[512], path[600];
+    domt_labelled_shard("a", 0, 3000);
+    domt_labelled_shard("b", 5000, 2000);
+    // shuffled training batches keep tokens and labels aligned, over shards and epochs
+    DataLoader dl;
+    int ret = dataloader_open(&dl, domt_path("*.bin"), 4, 16, 10000, 1, 99, err, sizeof(err));
+    CHECK(ret == 0 && dl.num_domains == 5 && dl.input_domains != NULL, "labelled shards: %s (D=%d)", err,
+          ret == 0 ? dl.num_domains : -1);
+    if (ret == 0) {
+        int aligned = 1, in_order = 1;
+        for (int b = 0; b < 200; b++) {  // 200 batches: several epochs of the 77 batches
+            dataloader_next_batch(&dl);
+            for (int j = 0; j < 64; j++) aligned &= dl.input_domains[j] == (uint8_t)((dl.inputs[j] / 37) % 5);
+            if (b < 46 && dl.inputs[0] != b * 64) in_order = 0;
+        }
+        CHECK(aligned && !in_order, "shuffled batches: every input token's domain must be its own label");
+        dataloader_free(&dl);
+    }
+    // a label file whose count disagrees with its shard is refused, naming it
+    uint8_t few[10] = {0};
+    snprintf(path, sizeof(path), "%s", domt_path("a.domains"));
+    CHECK(domain_labels_write(path, few, 10, 5, err, sizeof(err)) == 0, "%s", err);
+    ret = dataloader_open(&dl, domt_path("*.bin"), 4, 16, 10000, 1, 99, err, sizeof(err));
+    CHECK(ret == -1 && strstr(err, "a.domains") && strstr(err, "3000"), "short label file accepted: '%s'", err);
+    // one shard labelled and the other not: refused
+    remove(path);
+    ret = dataloader_open(&dl, domt_path("*.bin"), 4, 16, 10000, 1, 99, err, sizeof(err));
+    CHECK(ret == -1 && strstr(err, "label every shard or none"), "half-labelled shards accepted: '%s'", err);
+    // a label >= D, and a foreign file, are refused
+    domt_labelled_shard("a", 0, 3000);
+    FILE* f = fopen(path, "r+b");
+    if (f != NULL) { fseek(f, DOMAIN_HEADER_BYTES + 17, SEEK_SET); fputc(9, f); fclose(f); }
+    ret = dataloader_open(&dl, domt_path("*.bin"), 4, 16, 10000, 1, 99, err, sizeof(err));
+    CHECK(ret == -1 && strstr(err, "label 9 at position 17"), "label >= D accepted: '%s'", err);
+    f = fopen(path, "wb");
+    if (f != NULL) { fputs("not a label file at all", f); fclose(f); }
+    ret = dataloader_open(&dl, domt_path("*.bin"), 4, 16, 10000, 1, 99, err, sizeof(err));
+    CHECK(ret == -1 && strstr(err, "not a domain-label file"), "foreign label file accepted: '%s'", err);
+    domt_labelled_shard("a", 0, 3000);
+    // domains.txt: names, or refused when its count disagrees
+    char names[5][DOMAIN_NAME_MAX];
+    CHECK(domain_names_load(domt_path("a.bin"), 5, names, err, sizeof(err)) == 1 && strcmp(names[4], "domain4") == 0,
+          "no domains.txt: default names");
+    f = fopen(domt_path("domains.txt"), "w");
+    if (f != NULL) { fputs("x\ny\n", f); fclose(f); }
+    CHECK(domain_names_load(domt_path("a.bin"), 5, names, err, sizeof(err)) == -1 && strstr(err, "2 domain names"),
+          "domains.txt with 2 names for 5 domains accepted: '%s'", err);
+    remove(domt_path("domains.txt"));
+    // the permutation behind MI's chance level keeps the labels' counts and depends on the seed only
+    uint8_t p1[1000], p2[1000], orig[1000];
+    int count_a[5] = {0}, count_b[5] = {0}, moved = 0;
+    for (int i = 0; i < 1000; i++) { orig[i] = p1[i] = p2[i] = (uint8_t)(i / 200); count_a[orig[i]]++; }
+    domains_permute(p1, 1000, 7);
+    domains_permute(p2, 1000, 7);
+    for (int i = 0; i < 1000; i++) { count_b[p1[i]]++; moved += p1[i] != orig[i]; }
+    CHECK(memcmp(p1, p2, 1000) == 0 && memcmp(count_a, count_b, sizeof(count_a)) == 0 && moved > 500,
+          "domains_permute: same seed same order, counts kept, most labels moved (%d)", moved);
+}
+
+// prepare_text with three inputs -> shards, labels, domains.txt; every domain in val; then a
+// tiny training run and eval_moe pick the labels up (MI beside its chance level, routing dump)
+static void test_domain_pipeline(void) {
+    char cmd[4096], out[600];
+    const char* kinds[3] = {"alpha", "beta", "gamma"};
+    for (int d = 0; d < 3; d++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s.txt", kinds[d]);
+        FILE* f = fopen(domt_path(name), "w");
+        if (f == NULL) { CHECK(0, "cannot write %s", name); return; }
+        for (int i = 0; i < 400; i++) {
+            if (d == 0) fprintf(f, "the quick brown fox %d jumps over the lazy dog\n", i);
+            else if (d == 1) fprintf(f, "int x%d = f(y[%d]) + 0x%x;\n", i, i % 7, i * 13);
+            else fprintf(f, "LICENSE TERMS AND CONDITIONS SECTION %d: NO WARRANTY.\n", i);
+        }
+        fclose(f);
+    }
+    snprintf(out, sizeof(out), "%s", domt_path("prep.txt"));
+    snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -i %s -o %s -n md -v 300 --doc-bytes 512",
+             domt_path("alpha.txt"), domt_path("beta.txt"), domt_path("gamma.txt"), domt_path("md"));
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "prepare_text with three inputs failed (rc %d, see %s)", rc, out);
+    if (rc != 0) return;
+    char names[3][DOMAIN_NAME_MAX], err[512];
+    CHECK(domain_names_load(domt_path("md/md_train.bin"), 3, names, err, sizeof(err)) == 0 &&
+          strcmp(names[0], "alpha") == 0 && strcmp(names[2], "gamma") == 0, "domains.txt: %s", err);
+    for (int split = 0; split < 2; split++) {
+        Shard sh;
+        const char* shard = domt_path(split == 0 ? "md/md_train.bin" : "md/md_val.bin");
+        char labels_path[600];
+        domain_label_path(shard, labels_path, sizeof(labels_path));
+        uint8_t* labels = NULL;
+        int D = 0;
+        CHECK(shard_load(shard, 300, &sh, err, sizeof(err)) == 0, "%s", err);
+        CHECK(domain_labels_load(labels_path, sh.num_tokens, &labels, &D, err, sizeof(err)) == 0 && D == 3, "%s", err);
+        if (labels != NULL) {
+            int seen[3] = {0};
+            for (size_t i = 0; i < sh.num_tokens; i++) seen[labels[i]] = 1;
+            CHECK(seen[0] && seen[1] && seen[2], "%s: every domain must be in the %s split", shard,
+                  split == 0 ? "train" : "val");
+            // documents are interleaved: the labels change more often than the 3 domains would alone
+            int changes = 0;
+            for (size_t i = 1; i < sh.num_tokens; i++) changes += labels[i] != labels[i - 1];
+            CHECK(split == 1 || changes > 3, "train documents not interleaved (%d label changes)", changes);
+            free(labels);
+        }
+        shard_free(&sh);
+    }
+    // bad input: two inputs with the same domain name
+    snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -o %s", domt_path("alpha.txt"), domt_path("alpha.txt"),
+             domt_path("dup"));
+    rc = run_cmd(cmd, out);
+    CHECK(rc != 0, "prepare_text accepted the same domain twice");
+    // a tiny run on the labelled shards, then eval_moe with the routing dump
+    snprintf(cmd, sizeof(cmd), "./train_moe -i %s -j %s --layers 1 --channels 16 --heads 2 --experts 4 -b 2 -t 16 "
+             "-x 3 -v 3 -m 2 -o %s", domt_path("md/md_train.bin"), domt_path("md/md_val.bin"), domt_path("run"));
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "train_moe on labelled shards failed (rc %d, see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "grep -q 'domains = alpha,beta,gamma' %s && awk -F'\\t' 'NR==2 && $14 != \"nan\" && $16 != \"-\"' %s | grep -q .",
+             domt_path("run/config.txt"), domt_path("run/metrics.tsv"));
+    CHECK(system(cmd) == 0, "train_moe: config.txt must name the domains and metrics.tsv hold MI and domain counts");
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -j %s -m 3 --routing-dump %s --json %s", domt_path("run/model_00000003.bin"),
+             domt_path("md/md_val.bin"), domt_path("dump.tsv"), domt_path("eval.json"));
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "eval_moe with --routing-dump failed (rc %d, see %s)", rc, out);
+    snprintf(cmd, sizeof(cmd), "test $(wc -l < %s) -eq $((3 * 2 * 16 + 1)) && grep -q 'chance' %s && "
+             "grep -q '\"domain_mi_chance\": [0-9]' %s && grep -q '\"top_domain\": \"' %s",
+             domt_path("dump.tsv"), out, domt_path("eval.json"), domt_path("eval.json"));
+    CHECK(system(cmd) == 0, "eval_moe: routing dump of 96 tokens x 1 layer + header, MI chance level, top domains");
+}
+
+static void test_domains(void) {
+    snprintf(domt_dir, sizeof(domt_dir), "/tmp/moe_domains_test_XXXXXX");
+    if (mkdtemp(domt_dir) == NULL) { CHECK(0, "mkdtemp %s failed", domt_dir); return; }
+    test_domain_labels();
+    test_domain_pipeline();
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", domt_dir);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", domt_dir);
+}
+
+// ============================================================================
 // the tokenizer (tokenizer.h)
 
 // Tests of tokenizer.h: test_tokenizer() uses only the CHECK macro (and the
@@ -3600,6 +3769,8 @@ int main(void) {
     test_trainer_refusals();
     printf("[data loader]\n");
     test_dataloader();
+    printf("[domain labels, multi-domain corpus, routing dump]\n");
+    test_domains();
     printf("[tokenizer]\n");
     test_tokenizer();
     printf("[eval_moe, make_cloze]\n");

@@ -338,8 +338,9 @@ static void multiple_choice(EvalRun* r) {
     r->did_mc = 1;
     const MCResult* mc = &r->mc;
     print_rule();
-    printf("multiple choice %s (%s), %d examples, T=%d, %.1f s\n", r->mc_path, r->set.format, mc->examples,
-           mc->T_run, r->mc_seconds);
+    printf("multiple choice %s (%s), T=%d, %.1f s\n", r->mc_path, r->set.format, mc->T_run, r->mc_seconds);
+    printf("  scored       %d of the %d examples in the file%s (truncated and skipped below)\n", mc->scored, r->set.n,
+           mc->examples < r->set.n ? " (--mc-limit)" : "");
     printf("  acc          %.4f (%d/%d)\n", mc->acc, mc->correct, mc->scored);
     printf("  acc_norm     %.4f (%d/%d)\n", mc->acc_norm, mc->correct_norm, mc->scored);
     printf("  chance       %.4f\n", mc->chance);
@@ -468,8 +469,8 @@ static void write_json(const EvalRun* r) {
         const MCResult* mc = &r->mc;
         fprintf(jf, "{\"file\": ");
         json_write_cstr(jf, r->mc_path);
-        fprintf(jf, ", \"format\": \"%s\", \"examples\": %d, \"scored\": %d, \"truncated\": %d, \"skipped\": %d, "
-                    "\"correct\": %d, \"correct_norm\": %d, \"acc\": ", r->set.format, mc->examples, mc->scored,
+        fprintf(jf, ", \"format\": \"%s\", \"in_file\": %d, \"examples\": %d, \"scored\": %d, \"truncated\": %d, \"skipped\": %d, "
+                    "\"correct\": %d, \"correct_norm\": %d, \"acc\": ", r->set.format, r->set.n, mc->examples, mc->scored,
                 mc->truncated, mc->skipped, mc->correct, mc->correct_norm);
         json_write_number(jf, mc->acc);
         fprintf(jf, ", \"acc_norm\": ");

@@ -1972,6 +1972,31 @@ static void test_domain_pipeline(void) {
         }
         shard_free(&sh);
     }
+    // make_cloze --seq-len: every example written fits T (context + longest ending <= T + 1)
+    for (int split = 0; split < 2; split++) {
+        snprintf(cmd, sizeof(cmd), "./data/make_cloze --shard %s -o %s -n 200 -t 16 %s", domt_path("md/md_val.bin"),
+                 domt_path("cloze.jsonl"), split ? "--split-line" : "");
+        rc = run_cmd(cmd, out);
+        CHECK(rc == 0, "make_cloze -t 16 failed (rc %d, see %s)", rc, out);
+        Tokenizer tok;
+        MCSet set;
+        memset(&set, 0, sizeof(set));
+        int fits = 0;
+        if (tokenizer_load(&tok, domt_path("md/tokenizer.bin"), err, sizeof(err)) == 0) {
+            if (mc_load(domt_path("cloze.jsonl"), &tok, 300, 299, &set, err, sizeof(err)) == 0) {
+                fits = set.n > 20;
+                for (int i = 0; i < set.n; i++) {
+                    int max_end = 0;
+                    for (int j = 0; j < set.examples[i].n_endings; j++)
+                        if (set.examples[i].ending_len[j] > max_end) max_end = set.examples[i].ending_len[j];
+                    if (set.examples[i].ctx_len + max_end > 17) fits = 0;
+                }
+            }
+            tokenizer_free(&tok);
+        }
+        CHECK(fits, "make_cloze -t 16%s: %d examples, each must fit T=16 (%s)", split ? " --split-line" : "", set.n, err);
+        mc_free(&set);
+    }
     // bad input: two inputs with the same domain name
     snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -o %s", domt_path("alpha.txt"), domt_path("alpha.txt"),
              domt_path("dup"));
@@ -1993,6 +2018,13 @@ static void test_domain_pipeline(void) {
              "grep -q '\"domain_mi_chance\": [0-9]' %s && grep -q '\"top_domain\": \"' %s",
              domt_path("dump.tsv"), out, domt_path("eval.json"), domt_path("eval.json"));
     CHECK(system(cmd) == 0, "eval_moe: routing dump of 96 tokens x 1 layer + header, MI chance level, top domains");
+    // eval_moe says how many multiple-choice items it scored of those in the file
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -m 0 --mc %s --tokenizer %s --json %s", domt_path("run/model_00000003.bin"),
+             domt_path("cloze.jsonl"), domt_path("md/tokenizer.bin"), domt_path("eval.json"));
+    rc = run_cmd(cmd, out);
+    snprintf(cmd, sizeof(cmd), "grep -Eq 'scored +([0-9]+) of the \\1 examples in the file' %s && grep -q '\"in_file\": ' %s",
+             out, domt_path("eval.json"));
+    CHECK(rc == 0 && system(cmd) == 0, "eval_moe --mc: 'scored N of the N examples in the file' (see %s)", out);
 }
 
 static void test_domains(void) {
@@ -3006,7 +3038,7 @@ static void test_eval_make_cloze(void) {
     docs[1] = (size_t)(strstr(text, "line 21") - text);
     char jpath[512];
     evt_path(jpath, sizeof(jpath), "cloze.jsonl");
-    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 0, 9, jpath, err, sizeof(err));
+    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 0, 9, NULL, jpath, err, sizeof(err));
     CHECK(n == 12, "cloze_text: %d examples (%s)", n, err);
     unsigned char* data;
     size_t size;
@@ -3041,7 +3073,7 @@ static void test_eval_make_cloze(void) {
 
     // --split-line: the context runs into the true line ("... line NN"), the endings are second
     // halves ("says X"), the true one the continuation of the context in the text
-    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 1, 9, jpath, err, sizeof(err));
+    n = cloze_text((const unsigned char*)text, docs, 2, 12, 2, 4, 1, 9, NULL, jpath, err, sizeof(err));
     CHECK(n == 12, "cloze_text --split-line: %d examples (%s)", n, err);
     bad = 0;
     if (n > 0 && eval_read_file(jpath, &data, &size, err, sizeof(err)) == 0) {

@@ -637,7 +637,7 @@ static void merge_pretoken(const Tokenizer* t, MergeScratch* s, size_t n, uint32
     while (s->heap_size > 0) {
         MergeCandidate c = heap_pop(s);
         int32_t left = (int32_t)c.pos, right = s->next[left];
-        uint32_t result;
+        uint32_t result = 0;
         // a candidate is stale if a symbol went away or changed since it was pushed
         if (s->id[left] == TOKENIZER_NONE || right < 0 ||
             merge_lookup(t, s->id[left], s->id[right], &result) != c.rank) continue;

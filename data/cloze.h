@@ -82,8 +82,29 @@ static int cloze_same_ending(const unsigned char* text, const ClozeLine* a, cons
 }
 
 // Writes up to count examples as JSONL to path. Returns the number written; -1 with err.
+// Fitting examples to a model's T (make_cloze --seq-len): with tok and T > 0, an example is kept only
+// if its tokens fit one row of T+1 (eval_moe's rule: context tokens + longest ending's tokens <= T+1,
+// ending = encode(sep + ending)); a context too long loses whole lines from its start (at least
+// the last line, or with split the true line's first half, stays), counted in shortened; an
+// example that still does not fit is not written, counted in dropped.
+typedef struct {
+    const Tokenizer* tok;
+    int T;
+    int shortened, dropped;
+} ClozeFit;
+
+// tokens of text[0, n) under tok
+static int cloze_token_count(const Tokenizer* tok, const unsigned char* text, size_t n) {
+    uint32_t* ids;
+    size_t n_ids;
+    char err[256];
+    if (tokenizer_encode(tok, text, n, &ids, &n_ids, err, sizeof(err)) != 0) return 1 << 30;
+    free(ids);
+    return (int)n_ids;
+}
+
 static int cloze_text(const unsigned char* text, const size_t* doc_start, int n_docs, int count, int context_lines,
-                      int n_endings, int split, uint64_t seed, const char* path, char* err, size_t errlen) {
+                      int n_endings, int split, uint64_t seed, ClozeFit* fit, const char* path, char* err, size_t errlen) {
     ClozeLines L = {0};
     for (int d = 0; d < n_docs; d++) cloze_split_lines(text, doc_start[d], doc_start[d + 1], d, &L);
     // candidate positions: i such that lines i .. i+c are one document's
@@ -141,6 +162,30 @@ static int cloze_text(const unsigned char* text, const size_t* doc_start, int n_
         size_t true_start, true_len;
         cloze_ending(text, true_line, split, &true_start, &true_len);
         size_t ctx_end = split ? true_start - 1 : last->start + last->len;
+        if (fit != NULL && fit->tok != NULL && fit->T > 0) {
+            int max_end = 0;
+            for (int j = 0; j < n_endings; j++) {  // encode(sep + ending), as eval_moe does
+                size_t es, el, sep_len = true_start - ctx_end;
+                cloze_ending(text, &L.lines[chosen[j]], split, &es, &el);
+                unsigned char* joined = (unsigned char*)mallocCheck(sep_len + el + 1);
+                memcpy(joined, text + ctx_end, sep_len);
+                memcpy(joined + sep_len, text + es, el);
+                int n_end = cloze_token_count(fit->tok, joined, sep_len + el);
+                free(joined);
+                if (n_end > max_end) max_end = n_end;
+            }
+            int first_line = i, min_first = split ? truth : truth - 1, fits = 0;
+            while (max_end <= fit->T) {
+                size_t start = L.lines[first_line].start;
+                int n_ctx = ctx_end > start ? cloze_token_count(fit->tok, text + start, ctx_end - start) : 1;
+                if (n_ctx + max_end <= fit->T + 1) { fits = 1; break; }
+                if (first_line == min_first) break;
+                first_line++;
+            }
+            if (!fits) { fit->dropped++; continue; }
+            if (first_line != i) fit->shortened++;
+            first = &L.lines[first_line];
+        }
         fprintf(f, "{\"ind\": %d, \"ctx\": ", written);
         json_write_string(f, text + first->start, ctx_end - first->start);
         fprintf(f, ", \"sep\": ");

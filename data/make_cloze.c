@@ -42,7 +42,7 @@ flags give the same file. Build: gcc -O2 -fopenmp data/make_cloze.c -o data/make
 
 typedef enum {
     CF_INPUT, CF_SHARD, CF_TOKENIZER, CF_SYNTHETIC, CF_OUTPUT, CF_COUNT, CF_CONTEXT_LINES, CF_ENDINGS, CF_SEED,
-    CF_CONTEXT_TOKENS, CF_ENDING_TOKENS, CF_SYNTH_TOKENS, CF_SPLIT_LINE, CF_HELP, CLOZE_NUM_FLAGS
+    CF_CONTEXT_TOKENS, CF_ENDING_TOKENS, CF_SYNTH_TOKENS, CF_SPLIT_LINE, CF_SEQ_LEN, CF_HELP, CLOZE_NUM_FLAGS
 } ClozeFlagId;
 
 static const FlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
@@ -59,6 +59,7 @@ static const FlagSpec CLOZE_FLAGS[CLOZE_NUM_FLAGS] = {
     [CF_ENDING_TOKENS]  = {"ending-tokens", 0, 1, "8", "synthetic: ending length in tokens"},
     [CF_SYNTH_TOKENS]   = {"synthetic-tokens", 0, 1, "4000000", "synthetic: train_moe's --synthetic-tokens (val split = 1/16)"},
     [CF_SPLIT_LINE]     = {"split-line", 0, 0, "", "text: the ending is the second half of the next line (its first half joins the context)"},
+    [CF_SEQ_LEN]        = {"seq-len", 't', 1, "0", "text: the model's T: keep only examples that fit T (contexts cut by whole lines, counted); needs a tokenizer (0 = no check)"},
     [CF_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
 
@@ -97,20 +98,33 @@ int make_cloze_main(int argc, char** argv) {
         if (eval_read_file(source, &text, &size, err, sizeof(err)) != 0) die("%s", err);
         doc_start = (size_t*)mallocCheck(2 * sizeof(size_t));
         doc_start[0] = 0; doc_start[1] = size;
-    } else {
-        source = flags.value[CF_SHARD];
+    }
+    // the tokenizer: --shard always needs one; -i only with --seq-len
+    ClozeFit fit = {NULL, (int)flag_int(&flags, CF_SEQ_LEN, 0, 1 << 20), 0, 0};
+    Tokenizer tok;
+    int have_tok = 0;
+    if (flags.value[CF_SHARD][0] || fit.T > 0) {
         char tok_path[4096];
         if (flags.value[CF_TOKENIZER][0]) snprintf(tok_path, sizeof(tok_path), "%s", flags.value[CF_TOKENIZER]);
-        else eval_beside(tok_path, sizeof(tok_path), source, "tokenizer.bin");
-        Tokenizer tok;
+        else if (flags.value[CF_SHARD][0]) eval_beside(tok_path, sizeof(tok_path), flags.value[CF_SHARD], "tokenizer.bin");
+        else die("--seq-len with -i TEXT needs --tokenizer (the model's), to count tokens");
         if (tokenizer_load(&tok, tok_path, err, sizeof(err)) != 0) die("%s", err);
-        if (cloze_decode_shard(source, &tok, &text, &doc_start, &n_docs, err, sizeof(err)) != 0) die("%s", err);
-        tokenizer_free(&tok);
+        have_tok = 1;
+        if (fit.T > 0) fit.tok = &tok;
     }
-    written = cloze_text(text, doc_start, n_docs, count, context_lines, n_endings, flags.given[CF_SPLIT_LINE], seed, out, err, sizeof(err));
+    if (flags.value[CF_SHARD][0]) {
+        source = flags.value[CF_SHARD];
+        if (cloze_decode_shard(source, &tok, &text, &doc_start, &n_docs, err, sizeof(err)) != 0) die("%s", err);
+    }
+    written = cloze_text(text, doc_start, n_docs, count, context_lines, n_endings, flags.given[CF_SPLIT_LINE], seed, &fit,
+                         out, err, sizeof(err));
     if (written < 0) die("%s", err);
     printf("make_cloze: %d examples (%d endings, %d context lines) from %s (seed %llu) -> %s\n", written, n_endings,
            context_lines, source, (unsigned long long)seed, out);
+    if (fit.T > 0)
+        printf("make_cloze: fitted to T=%d: %d contexts shortened by whole lines, %d examples not written (too long even "
+               "so)\n", fit.T, fit.shortened, fit.dropped);
+    if (have_tok) tokenizer_free(&tok);
     free(text);
     free(doc_start);
     return 0;

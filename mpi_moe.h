@@ -599,6 +599,7 @@ static void dist_sum_metrics(Dist* d, MoEMetrics* mm) {
     dist_sum_doubles(d, mm->counts, mm->L * mm->E);
     dist_sum_doubles(d, mm->sibling_hits, mm->L);
     dist_sum_doubles(d, mm->domain_joint, mm->L * mm->E * D);
+    dist_sum_doubles(d, mm->domain_joint_null, mm->L * mm->E * D);  // MI's chance level
 }
 
 // Did any rank get a stop signal? Returns the largest signal number (0: none), on every rank.

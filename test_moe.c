@@ -1104,10 +1104,10 @@ static void test_trainer_resume(const char* name, const char* extra) {
         int tabs = 0;
         for (char* p = line; *p; p++) tabs += *p == '\t';
         if (rows++ == 0) header_ok = strncmp(line, "step\tlayer\ttokens\tzero_experts\t", 31) == 0;
-        fields_ok &= tabs == 20;
+        fields_ok &= tabs == 21;
     }
     if (f != NULL) fclose(f);
-    CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 21 fields (%d lines, header %d, fields %d)", name, rows, header_ok, fields_ok);
+    CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 22 fields (%d lines, header %d, fields %d)", name, rows, header_ok, fields_ok);
 }
 
 // What a resume takes from the checkpoint and what it refuses or applies (train_moe.c RESUME_RULES).
@@ -1942,7 +1942,7 @@ static void test_domain_pipeline(void) {
         fclose(f);
     }
     snprintf(out, sizeof(out), "%s", domt_path("prep.txt"));
-    snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -i %s -o %s -n md -v 300 --doc-bytes 512",
+    snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -i %s -o %s -n md -v 512 --doc-bytes 512",
              domt_path("alpha.txt"), domt_path("beta.txt"), domt_path("gamma.txt"), domt_path("md"));
     int rc = run_cmd(cmd, out);
     CHECK(rc == 0, "prepare_text with three inputs failed (rc %d, see %s)", rc, out);
@@ -1957,7 +1957,7 @@ static void test_domain_pipeline(void) {
         domain_label_path(shard, labels_path, sizeof(labels_path));
         uint8_t* labels = NULL;
         int D = 0;
-        CHECK(shard_load(shard, 300, &sh, err, sizeof(err)) == 0, "%s", err);
+        CHECK(shard_load(shard, 512, &sh, err, sizeof(err)) == 0, "%s", err);
         CHECK(domain_labels_load(labels_path, sh.num_tokens, &labels, &D, err, sizeof(err)) == 0 && D == 3, "%s", err);
         if (labels != NULL) {
             int seen[3] = {0};
@@ -1972,29 +1972,32 @@ static void test_domain_pipeline(void) {
         }
         shard_free(&sh);
     }
-    // make_cloze --seq-len: every example written fits T (context + longest ending <= T + 1)
+    // make_cloze --seq-len: every example written fits T (context + longest ending <= T + 1); the
+    // lines are ~20 tokens, so T=48 keeps one or two of the three context lines
     for (int split = 0; split < 2; split++) {
-        snprintf(cmd, sizeof(cmd), "./data/make_cloze --shard %s -o %s -n 200 -t 16 %s", domt_path("md/md_val.bin"),
+        snprintf(cmd, sizeof(cmd), "./data/make_cloze --shard %s -o %s -n 200 -t 48 %s", domt_path("md/md_val.bin"),
                  domt_path("cloze.jsonl"), split ? "--split-line" : "");
         rc = run_cmd(cmd, out);
-        CHECK(rc == 0, "make_cloze -t 16 failed (rc %d, see %s)", rc, out);
+        CHECK(rc == 0, "make_cloze -t 48 failed (rc %d, see %s)", rc, out);
+        snprintf(cmd, sizeof(cmd), "grep -Eq 'fitted to T=48: [1-9][0-9]* contexts shortened' %s", out);
+        CHECK(system(cmd) == 0, "make_cloze -t 48: some contexts must have been shortened (see %s)", out);
         Tokenizer tok;
         MCSet set;
         memset(&set, 0, sizeof(set));
         int fits = 0;
         if (tokenizer_load(&tok, domt_path("md/tokenizer.bin"), err, sizeof(err)) == 0) {
-            if (mc_load(domt_path("cloze.jsonl"), &tok, 300, 299, &set, err, sizeof(err)) == 0) {
+            if (mc_load(domt_path("cloze.jsonl"), &tok, 512, 511, &set, err, sizeof(err)) == 0) {
                 fits = set.n > 20;
                 for (int i = 0; i < set.n; i++) {
                     int max_end = 0;
                     for (int j = 0; j < set.examples[i].n_endings; j++)
                         if (set.examples[i].ending_len[j] > max_end) max_end = set.examples[i].ending_len[j];
-                    if (set.examples[i].ctx_len + max_end > 17) fits = 0;
+                    if (set.examples[i].ctx_len + max_end > 49) fits = 0;
                 }
             }
             tokenizer_free(&tok);
         }
-        CHECK(fits, "make_cloze -t 16%s: %d examples, each must fit T=16 (%s)", split ? " --split-line" : "", set.n, err);
+        CHECK(fits, "make_cloze -t 48%s: %d examples, each must fit T=48 (%s)", split ? " --split-line" : "", set.n, err);
         mc_free(&set);
     }
     // bad input: two inputs with the same domain name
@@ -2003,21 +2006,21 @@ static void test_domain_pipeline(void) {
     rc = run_cmd(cmd, out);
     CHECK(rc != 0, "prepare_text accepted the same domain twice");
     // a tiny run on the labelled shards, then eval_moe with the routing dump
-    snprintf(cmd, sizeof(cmd), "./train_moe -i %s -j %s --layers 1 --channels 16 --heads 2 --experts 4 -b 2 -t 16 "
+    snprintf(cmd, sizeof(cmd), "./train_moe -i %s -j %s --layers 1 --channels 16 --heads 2 --experts 4 -b 2 -t 48 "
              "-x 3 -v 3 -m 2 -o %s", domt_path("md/md_train.bin"), domt_path("md/md_val.bin"), domt_path("run"));
     rc = run_cmd(cmd, out);
     CHECK(rc == 0, "train_moe on labelled shards failed (rc %d, see %s)", rc, out);
     snprintf(cmd, sizeof(cmd), "grep -q 'domains = alpha,beta,gamma' %s && awk -F'\\t' 'NR==2 && $14 != \"nan\" && $16 != \"-\"' %s | grep -q .",
              domt_path("run/config.txt"), domt_path("run/metrics.tsv"));
     CHECK(system(cmd) == 0, "train_moe: config.txt must name the domains and metrics.tsv hold MI and domain counts");
-    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -j %s -m 3 --routing-dump %s --json %s", domt_path("run/model_00000003.bin"),
+    snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -j %s -b 2 -m 3 --routing-dump %s --json %s", domt_path("run/model_00000003.bin"),
              domt_path("md/md_val.bin"), domt_path("dump.tsv"), domt_path("eval.json"));
     rc = run_cmd(cmd, out);
     CHECK(rc == 0, "eval_moe with --routing-dump failed (rc %d, see %s)", rc, out);
-    snprintf(cmd, sizeof(cmd), "test $(wc -l < %s) -eq $((3 * 2 * 16 + 1)) && grep -q 'chance' %s && "
+    snprintf(cmd, sizeof(cmd), "test $(wc -l < %s) -eq $((3 * 2 * 48 + 1)) && grep -q 'chance' %s && "
              "grep -q '\"domain_mi_chance\": [0-9]' %s && grep -q '\"top_domain\": \"' %s",
              domt_path("dump.tsv"), out, domt_path("eval.json"), domt_path("eval.json"));
-    CHECK(system(cmd) == 0, "eval_moe: routing dump of 96 tokens x 1 layer + header, MI chance level, top domains");
+    CHECK(system(cmd) == 0, "eval_moe: routing dump of 288 tokens x 1 layer + header, MI chance level, top domains");
     // eval_moe says how many multiple-choice items it scored of those in the file
     snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -m 0 --mc %s --tokenizer %s --json %s", domt_path("run/model_00000003.bin"),
              domt_path("cloze.jsonl"), domt_path("md/tokenizer.bin"), domt_path("eval.json"));

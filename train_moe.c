@@ -145,7 +145,7 @@ static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches,
 #define METRICS_TSV_HEADER "step\tlayer\ttokens\tzero_experts\tload_cv\tload_max_mean\tload_entropy\t" \
     "router_sim_abs\trouter_sim_angle\trouter_spectral_entropy\tsibling_coact\tsibling_coact_random\t" \
     "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\tcompeted\tcompete_router_loss\tcompete_div_loss\t" \
-    "compete_bal_loss\tcompete_agreement\n"
+    "compete_bal_loss\tcompete_agreement\tdomain_mi_chance\n"
 static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEModel* model, const float* probe_sim) {
     for (int l = 0; l < mm->L; l++) {
         LayerMetrics lm;
@@ -161,8 +161,22 @@ static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEMode
         for (int i = 0; i < mm->E * mm->num_domains; i++)
             fprintf(f, "%s%.0f", i ? "," : "", mm->domain_joint[(size_t)l * mm->E * mm->num_domains + i]);
         const LayerLosses* st = &model->layer_stats[l];  // the last micro-batch's (the decision is per step)
-        if (st->competed) fprintf(f, "\t1\t%.6f\t%.6f\t%.6f\t%.6f\n", st->router_distill, st->diversity, st->compete_balance, st->agreement);
-        else fprintf(f, "\t0\tnan\tnan\tnan\tnan\n");
+        if (st->competed) fprintf(f, "\t1\t%.6f\t%.6f\t%.6f\t%.6f", st->router_distill, st->diversity, st->compete_balance, st->agreement);
+        else fprintf(f, "\t0\tnan\tnan\tnan\tnan");
+        if (lm.domain_mi_chance >= 0) fprintf(f, "\t%.6f\n", lm.domain_mi_chance); else fprintf(f, "\tnan\n");
+    }
+}
+
+// After the final validation (step = the last step, no update follows): one row per layer with
+// the router diversity of the final weights and the probe's expert-output similarity; the
+// per-token columns are empty (tokens 0, nan, "-").
+static void write_final_probe_metrics(FILE* f, int step, const MoEModel* model, const float* probe_sim) {
+    int E = model->config.n_expert;
+    for (int l = 0; l < model->config.num_layers; l++) {
+        float sa = 0.0f, ang = 0.0f, spec = 0.0f;
+        if (E > 1) router_diversity(model->acts.router_sim + (size_t)l * E * E, E, &sa, &ang, &spec);
+        fprintf(f, "%d\t%d\t0\tnan\tnan\tnan\tnan\t%.6f\t%.6f\t%.6f\tnan\tnan\t%.6f\tnan\t-\t-\t0\tnan\tnan\tnan\tnan\tnan\n",
+                step, l, sa, ang, spec, probe_sim[l]);
     }
 }
 
@@ -175,6 +189,7 @@ static void print_layer_summary(const MoEMetrics* mm, const MoEModel* model, con
                lm.load_max_mean, lm.load_entropy, lm.sim_abs_mean, lm.sim_angle_mean, lm.spectral_entropy,
                lm.sibling_coact, lm.sibling_coact_random, probe_sim ? probe_sim[l] : NAN);
         if (lm.domain_mi >= 0) printf(" | MI(e;d)/H(d) %.3f", lm.domain_mi);
+        if (lm.domain_mi_chance >= 0) printf(" (chance %.3f)", lm.domain_mi_chance);
         printf("\n");
     }
 }
@@ -369,6 +384,7 @@ typedef struct {
     char tokenizer_path[4096];  // absolute, for config.txt
     int V;
     DataLoader train, val;
+    int num_domains;        // the synthetic corpus's, or the shards' label files' (0: none)
 } RunData;
 
 typedef struct {
@@ -377,6 +393,7 @@ typedef struct {
     MoEMetrics metrics;
     float* probe_sim;       // (L) expert-output similarity on the validation probe
     int have_probe;
+    uint8_t* null_domains;  // (B*T) a micro-batch's domains, permuted: MI's chance level
     double metrics_seconds, step_seconds, t_start;
     double* micro_local;    // (grad_accum / ranks, 4) this rank's micro-batches' loss, aux, z, compete
     double* micro_all;      // (grad_accum, 4) every micro-batch's, in order
@@ -556,7 +573,11 @@ static void open_data_loaders(RunData* d, const RunSettings* s, const Flags* fla
     } else {
         dataloader_init(&d->train, flags->value[F_TRAIN], s->B, s->T, d->V, 1, data_seed);
         dataloader_init(&d->val, flags->value[F_VAL], s->B, s->T, d->V, 0, 0);
+        if (d->train.num_domains != d->val.num_domains)
+            die("domain labels: the train shards have %d domains, the val shards %d (label files <shard>.domains; "
+                "data/prepare_text writes both)", d->train.num_domains, d->val.num_domains);
     }
+    d->num_domains = d->synthetic ? d->corpus.num_domains : d->train.num_domains;
 }
 
 // --- step 3: the model, from a checkpoint or fresh, and what the data and router need of it
@@ -707,8 +728,9 @@ static void open_outputs(Run* run) {
     const MoEModel* model = &run->model;
     const MoEConfig* cfg = &model->config;
     RunOutputs* o = &run->out;
-    metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.synthetic ? run->data.corpus.num_domains : 0);
+    metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.num_domains);
     o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
+    o->null_domains = (uint8_t*)callocCheck((size_t)s->B * s->T, 1);
     o->micro_local = (double*)callocCheck((size_t)s->grad_accum / run->dist.size * 4, sizeof(double));
     o->micro_all = (double*)callocCheck((size_t)s->grad_accum * 4, sizeof(double));
     if (run->dist.rank != 0) return;  // rank 0 alone writes files
@@ -730,6 +752,18 @@ static void open_outputs(Run* run) {
     fprintf(cf, "# mpi: %d ranks%s%s\n", run->dist.size, s->zero ? ", ZeRO-1" : "", s->expert_parallel ? ", expert parallel" : "");
     if (run->data.have_tokenizer)  // eval_moe finds the tokenizer here and checks its crc32
         fprintf(cf, "tokenizer_file = %s\ntokenizer_crc32 = %08x\n", run->data.tokenizer_path, run->data.tokenizer.file_crc32);
+    if (run->data.num_domains > 0) {  // the domains of metrics.tsv's domain_counts, in order
+        char (*names)[DOMAIN_NAME_MAX] = (char (*)[DOMAIN_NAME_MAX])callocCheck((size_t)run->data.num_domains, DOMAIN_NAME_MAX);
+        char err[512];
+        if (!run->data.synthetic && domain_names_load(run->data.train.shard_paths[0], run->data.num_domains, names, err,
+                                                      sizeof(err)) < 0) die("%s", err);
+        if (run->data.synthetic)
+            for (int d = 0; d < run->data.num_domains; d++) snprintf(names[d], DOMAIN_NAME_MAX, "synthetic%d", d);
+        fprintf(cf, "domains = ");
+        for (int d = 0; d < run->data.num_domains; d++) fprintf(cf, "%s%s", d ? "," : "", names[d]);
+        fprintf(cf, "\n");
+        free(names);
+    }
     fclose(cf);
     snprintf(path, sizeof(path), "%s/main.log", s->outdir);
     o->log = fopen(path, run->resuming ? "a" : "w");
@@ -796,6 +830,8 @@ static void validate_and_sample(Run* run, int step, int last) {
             print_layer_summary(&o->metrics, &run->model, o->probe_sim);
         printf("val loss %.6f (step %d)\n", val_loss, step);
         if (o->log != NULL) { fprintf(o->log, "s:%d tel:%.6f\n", step, val_loss); fflush(o->log); }
+        if (o->log != NULL && last && step > run->start_step)
+            write_final_probe_metrics(o->metrics_tsv, step, &run->model, o->probe_sim);
     }
     if (sampling && run->dist.rank == 0) {
         int eot = run->data.have_tokenizer ? (int)run->data.tokenizer.eot_token : run->data.V - 1;
@@ -837,6 +873,12 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
         moe_forward(model, dl->inputs, dl->targets, s->B, s->T, &mode);
         double tm0 = now_seconds();
         metrics_accumulate(&o->metrics, model, dl->input_domains);
+        if (dl->input_domains != NULL && run->data.num_domains > 0) {  // chance level: the batch's domains permuted
+            memcpy(o->null_domains, dl->input_domains, (size_t)s->B * s->T);
+            domains_permute(o->null_domains, (size_t)s->B * s->T,
+                            derive_seed(s->seed, STREAM_DATA) ^ (uint64_t)step * 1000003u ^ (uint64_t)micro);
+            metrics_accumulate_null(&o->metrics, model, o->null_domains);
+        }
         *metrics_seconds += now_seconds() - tm0;
         double* ml = o->micro_local + (size_t)(micro / dist->size) * 4;
         ml[0] = model->mean_loss; ml[1] = model->aux_loss; ml[2] = model->z_loss; ml[3] = model->compete_loss;
@@ -953,6 +995,7 @@ static void finish(Run* run) {
            o->step_seconds > 0 ? 100.0 * o->metrics_seconds / o->step_seconds : 0.0);
     metrics_free(&o->metrics);
     free(o->probe_sim);
+    free(o->null_domains);
     free(run->schedule);
     dataloader_free(&run->data.train);
     dataloader_free(&run->data.val);

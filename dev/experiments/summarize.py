@@ -205,7 +205,8 @@ def group_runs(runs, grouped):
         if grouped:
             parent = os.path.dirname(os.path.normpath(run))
             key = parent
-            name = f"{label(s)} ({os.path.basename(parent)})"
+            name = label(s) if label(s).replace(" λ=", "_") == os.path.basename(parent) else \
+                f"{label(s)} ({os.path.basename(parent)})"
         else:
             key = run
             name = f"{label(s)} ({os.path.basename(os.path.normpath(run))})"

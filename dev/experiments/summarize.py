@@ -22,6 +22,8 @@ Columns (docs/metrics.md defines every metric):
   expert-out cos  expert-output similarity on the probe at the final validation (mean over layers)
   MI/H(d)         MI(expert; domain)/H(domain) on the eval pass, with its chance level (the same with
                   the domains shuffled) in parentheses; mean over layers
+  agreement       (CompeteSMoE runs only) mean router-competition agreement over the competition
+                  steps, with its chance level K/E; and the share of (layer, step) rows that competed
   ms/step         median of the per-step wall times in main.log (validation excluded), and its ratio
                   to the group (or run) named by --time-base (default: the first). A median resists
                   short bursts of machine load but not sustained load: the load column is the
@@ -163,6 +165,9 @@ def summarize(run):
     else:
         for k in ("coact", "coact_random", "sim_abs", "out_sim", "mi", "mi_chance"):
             r[k] = None
+    comp = [k for k in rows if rows[k].get("competed") == "1"]
+    r["agree"] = mean([fnum(rows[k].get("compete_agreement")) for k in comp]) if comp else None
+    r["compete_rate"] = len(comp) / len(rows) if comp else None
     r["ms"] = statistics.median(ms.values()) if ms else None
     r["load"] = info.get("load_mean")
     r["seed"] = cfg.get("seed")
@@ -226,9 +231,11 @@ def table(groups, time_base=None):
             base = mean([s["ms"] for s in ss])
             base_name = name
             break
+    compete = any(s["agree"] is not None for _, ss in groups for s in ss)
     head = ["run", "seeds", "val loss", "bits/byte"] + [f"cloze {k} acc" for k in cloze_keys] + \
         ["zero-token settle step (never)", "sibling co-act (random)", "router abs(S)", "expert-out cos",
-         "MI/H(d) (chance)", "ms/step (ratio)", "load"]
+         "MI/H(d) (chance)"] + (["agreement (K/E)", "competed (layer, step) share"] if compete else []) + \
+        ["ms/step (ratio)", "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, ss in groups:
         never = sum(1 for s in ss if s["never"])
@@ -249,6 +256,9 @@ def table(groups, time_base=None):
                 fmt_ms([s["out_sim"] for s in ss]),
                 fmt_ms([s["mi"] for s in ss]) + (f" ({fmt_ms([s['mi_chance'] for s in ss], 4)})"
                                                   if any(s["mi_chance"] is not None for s in ss) else ""),
+] + ([fmt_ms([s["agree"] for s in ss]) + (f" ({ss[0]['K'] / ss[0]['E']:.3f})" if any(s["agree"] is not None for s in ss)
+                                                  else ""), fmt_ms([s["compete_rate"] for s in ss])]
+               if compete else []) + [
                 (f"{ms:.1f}" if ms is not None else "-") + ratio,
                 f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"]
         lines.append("| " + " | ".join(row) + " |")

@@ -34,5 +34,5 @@ for f in loss zero_tokens diversity; do
         "figure $f.png for both corpora"
 done
 python3 dev/experiments/router_study --quick -o "$dir/study" > "$dir/log2.txt" 2>&1
-check "$(grep -q "(24 finished earlier, 0 to do)" "$dir/log2.txt" && echo 0 || echo 1)" "a second invocation redoes nothing: $(head -1 "$dir/log2.txt" | cut -c1-80)"
+check "$(grep -Eq "\([0-9]+ finished earlier, 0 to do\)" "$dir/log2.txt" && echo 0 || echo 1)" "a second invocation redoes nothing: $(head -1 "$dir/log2.txt" | cut -c1-80)"
 finish

@@ -1,5 +1,5 @@
 /*
-dataloader.h — token shards (llm.c's format, SPEC §5.1) and the batches served from them.
+dataloader.h — token shards (llm.c's format, docs/formats.md) and the batches served from them.
 
 A shard is   int32 header[256]   then the tokens:
     header[0] = 20240520, header[1] = 1  -> uint16 tokens (GPT-2 sized vocabularies, V <= 65536)
@@ -1003,7 +1003,7 @@ static inline int dataloader_set_state(DataLoader* dl, DataLoaderState st, char*
 }
 
 // ----------------------------------------------------------------------------
-// The built-in synthetic corpus (SPEC §7): documents from several "domains" sharing one
+// The built-in synthetic corpus: documents from several "domains" sharing one
 // vocabulary, deterministic from a seed, with the domain of every token known.
 //
 // Vocabulary (V = 512): ids [0, 64) are shared "function" tokens every domain uses; each of the

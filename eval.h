@@ -2,7 +2,7 @@
 eval.h -- the evaluations eval_moe runs (and test_moe checks): validation loss, perplexity and bits
 per byte; multiple-choice accuracy; text generation; the per-layer expert analysis.
 
-Multiple choice (SPEC §5.4). Each ending is scored by the cross-entropy of its tokens given the
+Multiple choice (docs/metrics.md). Each ending is scored by the cross-entropy of its tokens given the
 context and its own earlier tokens: L_sum (nats) and L_mean = L_sum / its token count.
 acc = argmin L_sum == label, acc_norm = argmin L_mean == label (llm.c's headline), ties to the
 lowest ending. Choices this file makes where the spec is silent:
@@ -28,7 +28,7 @@ lowest ending. Choices this file makes where the spec is silent:
 #include "progress.h"
 
 // ----------------------------------------------------------------------------
-// EXPERT ANALYSIS (SPEC §6): the per-layer MoE metrics, by the same moe.h code train_moe logs, over
+// EXPERT ANALYSIS (docs/metrics.md): the per-layer MoE metrics, by the same moe.h code train_moe logs, over
 // the loss pass's tokens (the probe set: -j, or the synthetic val split; -m batches). The
 // expert-output similarity runs every expert on the first batch's tokens. The multiple-choice
 // pass has padding tokens and is deliberately not fed.

@@ -328,7 +328,7 @@ static const JsonValue* json_get(const JsonValue* obj, const char* key) {
 }
 
 // ----------------------------------------------------------------------------
-// multiple-choice files (SPEC §5.4)
+// multiple-choice files (docs/formats.md; README, Multiple choice)
 //
 // llm.c's eval .bin (its dev/data/data_common.py write_evalfile): int32 header[256], [0] 20240522,
 // [1] 1, [2] number of examples, [3] longest example in bytes; then per example a uint16 stream:

@@ -9,7 +9,7 @@ the expert report (eval_moe), so every router is measured alike.
 #include "moe.h"
 
 // ----------------------------------------------------------------------------
-// MoE metrics (SPEC §6): the same code for the training log and eval_moe. Counts accumulate over
+// MoE metrics (docs/metrics.md): the same code for the training log and eval_moe. Counts accumulate over
 // the forward passes of one optimizer step (or one eval pass); moe_metrics_layer turns them into
 // numbers. T_k(t) is the set actually selected for token t.
 

@@ -1367,7 +1367,7 @@ static void adamw_update_range(MoEModel* m, size_t lo, size_t hi, float* mm, flo
     }
 }
 
-// One AdamW step over all parameters (SPEC §4).
+// One AdamW step over all parameters (docs/model.md, Training).
 static void moe_adamw_update(MoEModel* m, float lr, float beta1, float beta2, float eps, float weight_decay,
                              float clip_scale, int t) {
     if (m->m_memory == NULL) {

@@ -213,7 +213,7 @@ static void test_gate_weights(void) {
 }
 
 // ----------------------------------------------------------------------------
-// GatePro (SPEC §3.2) on constructed router weights and logits
+// GatePro (docs/routers.md) on constructed router weights and logits
 
 static void test_gatepro(void) {
     // router rows: 0 and 1 nearly parallel, 2 and 3 nearly parallel, 4 alone (closest to 0)
@@ -284,7 +284,7 @@ static void test_gatepro(void) {
 }
 
 // ----------------------------------------------------------------------------
-// CompeteSMoE on constructed expert outputs (COMPETESMOE.md §B)
+// CompeteSMoE on constructed expert outputs (docs/routers.md)
 
 // Experts whose output is a constant vector (W1 = W2 = 0, b2 = o_e), one token with a chosen
 // router input, so every quantity has a value computed here by hand from the definitions.
@@ -377,7 +377,7 @@ static void test_compete_schedule(void) {
 }
 
 // ----------------------------------------------------------------------------
-// MoE metrics (SPEC §6) on constructed inputs with hand-computed answers
+// MoE metrics (docs/metrics.md) on constructed inputs with hand-computed answers
 
 static void test_metrics(void) {
     enum { E = 4, K = 2 };
@@ -846,7 +846,7 @@ static void test_checkpoint(void) {
         // the header at the spec's offsets
         CHECK(info.header[0] == 20261122 && info.header[2] == 8 && info.header[8] == 4 && info.header[9] == 2 &&
               info.header[11] == 1 && info.header[12] == 1 && info.header[16] == 3 && info.header[17] == 9 &&
-              bits_float((uint32_t)info.header[15]) == 0.5f, "checkpoint header fields not at the SPEC §5.3 offsets");
+              bits_float((uint32_t)info.header[15]) == 0.5f, "checkpoint header fields not at the offsets of docs/formats.md");
     }
     moe_free(&r);
     // corrupt one byte in the middle: refused by the crc, and the target model is untouched

@@ -1,5 +1,5 @@
 /*
-tokenizer.h -- byte-level BPE in llm.c's tokenizer file format (SPEC §5.2).
+tokenizer.h -- byte-level BPE in llm.c's tokenizer file format (docs/formats.md).
 
 The file: uint32 header[256]; header[0] = 20240328, header[1] = version, header[2] = V.
   version 1: V = 50257, end-of-text = 50256, no merges (llm.c's gpt2_tokenizer.bin).
@@ -15,7 +15,7 @@ What this header does:
   tokenizer_train                    a byte-level BPE of vocabulary size V learned from a text
 All functions that can fail return 0 on success and -1 with a message in err[errlen].
 
-Encoding (SPEC §5.2):
+Encoding:
  1. Split the text into pre-tokens with GPT-2's pattern
       's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
     implemented by hand in tokenizer_pretoken_end(). \p{L}, \p{N} and \s come from the generated

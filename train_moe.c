@@ -116,7 +116,7 @@ static int file_exists(const char* path) { struct stat st; return stat(path, &st
 // validation and sampling
 
 // Mean validation loss over the first `batches` batches. The first batch is the run's fixed probe:
-// on it, every expert runs on every token to measure expert-output similarity (SPEC §6), one
+// on it, every expert runs on every token to measure expert-output similarity (docs/metrics.md), one
 // value per layer into probe_sim (L).
 // Under MPI rank r takes batches r, r+R, ... (so the probe is rank 0's) and the losses are summed
 // in batch order, as one process would.
@@ -141,7 +141,7 @@ static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches,
     return (float)(total / batches);
 }
 
-// One line per layer of SPEC §6's metrics into metrics.tsv (header: METRICS_TSV_HEADER, README).
+// One line per layer of the metrics (docs/metrics.md) into metrics.tsv (header: METRICS_TSV_HEADER, README).
 #define METRICS_TSV_HEADER "step\tlayer\ttokens\tzero_experts\tload_cv\tload_max_mean\tload_entropy\t" \
     "router_sim_abs\trouter_sim_angle\trouter_spectral_entropy\tsibling_coact\tsibling_coact_random\t" \
     "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\tcompeted\tcompete_router_loss\tcompete_div_loss\t" \

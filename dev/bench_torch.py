@@ -2,7 +2,7 @@
 bench_torch.py -- the PyTorch side of dev/bench: the same MoE GPT as train_moe, in float32, written
 the way a researcher would write it, timed the way dev/bench times train_moe.
 
-Model (SPEC §2, §3.1): GPT-2 pre-LayerNorm, learned position embeddings, GELU (tanh), tied
+Model (docs/model.md): GPT-2 pre-LayerNorm, learned position embeddings, GELU (tanh), tied
 input/output embedding (Vp rows), no dropout. Every block's FFN is an MoE layer: a linear router
 without bias, top-k on the logits (ties: torch.topk's choice), softmax over the selected
 (topk_softmax), the Switch load-balance loss a*E*sum_i f_i P_i (f detached) with a = 0.01; sparse
@@ -12,7 +12,7 @@ gathered tokens only, and the gate-weighted result is index_add_'ed back. Attent
 when this torch has it (>= 2.0), else torch 1.13's F._scaled_dot_product_attention (the same fused
 math kernel under its pre-2.0 private name), else an explicit masked softmax.
 Optimizer: torch.optim.AdamW(lr=1e-3, betas=(0.9,0.95), eps=1e-8, weight_decay=0.1, foreach=True)
-with weight decay on the matrices and embeddings only (SPEC §4), clip_grad_norm_(1.0).
+with weight decay on the matrices and embeddings only (docs/model.md), clip_grad_norm_(1.0).
 
 Timing per step with time.perf_counter: fwd+bwd = forward + loss.backward(); opt = clip + step +
 zero_grad (set_to_none=False by default: torch 1.x's default; it keeps the gradient buffers). The first --warmup steps are discarded, medians of the rest. Prints

@@ -1,11 +1,11 @@
 """
 moe_ref.py -- an independent PyTorch reference for moe.c (the role of llm.c's train_gpt2.py).
 
-Builds a small Mixture-of-Experts GPT-2 (SPEC §2, §3.1, §3.2, §3.3 / COMPETESMOE.md), computes in
+Builds a small Mixture-of-Experts GPT-2 (docs/model.md, docs/routers.md), computes in
 float64 with torch autograd (so the gradients do not share a line with moe.h's hand-written
 backward), and writes, for each test case, a moe.c checkpoint and a "debug state" that test_moe.c
 compares against: logits, losses, every parameter gradient, the routing decisions and 10 AdamW
-steps (SPEC §4).
+steps (docs/model.md, Training).
 
 Run with Debian's python (the one that has python3-torch):
     /usr/bin/python3 dev/moe_ref.py --outdir dev/ref          # writes <case>_model.bin, <case>_state.bin
@@ -26,7 +26,7 @@ Cases:
                      at every one of the 10 steps
     compete_softmax  the same with --compete-weights softmax and alpha 0
 
-GatePro (SPEC §3.2), penalty active at every forward of the 10 steps (start 0, stop -1): per
+GatePro (docs/routers.md, gatepro), penalty active at every forward of the 10 steps (start 0, stop -1): per
 layer per forward, S_ij = cosine of router rows i,j (F.normalize's max(|w|,1e-12)), j*(i) =
 argmax_{j != i} S_ij (ties -> lower j), from the current weights and detached; per token expert i
 loses when l_i < l_{j*(i)} (strict) and l~_i = l_i - lambda, else l_i. Top-k (ties -> lower index)
@@ -35,7 +35,7 @@ not renormalised); dl~/dl = I (the mask is a constant). The load-balance P and t
 unpenalised l; f counts the experts actually selected, T_k(l~). The script prints, per step, how
 many token-layer selections differ from plain top-k on l, and requires > 0 at the first forward.
 
-CompeteSMoE (COMPETESMOE.md §B), on a competing layer (state header [16]), every forward: all E
+CompeteSMoE (docs/routers.md, compete), on a competing layer (state header [16]), every forward: all E
 experts run on every token, o_i = E_i(x) (N,C); response s_i = mean_c softplus(o_ic); winners
 I_C = top-k of s (ties -> lower index, a constant); weights w_i = s_i / sum_{j in I_C} s_j (norm)
 or softmax of the winners' s (softmax); y = sum_{i in I_C} w_i o_i, with gradient through o_i and
@@ -62,7 +62,7 @@ possible (B=3, T=11, maxT=16, C=24, H=32, hs=8, E=4), so a transposed index show
 Everything is little-endian. The float32 values written are the float64 results rounded once.
 
 ---------------------------------------------------------------------------------------------
-Checkpoint file <case>_model.bin (SPEC §5.3)
+Checkpoint file <case>_model.bin (docs/formats.md)
 ---------------------------------------------------------------------------------------------
     int32   header[256]
               [0]  20261122 (magic)     [1]  1 (version)     [2]  maxT     [3]  V     [4]  Vp
@@ -70,7 +70,7 @@ Checkpoint file <case>_model.bin (SPEC §5.3)
               [11] router (0 = topk, 1 = gatepro, 2 = compete)
               [12] gate_norm (0 topk_softmax, 1 softmax_topk)
               [13] 0 (no optimizer state)   [14] 0 (updates applied)
-              [15] float32 bits of the GatePro lambda (the topk cases: 1e-4, the SPEC default,
+              [15] float32 bits of the GatePro lambda (the topk cases: 1e-4, the default,
                    unused; gatepro cases: their lambda)   [16] 0 (gatepro-start)
               [17] -1 (gatepro-stop)    [18] seed actually used (after near-tie redraws)
               compete cases only (else 0): [22] float32 bits of the compete rate (0.05)
@@ -81,7 +81,7 @@ Checkpoint file <case>_model.bin (SPEC §5.3)
               the state file's [16], at every forward)
               rest 0 (also [19] aux coef, [20] z coef, [21] total steps: the test takes aux and z
               from the state file)
-    float32 params[num_params]        the §2.1 order:
+    float32 params[num_params]        the order of docs/model.md:
               wte [Vp,C]  wpe [maxT,C]  ln1w [L,C]  ln1b [L,C]  qkvw [L,3C,C]  qkvb [L,3C]
               attprojw [L,C,C]  attprojb [L,C]  ln2w [L,C]  ln2b [L,C]  routerw [L,E,C]
               fcw [L,E,H,C]  fcb [L,E,H]  fcprojw [L,E,C,H]  fcprojb [L,E,C]  lnfw [C]  lnfb [C]
@@ -125,7 +125,7 @@ Debug state file <case>_state.bin (read by test_moe.c)
   size = 1024 + 4*(2*B*T + B*T*Vp + 3 + L*B*T*K + num_params + 2*nsteps) + 4
 
 The 10 steps: all on the same batch; each step is forward, backward of the total loss, global
-gradient-norm clipping, then AdamW (SPEC §4) with a constant lr (no schedule), t = step+1.
+gradient-norm clipping, then AdamW (docs/model.md, Training) with a constant lr (no schedule), t = step+1.
 The optimizer is applied to every parameter, including ones whose gradient is exactly 0 (wte
 rows V..Vp-1 stay 0; wpe rows >= T, unused experts and, in the dense case, the unused routerw
 [L,1,C] only shrink by weight decay, since m = v = 0 there gives a zero Adam term).
@@ -173,7 +173,7 @@ STEP_MARGIN_MIN = 1e-3                 # near-tie guard on each training step (1
 
 
 # ------------------------------------------------------------------------------------------
-# configuration and the parameter table (SPEC §2.1)
+# configuration and the parameter table (docs/model.md)
 
 class Config:
     def __init__(self, maxT, V, L, NH, C, E, K, H, gate_norm, router=0, gatepro_lambda=0.0,
@@ -201,10 +201,10 @@ class Config:
         self.compete_frozen_pC = None
         assert C % NH == 0 and 1 <= K <= E and router in (0, 1, 2, 3, 4)
         assert (router == 4) == (xmoe_dim > 0)
-        assert router == 0 or E >= 2             # SPEC §3.2: --router gatepro requires E >= 2
+        assert router == 0 or E >= 2             # docs/routers.md, gatepro: --router gatepro requires E >= 2
 
     def param_shapes(self):
-        """(name, shape) in the §2.1 order; the flat buffer is these, row-major, back to back."""
+        """(name, shape) in the order of docs/model.md; the flat buffer is these, row-major, back to back."""
         Vp, maxT, L, C, E, H = self.Vp, self.maxT, self.L, self.C, self.E, self.H
         return [
             ("wte", (Vp, C)), ("wpe", (maxT, C)),
@@ -227,7 +227,7 @@ class Config:
         return sum(math.prod(shape) for _, shape in self.param_shapes())
 
 
-# SPEC §4: weight decay on these matrices only, none on biases or LayerNorm parameters
+# docs/model.md, Training: weight decay on these matrices only, none on biases or LayerNorm parameters
 DECAYED = {"wte", "wpe", "qkvw", "attprojw", "routerw", "fcw", "fcprojw", "xmoe_proj", "xmoe_experts"}
 
 
@@ -243,7 +243,7 @@ def split_params(cfg, flat):
 
 
 def init_params(cfg, seed, router_std=0.5, expert_std=None):
-    """GPT-2's init (SPEC §2.1) drawn from one seeded generator in the §2.1 order, except that
+    """GPT-2's init (docs/model.md) drawn from one seeded generator in the order of docs/model.md, except that
     the reference wants every gradient path exercised: biases N(0, 0.02) instead of 0,
     LayerNorm weights 1 + N(0, 0.1) instead of 1, and a large router std (0.5) so routing
     decisions are well separated. wte rows V..Vp-1 are exactly 0. expert_std (the CompeteSMoE
@@ -316,7 +316,7 @@ def attention(x, qkvw, qkvb, projw, projb, NH):
 
 
 def topk_lower_index(logits, K):
-    """Top-K expert indices per row, ties toward the lower expert index (SPEC §3).
+    """Top-K expert indices per row, ties toward the lower expert index (docs/routers.md).
     A stable descending sort keeps equal values in index order. Returns (N,K) in rank order."""
     order = torch.sort(logits.detach(), dim=-1, descending=True, stable=True).indices
     return order[:, :K]
@@ -331,7 +331,7 @@ def routing_margin(logits, K):
 
 
 def gatepro_siblings(routerw):
-    """SPEC §3.2 steps 1-2, from the current router weights (E,C), no gradient:
+    """docs/routers.md, gatepro: S and each expert's nearest sibling j*, from the current router weights (E,C), no gradient:
     S_ij = <w_i,w_j> / (max(|w_i|,1e-12) max(|w_j|,1e-12)) (F.normalize's convention), and
     j*(i) = argmax_{j != i} S_ij, ties toward the lower j (torch.argmax returns the first maximum).
     Returns (sibling (E,) long, the smallest gap between a row's best and second-best S_ij)."""
@@ -391,7 +391,7 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef, bia
         else:
             logits = x @ routerw.T                             # (N,E), no router bias
         if cfg.router == 1:
-            # GatePro (SPEC §3.2): expert i loses when l_i < l_{j*(i)} (strict: a tie is no loss)
+            # GatePro (docs/routers.md, gatepro): expert i loses when l_i < l_{j*(i)} (strict: a tie is no loss)
             # and its logit drops by lambda. The mask is a constant (detached), so dl~/dl = I and no
             # gradient reaches S or j*.
             sibling, diag["sim_gap"] = gatepro_siblings(routerw)
@@ -415,7 +415,7 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef, bia
         if cfg.router in (1, 3):
             diag["topk_diff"] = int((torch.sort(selected, dim=-1).values != plain).any(dim=1).sum())
         chosen = sel.gather(1, selected)                       # (N,K)
-        # the aux losses' P and the z-loss use the unpenalised logits l (SPEC §3.2 step 5).
+        # the aux losses' P and the z-loss use the unpenalised logits l (docs/routers.md, gatepro).
         # (Op order kept as before GatePro was added: autograd's accumulation order, and so the
         # last bits of the topk cases' float64 gradients, depend on it.)
         probs = torch.softmax(logits, dim=-1)                  # over all E experts
@@ -424,7 +424,7 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef, bia
         else:                       # softmax_topk: softmax(l~) over all E, keep selected, no renormalising
             gates = (probs if sel is logits else torch.softmax(sel, dim=-1)).gather(1, selected)
         # load balance (Switch): a * E * sum_i f_i P_i; f_i is a count, a constant for the gradient.
-        # Under GatePro f counts the experts actually selected, T_k(l~) (SPEC's documented choice).
+        # Under GatePro f counts the experts actually selected, T_k(l~) (the documented choice, docs/routers.md).
         counts = torch.zeros(E, dtype=x.dtype).index_add_(
             0, selected.reshape(-1), torch.ones(N * K, dtype=x.dtype))
         f = counts / (N * K)
@@ -446,7 +446,7 @@ def moe_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, aux_coef, z_coef, bia
 
 
 def compete_layer(x, routerw, fcw, fcb, fcprojw, fcprojb, cfg, frozen_pC=None):
-    """A competition step (COMPETESMOE.md §B) of one layer: x (N,C) -> y (N,C), this layer's
+    """A competition step (docs/routers.md, compete) of one layer: x (N,C) -> y (N,C), this layer's
     weighted competition loss router_coef*L_D + div_coef*L_div + bal_coef*L_bal, the winners I_C
     (N,K) in rank order, and near-tie diagnostics (with the detached p^C). No Switch balance
     loss, no z-loss here. frozen_pC (N,E), finite differences only: L_D's target p^C taken as
@@ -554,7 +554,7 @@ def forward(cfg, params, inputs, targets, aux_coef, z_coef):
 
 
 # ------------------------------------------------------------------------------------------
-# AdamW by hand, exactly SPEC §4 (with global-norm clipping first)
+# AdamW by hand, exactly docs/model.md, Training (with global-norm clipping first)
 
 def decay_mask(cfg):
     parts = [torch.full((math.prod(shape),), 1.0 if name in DECAYED else 0.0, dtype=DTYPE)
@@ -638,7 +638,7 @@ def auxfree_update(cfg, flat, routing):
 
 
 def make_batch(cfg, B, T, seed):
-    # the data has its own stream, derived from the seed (SPEC §2.1: streams never shift each other)
+    # the data has its own stream, derived from the seed (streams never shift each other)
     gen = torch.Generator().manual_seed(seed + 1_000_003)
     tokens = torch.randint(0, cfg.V, (B, T + 1), generator=gen)
     return tokens[:, :T].contiguous(), tokens[:, 1:].contiguous()
@@ -663,7 +663,7 @@ def write_with_crc(path, payload):
 
 
 def checkpoint_bytes(cfg, flat32, seed):
-    # topk cases carry the SPEC default lambda 1e-4 (unused by the topk router); gatepro its own
+    # topk cases carry the default lambda 1e-4 (unused by the topk router); gatepro its own
     gatepro_lambda = cfg.gatepro_lambda if cfg.router == 1 else 1e-4
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:19] = [CHECKPOINT_MAGIC, 2, cfg.maxT, cfg.V, cfg.Vp, cfg.L, cfg.NH, cfg.C,
@@ -786,7 +786,7 @@ def read_state(path, cfg):
 BASE = dict(maxT=16, V=61, L=2, NH=3, C=24, H=32)
 B, T = 3, 11
 SEED = 1337
-# clip 1.0 is the SPEC default; at this init the global gradient norm is above 1 at the first
+# clip 1.0 is the default; at this init the global gradient norm is above 1 at the first
 # steps (clipping active) and falls below it later, so both branches of the clip are compared.
 HP = dict(lr=1e-2, wd=0.1, clip=1.0, nsteps=10)
 

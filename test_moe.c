@@ -1218,6 +1218,37 @@ static void test_trainer_gatepro_swap(void) {
 }
 
 // A non-finite loss skips the update, saves the last good state and exits 1 with a message.
+// --profile (perf section): the same losses bit for bit with and without it, and a table with a
+// row per op, forward and backward, for the plain router and for a CompeteSMoE run that competes.
+static void test_trainer_profile(void) {
+    const char* variants[2] = {"", "--router compete --compete-rate 1 --compete-warmup 0 --compete-max-layers 1"};
+    for (int v = 0; v < 2; v++) {
+        char cmd[2048], out[512], log[512], plain[8192], profiled[8192];
+        snprintf(out, sizeof(out), "%s/profile%d.txt", test_dir, v);
+        snprintf(cmd, sizeof(cmd), "%s -x 3 %s -o %s/prof_plain%d", SMALL_RUN, variants[v], test_dir, v);
+        int rc1 = run_cmd(cmd, out);
+        snprintf(cmd, sizeof(cmd), "%s -x 3 %s --profile -o %s/prof_on%d", SMALL_RUN, variants[v], test_dir, v);
+        int rc2 = run_cmd(cmd, out);
+        CHECK(rc1 == 0 && rc2 == 0, "--profile runs exited %d, %d (see %s)", rc1, rc2, out);
+        snprintf(log, sizeof(log), "%s/prof_plain%d/main.log", test_dir, v);
+        read_train_losses(log, plain, sizeof(plain));
+        snprintf(log, sizeof(log), "%s/prof_on%d/main.log", test_dir, v);
+        read_train_losses(log, profiled, sizeof(profiled));
+        CHECK(plain[0] != 0 && strcmp(plain, profiled) == 0, "--profile changed the losses%s:\n%s---\n%s",
+              v ? " (compete)" : "", plain, profiled);
+        FILE* f = fopen(out, "r");
+        char text[16384] = "";
+        if (f != NULL) { size_t got = fread(text, 1, sizeof(text) - 1, f); text[got] = 0; fclose(f); }
+        CHECK(strstr(text, "profile: time per op, mean over 3 steps") != NULL, "--profile printed no table header (see %s)", out);
+        for (int op = 0; op < PROF_OPS; op++) {
+            char row[64];
+            snprintf(row, sizeof(row), "  %s ", PROF_NAMES[op]);
+            CHECK(strstr(text, row) != NULL, "--profile's table has no '%s' row (see %s)", PROF_NAMES[op], out);
+        }
+        CHECK(strstr(text, "  step ") != NULL && strstr(text, "100.0%") != NULL, "--profile's table has no step total (see %s)", out);
+    }
+}
+
 static void test_trainer_nan(void) {
     MoEConfig cfg = {.max_seq_len = 16, .vocab_size = 512, .padded_vocab_size = 512, .num_layers = 2, .num_heads = 2,
                      .channels = 32, .n_expert = 4, .top_k = 2, .expert_hidden = 128};
@@ -3801,6 +3832,7 @@ int main(void) {
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_nan();
+    test_trainer_profile();
     test_trainer_refusals();
     printf("[data loader]\n");
     test_dataloader();

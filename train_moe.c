@@ -29,7 +29,7 @@ typedef enum {
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
     F_GATEPRO_STOP, F_COMPETE_RATE, F_COMPETE_WARMUP, F_COMPETE_MAX_LAYERS, F_COMPETE_WEIGHTS, F_COMPETE_ALPHA,
-    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_AUXFREE_RATE, F_XMOE_DIM, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_EXPERT_PARALLEL, F_COMM_STATS, F_HELP, NUM_FLAGS
+    F_COMPETE_ROUTER_COEF, F_COMPETE_DIV_COEF, F_COMPETE_BAL_COEF, F_AUXFREE_RATE, F_XMOE_DIM, F_SEED, F_GRAD_CLIP, F_TOKENIZER, F_SYNTH_TOKENS, F_ZERO, F_EXPERT_PARALLEL, F_COMM_STATS, F_PROFILE, F_HELP, NUM_FLAGS
 } FlagId;
 
 static const FlagSpec FLAGS[NUM_FLAGS] = {
@@ -87,6 +87,7 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_ZERO]           = {"zero", 0, 0, "", "MPI: ZeRO-1, each rank keeps the AdamW state of its shard of the parameters"},
     [F_EXPERT_PARALLEL] = {"expert-parallel", 0, 0, "", "MPI: split each layer's experts over the ranks; tokens travel to their experts"},
     [F_COMM_STATS]     = {"comm-stats", 0, 0, "", "MPI: print bytes and time communicated per step; check the ranks' parameters agree"},
+    [F_PROFILE]        = {"profile", 0, 0, "", "at the end, print the time per op (forward and backward), per step and as % of the step"},
     [F_HELP]           = {"help", 'h', 0, "", "print this help"},
 };
 
@@ -399,6 +400,9 @@ typedef struct {
     double* micro_all;      // (grad_accum, 4) every micro-batch's, in order
     double val_seconds;     // spent validating, over val_passes passes (for the ETA)
     int val_passes;
+    int profiling;          // --profile: time per op of the training steps (not validation or samples)
+    MoEProfile profile;
+    int profiled_steps;
 } RunOutputs;
 
 typedef struct {
@@ -733,6 +737,7 @@ static void open_outputs(Run* run) {
     o->null_domains = (uint8_t*)callocCheck((size_t)s->B * s->T, 1);
     o->micro_local = (double*)callocCheck((size_t)s->grad_accum / run->dist.size * 4, sizeof(double));
     o->micro_all = (double*)callocCheck((size_t)s->grad_accum * 4, sizeof(double));
+    o->profiling = run->flags.given[F_PROFILE];
     if (run->dist.rank != 0) return;  // rank 0 alone writes files
     make_dir(s->outdir);
     int deleted = claim_output_dir(run);
@@ -862,6 +867,8 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     MoEModel* model = &run->model;
     DataLoader* dl = &run->data.train;
     double t0 = now_seconds();
+    MoEProfile* prof = o->profiling ? &o->profile : NULL;
+    model->profile = prof;  // the ops time themselves in this step's forwards and backwards
     // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
     metrics_reset(&run->out.metrics);
     // this step's routing: GatePro's window at this step, the layers that compete (CompeteSMoE)
@@ -880,6 +887,7 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
             metrics_accumulate_null(&o->metrics, model, o->null_domains);
         }
         *metrics_seconds += now_seconds() - tm0;
+        profile_lap(prof, PROF_FWD, PROF_METRICS);  // (the forward's last lap ended where this began)
         double* ml = o->micro_local + (size_t)(micro / dist->size) * 4;
         ml[0] = model->mean_loss; ml[1] = model->aux_loss; ml[2] = model->z_loss; ml[3] = model->compete_loss;
         moe_backward(model, 1.0f / s->grad_accum);
@@ -897,7 +905,10 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     // metrics.tsv's CompeteSMoE losses are the last micro-batch's: from the rank that ran it
     comm_bcast(dist, model->layer_stats, sizeof(LayerLosses) * model->config.num_layers, (s->grad_accum - 1) % dist->size);
     dist_reduce_gradients(dist, model);
+    model->profile = NULL;
+    profile_mark(prof);
     st->norm = dist_grad_norm(dist, model);
+    profile_lap(prof, PROF_FWD, PROF_OPTIMIZER);
     double t1 = now_seconds();
     if (!isfinite(st->loss) || !isfinite(st->norm)) return -1;
     st->lr = lr_schedule(s->lr, step, s->warmup, s->steps, s->final_frac);
@@ -905,6 +916,7 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     dist_adamw_update(dist, model, st->lr, 0.9f, 0.95f, 1e-8f, s->weight_decay, clip_scale, step + 1);
     dist_sum_doubles(dist, model->step_load, model->config.num_layers * model->config.n_expert);  // every rank's tokens
     moe_after_step(model);  // the router's update after the step (auxfree's bias)
+    profile_lap(prof, PROF_FWD, PROF_OPTIMIZER);
     double t2 = now_seconds();
     st->ms = (t2 - t0) * 1000.0;
     st->fwdbwd_ms = (t1 - t0) * 1000.0;
@@ -922,7 +934,11 @@ static void log_step(Run* run, int step, const StepStats* st) {
     const RunSettings* s = &run->set;
     RunOutputs* o = &run->out;
     double t0 = now_seconds();
+    MoEProfile* prof = o->profiling ? &o->profile : NULL;
+    profile_mark(prof);
     if (o->metrics_tsv != NULL) write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL);
+    profile_lap(prof, PROF_FWD, PROF_METRICS);
+    o->profiled_steps++;
     o->metrics_seconds += now_seconds() - t0;
     o->step_seconds += st->ms / 1000.0 + (now_seconds() - t0);
     o->have_probe = 0;
@@ -985,8 +1001,26 @@ static int train_loop(Run* run) {
 
 // --- step 6: finish
 
+// --profile's table: each op's ms per step, forward and backward, and its share of the step time.
+static void print_profile(const RunOutputs* o) {
+    int n = o->profiled_steps;
+    if (n == 0) { printf("profile: no training step ran\n"); return; }
+    double step_ms = o->step_seconds * 1000.0 / n, sum = 0.0;
+    printf("profile: time per op, mean over %d steps (a step: %.1f ms, forward + backward + optimizer + metrics)\n", n, step_ms);
+    printf("  %-30s %9s %9s %9s %8s\n", "op", "fwd ms", "bwd ms", "ms/step", "% step");
+    for (int op = 0; op < PROF_OPS; op++) {
+        double f = o->profile.seconds[PROF_FWD][op] * 1000.0 / n, b = o->profile.seconds[PROF_BWD][op] * 1000.0 / n;
+        sum += f + b;
+        printf("  %-30s %9.2f %9.2f %9.2f %7.1f%%\n", PROF_NAMES[op], f, b, f + b, step_ms > 0 ? 100.0 * (f + b) / step_ms : 0.0);
+    }
+    double other = step_ms - sum;
+    printf("  %-30s %9s %9s %9.2f %7.1f%%\n", "other (data, MPI sums, glue)", "", "", other, step_ms > 0 ? 100.0 * other / step_ms : 0.0);
+    printf("  %-30s %9s %9s %9.2f %7.1f%%\n", "step", "", "", step_ms, 100.0);
+}
+
 static void finish(Run* run) {
     RunOutputs* o = &run->out;
+    if (o->profiling && run->dist.rank == 0) print_profile(o);
     if (o->log != NULL) fclose(o->log);
     if (o->metrics_tsv != NULL) fclose(o->metrics_tsv);
     free(o->micro_local); free(o->micro_all);

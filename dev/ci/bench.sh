@@ -1,6 +1,7 @@
 #!/bin/sh
 # CI smoke test of the benchmark (no timing is asserted: CI machines vary):
 #   dev/bench --quick --no-torch   every train_moe section runs once, 1 step per run; the report and its goals print
+#   train_moe --profile            one step; the time-per-op table prints with every row
 # Prints "N passed, N failed" last. Budget: well under a minute on 2 cores without PyTorch.
 cd "$(dirname "$0")/../.." || exit 1
 passed=0
@@ -24,5 +25,15 @@ while IFS= read -r pattern; do
     if grep -q -- "$pattern" "$out"; then ok "report has '$pattern'"; else bad "report lacks '$pattern'"; fi
 done < "$out.patterns"
 rm -f "$out.patterns"
+
+# train_moe --profile: one step of the default model; the table and its every row
+dir=$(mktemp -d)
+if ./train_moe -x 1 -v 0 --synthetic-tokens 200000 --profile -o "$dir" > "$out" 2>&1; then ok "train_moe --profile exits 0"
+else bad "train_moe --profile exits non-zero"; tail -20 "$out"; fi
+for row in "profile: time per op" "  embedding " "  attention " "  expert FFN " "  LM head + cross-entropy " \
+           "  optimizer (norm, clip, AdamW) " "  metrics " "  step "; do
+    if grep -q -- "$row" "$out"; then ok "--profile table has '$row'"; else bad "--profile table lacks '$row'"; fi
+done
+rm -rf "$dir"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -28,6 +28,7 @@ ascending expert order.
 #include <errno.h>
 #include <unistd.h>
 #include <time.h>
+#include <fcntl.h>
 #include <zlib.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -170,6 +171,13 @@ static int config_check(const MoEConfig* c, char* err, size_t errlen) {
         return set_err(err, errlen, "top-k K=%d must satisfy 1 <= K <= E=%d", c->top_k, c->n_expert);
     if (c->expert_hidden < 1) return set_err(err, errlen, "expert hidden H must be >= 1 (got %d)", c->expert_hidden);
     if (c->xmoe_dim < 0 || c->xmoe_dim > 256) return set_err(err, errlen, "X-MoE dim must be in [0, 256] (got %d)", c->xmoe_dim);
+    // the parameter count in floating point first, so the size_t arithmetic after this cannot overflow
+    double L = c->num_layers, C = c->channels, E = c->n_expert, H = c->expert_hidden, D = c->xmoe_dim;
+    double params = ((double)c->padded_vocab_size + c->max_seq_len + 2) * C + L * (12.0 * C * C + 13 * C) +
+                    L * E * (C + 2 * H * C + H + C + 1) + L * (D * C + E * D + 1);
+    if (params > (double)(1LL << 40))
+        return set_err(err, errlen, "the model would have %.3g parameters (%.3g bytes each for the weights, gradients "
+                       "and AdamW state): too large", params, 4.0 * params);
     return 0;
 }
 
@@ -1533,20 +1541,45 @@ static uLong crc32_big(uLong crc, const unsigned char* p, size_t n) {
     return crc;
 }
 
-static int write_all(FILE* f, const void* buf, size_t n, uLong* crc) {
+static int write_all(FILE* f, const void* buf, size_t n, uLong* crc, size_t* written) {
     const unsigned char* p = (const unsigned char*)buf;
     size_t left = n;
     while (left > 0) {
         size_t piece = left < (1u << 30) ? left : (1u << 30);
         *crc = crc32_big(*crc, p, piece);
-        if (fwrite(p, 1, piece, f) != piece) return -1;
+        size_t put = fwrite(p, 1, piece, f);
+        *written += put;
+        if (put != piece) return -1;
         p += piece;
         left -= piece;
     }
     return 0;
 }
 
-// Saves the model (and, when with_optimizer, AdamW state and ts) atomically. 0 or -1 with err.
+// The size of a checkpoint file of nparams parameters, with or without the optimizer state.
+static size_t checkpoint_bytes(size_t nparams, int with_optimizer) {
+    return 1024 + nparams * 4 + (with_optimizer ? 2 * nparams * 4 + TRAIN_STATE_BYTES : 0) + 4;
+}
+
+// fsync of the directory holding path, so a rename into it survives a power cut.
+static int fsync_parent_dir(const char* path) {
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char* slash = strrchr(dir, '/');
+    if (slash == NULL) snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir) slash[1] = '\0';
+    else *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+// Saves the model (and, when with_optimizer, AdamW state and ts) atomically: written whole to
+// PATH.tmpPID, fsync'd, renamed over PATH, the directory fsync'd. On failure the temp file is
+// removed, PATH and every other file are untouched, and err names the path, the bytes the file
+// needs and the system's reason (disk full, file-size limit, permissions). 0 or -1.
 static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_optimizer, int step, uint64_t seed,
                                int total_steps, const TrainState* ts, char* err, size_t errlen) {
     const MoEConfig* c = &m->config;
@@ -1576,30 +1609,85 @@ static int moe_save_checkpoint(const MoEModel* m, const char* path, int with_opt
     header[HDR_XMOE_DIM] = c->xmoe_dim;
     header[HDR_AUXFREE_RATE] = (int)float_bits(rc->auxfree_rate);
     if (ts != NULL) memcpy(header + HDR_RUN_FIRST, ts->run_header, sizeof(ts->run_header));
+    size_t total = checkpoint_bytes(m->num_parameters, header[HDR_HAS_OPT]), written = 0;
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
     FILE* f = fopen(tmp, "wb");
-    if (f == NULL) return set_err(err, errlen, "checkpoint %s: cannot create temp file %s: %s", path, tmp, strerror(errno));
+    if (f == NULL)
+        return set_err(err, errlen, "checkpoint %s: cannot create temp file %s (%zu bytes needed): %s", path, tmp, total,
+                       strerror(errno));
     uLong crc = crc32(0L, Z_NULL, 0);
-    int bad = write_all(f, header, sizeof(header), &crc);
-    bad |= write_all(f, m->params_memory, m->num_parameters * sizeof(float), &crc);
-    if (header[HDR_HAS_OPT]) {
+    int bad = write_all(f, header, sizeof(header), &crc, &written);
+    if (!bad) bad = write_all(f, m->params_memory, m->num_parameters * sizeof(float), &crc, &written);
+    if (!bad && header[HDR_HAS_OPT]) {
         unsigned char state[TRAIN_STATE_BYTES] = {0};
         if (ts != NULL) memcpy(state, ts, TRAIN_STATE_BYTES);
-        bad |= write_all(f, m->m_memory, m->num_parameters * sizeof(float), &crc);
-        bad |= write_all(f, m->v_memory, m->num_parameters * sizeof(float), &crc);
-        bad |= write_all(f, state, sizeof(state), &crc);
+        bad = write_all(f, m->m_memory, m->num_parameters * sizeof(float), &crc, &written);
+        if (!bad) bad = write_all(f, m->v_memory, m->num_parameters * sizeof(float), &crc, &written);
+        if (!bad) bad = write_all(f, state, sizeof(state), &crc, &written);
     }
     uint32_t crc32v = (uint32_t)crc;
-    if (!bad) bad = fwrite(&crc32v, 4, 1, f) != 1;
+    if (!bad) { bad = fwrite(&crc32v, 4, 1, f) != 1; written += bad ? 0 : 4; }
     if (!bad) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
-    if (fclose(f) != 0) bad = 1;
-    if (bad) { remove(tmp); return set_err(err, errlen, "checkpoint %s: write failed: %s", path, strerror(errno)); }
-    if (rename(tmp, path) != 0) {
+    int saved_errno = errno;
+    if (fclose(f) != 0 && !bad) { bad = 1; saved_errno = errno; }
+    if (bad) {
         remove(tmp);
-        return set_err(err, errlen, "checkpoint %s: rename from %s failed: %s", path, tmp, strerror(errno));
+        return set_err(err, errlen, "checkpoint %s: cannot write %zu bytes (%zu written before the failure): %s; the "
+                       "previous checkpoints are untouched (free disk space or raise the file-size limit)", path, total,
+                       written, strerror(saved_errno ? saved_errno : EIO));
     }
+    if (rename(tmp, path) != 0) {
+        saved_errno = errno;
+        remove(tmp);
+        return set_err(err, errlen, "checkpoint %s: rename from %s failed: %s", path, tmp, strerror(saved_errno));
+    }
+    if (fsync_parent_dir(path) != 0)
+        return set_err(err, errlen, "checkpoint %s: written, but fsync of its directory failed: %s", path, strerror(errno));
     return 0;
+}
+
+// The first out-of-range setting in a checkpoint header (a name to print), or NULL. The crc only
+// says the file is as written; this says that what was written makes sense (docs/formats.md).
+static const char* checkpoint_settings_check(const int* h) {
+    #define FIELD_FLOAT(i) bits_float((uint32_t)h[i])
+    #define NONNEG_FLOAT(i) (isfinite(FIELD_FLOAT(i)) && FIELD_FLOAT(i) >= 0.0f)
+    #define UNIT_FLOAT(i) (NONNEG_FLOAT(i) && FIELD_FLOAT(i) <= 1.0f)
+    if (!NONNEG_FLOAT(HDR_GATEPRO_LAMBDA)) return "[15] GatePro lambda";
+    if (h[HDR_GATEPRO_START] < 0) return "[16] gatepro-start";
+    if (h[HDR_GATEPRO_STOP] < -1 || (h[HDR_GATEPRO_STOP] >= 0 && h[HDR_GATEPRO_STOP] < h[HDR_GATEPRO_START]))
+        return "[17] gatepro-stop (must be -1 or >= gatepro-start)";
+    if (!NONNEG_FLOAT(HDR_AUX_COEF)) return "[19] aux-loss";
+    if (!NONNEG_FLOAT(HDR_Z_COEF)) return "[20] z-loss";
+    if (h[HDR_TOTAL_STEPS] < 0) return "[21] total steps";
+    if (h[HDR_COMPETE_MAX_LAYERS] < 0) return "[24] compete-max-layers";
+    if (h[HDR_COMPETE_MAX_LAYERS] > 0) {  // 0: written without CompeteSMoE settings
+        if (!UNIT_FLOAT(HDR_COMPETE_RATE)) return "[22] compete-rate";
+        if (!UNIT_FLOAT(HDR_COMPETE_WARMUP)) return "[23] compete-warmup";
+        if (h[HDR_COMPETE_WEIGHTS] < 0 || h[HDR_COMPETE_WEIGHTS] > 1) return "[25] compete-weights";
+        if (!NONNEG_FLOAT(HDR_COMPETE_ALPHA)) return "[26] compete-alpha";
+        if (!NONNEG_FLOAT(HDR_COMPETE_ROUTER_COEF)) return "[27] compete-router-coef";
+        if (!NONNEG_FLOAT(HDR_COMPETE_DIV_COEF)) return "[28] compete-div-coef";
+        if (!NONNEG_FLOAT(HDR_COMPETE_BAL_COEF)) return "[29] compete-bal-coef";
+    }
+    if (!NONNEG_FLOAT(HDR_AUXFREE_RATE)) return "[31] auxfree-rate";
+    if (h[HDR_RUN_PRESENT] != 0 && h[HDR_RUN_PRESENT] != 1) return "[64] run settings present";
+    if (h[HDR_RUN_PRESENT]) {
+        if (h[HDR_RUN_BATCH] < 1) return "[65] batch";
+        if (h[HDR_RUN_SEQ_LEN] < 1) return "[66] seq-len";
+        if (h[HDR_RUN_TOTAL_BATCH] < 0) return "[67] total-batch";
+        if (!NONNEG_FLOAT(HDR_RUN_LR)) return "[68] lr";
+        if (h[HDR_RUN_WARMUP] < 0) return "[69] warmup";
+        if (!UNIT_FLOAT(HDR_RUN_FINAL_LR)) return "[70] final-lr-frac";
+        if (!NONNEG_FLOAT(HDR_RUN_WEIGHT_DECAY)) return "[71] weight-decay";
+        if (!NONNEG_FLOAT(HDR_RUN_GRAD_CLIP)) return "[72] grad-clip";
+        if (h[HDR_RUN_SYNTH_TOKENS] < 0) return "[73] synthetic-tokens";
+        if (h[HDR_RUN_DATA_SOURCE] < 1 || h[HDR_RUN_DATA_SOURCE] > 2) return "[74] data source";
+    }
+    return NULL;
+    #undef FIELD_FLOAT
+    #undef NONNEG_FLOAT
+    #undef UNIT_FLOAT
 }
 
 // Loads a checkpoint into m. If m has no parameters yet it is built from the header; otherwise
@@ -1654,11 +1742,17 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
         rc = set_err(err, errlen, "checkpoint %s: router xmoe but no X-MoE parameters (header [30] = %d)", path, cfg.xmoe_dim);
         goto done;
     }
+    const char* bad_setting = checkpoint_settings_check(header);
+    if (bad_setting != NULL) {
+        rc = set_err(err, errlen, "checkpoint %s: header field %s is out of range: not a file this program wrote", path,
+                     bad_setting);
+        goto done;
+    }
     // nparams: the tensors this file holds (version 1: the first 17); the rest load as 0
     size_t sizes[NUM_PARAMETER_TENSORS], nparams = 0;
     fill_param_sizes(sizes, &cfg);
     for (int i = 0; i < (version == 1 ? NUM_PARAMETER_TENSORS_V1 : NUM_PARAMETER_TENSORS); i++) nparams += sizes[i];
-    size_t expect = 1024 + nparams * 4 + (header[HDR_HAS_OPT] ? 2 * nparams * 4 + TRAIN_STATE_BYTES : 0) + 4;
+    size_t expect = checkpoint_bytes(nparams, header[HDR_HAS_OPT]);
     if ((size_t)fsize != expect) {
         rc = set_err(err, errlen, "checkpoint %s: header describes %zu bytes, file holds %ld (truncated or corrupt)",
                      path, expect, fsize);

@@ -1041,11 +1041,12 @@ static void test_checkpoint_v1(void) {
     snprintf(path, sizeof(path), "%s/v1.bin", test_dir);
     FILE* f = fopen(path, "wb");
     uLong crc = crc32(0L, Z_NULL, 0);
-    write_all(f, header, sizeof(header), &crc);
-    write_all(f, m.params_memory, n1 * 4, &crc);
-    write_all(f, m.m_memory, n1 * 4, &crc);
-    write_all(f, m.v_memory, n1 * 4, &crc);
-    write_all(f, state, sizeof(state), &crc);
+    size_t written = 0;
+    write_all(f, header, sizeof(header), &crc, &written);
+    write_all(f, m.params_memory, n1 * 4, &crc, &written);
+    write_all(f, m.m_memory, n1 * 4, &crc, &written);
+    write_all(f, m.v_memory, n1 * 4, &crc, &written);
+    write_all(f, state, sizeof(state), &crc, &written);
     uint32_t c32 = (uint32_t)crc;
     fwrite(&c32, 4, 1, f);
     fclose(f);
@@ -1108,6 +1109,121 @@ static void test_trainer_resume(const char* name, const char* extra) {
     }
     if (f != NULL) fclose(f);
     CHECK(header_ok && fields_ok && rows == 1 + 8 * 2, "%s: metrics.tsv should have a header and 16 rows of 22 fields (%d lines, header %d, fields %d)", name, rows, header_ok, fields_ok);
+}
+
+// Logs after a crash and resume: a run whose logs hold steps beyond the checkpoint and a line cut
+// by a kill, resumed from its step-4 checkpoint in the same directory, ends with main.log and
+// metrics.tsv holding every step once and the same as an uninterrupted run's; a dead writer's
+// temp file is removed, a live one's kept; --keep 2 leaves the newest two checkpoints.
+static void test_trainer_logs_after_crash(void) {
+    char cmd[2048], out[512], path[512], a[8192], b[8192];
+    snprintf(out, sizeof(out), "%s/crashlog.txt", test_dir);
+    snprintf(cmd, sizeof(cmd), "(%s -x 8 -n 2 -o %s/cl_full && %s -x 8 -n 2 --keep 2 -o %s/cl_crash)", SMALL_RUN, test_dir,
+             SMALL_RUN, test_dir);
+    int rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "logs after crash: runs exited %d (see %s)", rc, out);
+    int kept = 1;
+    for (int step = 0; step <= 8; step += 2) {
+        snprintf(path, sizeof(path), "%s/cl_crash/model_%08d.bin", test_dir, step);
+        kept &= (access(path, F_OK) == 0) == (step >= 6);
+    }
+    CHECK(kept, "--keep 2 should leave model_00000006.bin and model_00000008.bin only");
+    // the state of a kill after step 6's logs, in the middle of writing step 7's; model_4 restored
+    snprintf(cmd, sizeof(cmd), "cp %s/cl_full/model_00000004.bin %s/cl_crash/ && printf 's:7 trl:2.5' >> %s/cl_crash/main.log"
+             " && printf '7\t0\t64\t0' >> %s/cl_crash/metrics.tsv", test_dir, test_dir, test_dir, test_dir);
+    CHECK(system(cmd) == 0, "logs after crash: cannot set up the crashed directory");
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    char stale[512], live[512];
+    snprintf(stale, sizeof(stale), "%s/cl_crash/model_00000006.bin.tmp%d", test_dir, (int)dead);
+    snprintf(live, sizeof(live), "%s/cl_crash/model_00000006.bin.tmp%d", test_dir, (int)getpid());
+    FILE* f1 = fopen(stale, "w");
+    FILE* f2 = fopen(live, "w");
+    if (f1) fclose(f1);
+    if (f2) fclose(f2);
+    snprintf(cmd, sizeof(cmd), "./train_moe -v 0 -e %s/cl_crash/model_00000004.bin -o %s/cl_crash", test_dir, test_dir);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "logs after crash: resume exited %d (see %s)", rc, out);
+    CHECK(access(stale, F_OK) != 0 && access(live, F_OK) == 0,
+          "a dead writer's temp file must be removed and a live one's kept (%s, %s)", stale, live);
+    remove(live);
+    snprintf(path, sizeof(path), "%s/cl_full/main.log", test_dir);
+    read_train_losses(path, a, sizeof(a));
+    snprintf(path, sizeof(path), "%s/cl_crash/main.log", test_dir);
+    read_train_losses(path, b, sizeof(b));
+    CHECK(strcmp(a, b) == 0, "main.log after crash and resume should hold each step's loss once, as the "
+          "uninterrupted run:\n--- uninterrupted\n%s--- crashed and resumed\n%s", a, b);
+    int lines = 0, aux_lines = 0;
+    FILE* f = fopen(path, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof(line), f)) { lines++; aux_lines += strstr(line, " aux:") != NULL; }
+    if (f) fclose(f);
+    CHECK(lines == 16 && aux_lines == 8, "main.log after crash and resume: %d lines, %d aux lines (want 16, 8)", lines, aux_lines);
+    snprintf(cmd, sizeof(cmd), "cmp -s %s/cl_full/metrics.tsv %s/cl_crash/metrics.tsv", test_dir, test_dir);
+    CHECK(system(cmd) == 0, "metrics.tsv after crash and resume should equal the uninterrupted run's");
+}
+
+static void expect_refusal(const char* args, const char* needle);
+
+// Copies checkpoint src to dst with header[field] = value and a recomputed crc: a file whose crc
+// is valid but whose settings may not be.
+static int checkpoint_with_field(const char* src, const char* dst, int field, int32_t value) {
+    FILE* f = fopen(src, "rb");
+    if (f == NULL) return -1;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    unsigned char* buf = (unsigned char*)malloc((size_t)n);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    if (got != (size_t)n || n < 1028) { free(buf); return -1; }
+    memcpy(buf + 4 * field, &value, 4);
+    uint32_t crc = (uint32_t)crc32(0L, buf, (uInt)(n - 4));
+    memcpy(buf + n - 4, &crc, 4);
+    f = fopen(dst, "wb");
+    if (f == NULL) { free(buf); return -1; }
+    fwrite(buf, 1, (size_t)n, f);
+    fclose(f);
+    free(buf);
+    return 0;
+}
+
+// A checkpoint with a valid crc but an out-of-range setting is refused with a message.
+static void test_checkpoint_settings_range(void) {
+    char src[512], dst[512], err[512];
+    snprintf(src, sizeof(src), "%s/compete_full/model_00000004.bin", test_dir);
+    snprintf(dst, sizeof(dst), "%s/range.bin", test_dir);
+    struct { int field; int32_t value; const char* what; } cases[] = {
+        {HDR_COMPETE_WARMUP, (int32_t)float_bits(NAN), "compete-warmup NaN"},
+        {HDR_COMPETE_WARMUP, (int32_t)float_bits(-5.0f), "compete-warmup -5"},
+        {HDR_COMPETE_RATE, (int32_t)float_bits(1.5f), "compete-rate 1.5"},
+        {HDR_COMPETE_DIV_COEF, (int32_t)float_bits(NAN), "compete-div-coef NaN"},
+        {HDR_AUX_COEF, (int32_t)float_bits(NAN), "aux-loss NaN"},
+        {HDR_Z_COEF, (int32_t)float_bits(-INFINITY), "z-loss -inf"},
+        {HDR_GATEPRO_LAMBDA, (int32_t)float_bits(INFINITY), "GatePro lambda inf"},
+        {HDR_GATEPRO_STOP, -7, "gatepro-stop -7"},
+        {HDR_COMPETE_WEIGHTS, 9, "compete-weights 9"},
+        {HDR_RUN_LR, (int32_t)float_bits(NAN), "lr NaN"},
+        {HDR_RUN_BATCH, 0, "batch 0"},
+        {HDR_RUN_DATA_SOURCE, 3, "data source 3"},
+        {HDR_TOTAL_STEPS, -1, "total steps -1"},
+        {HDR_AUXFREE_RATE, (int32_t)float_bits(NAN), "auxfree-rate NaN"},
+    };
+    int refused = 0, n = (int)(sizeof(cases) / sizeof(cases[0]));
+    for (int i = 0; i < n; i++) {
+        MoEModel m;
+        memset(&m, 0, sizeof(m));
+        int made = checkpoint_with_field(src, dst, cases[i].field, cases[i].value);
+        int rc = moe_load_checkpoint(&m, dst, NULL, NULL, err, sizeof(err));
+        moe_free(&m);
+        CHECK(made == 0 && rc != 0 && strstr(err, "out of range") != NULL, "checkpoint with %s (valid crc) must be "
+              "refused as out of range: rc %d, '%s'", cases[i].what, rc, rc ? err : "");
+        refused += made == 0 && rc != 0 && strstr(err, "out of range") != NULL;
+    }
+    // gatepro-stop below start, through the trainer's flags
+    expect_refusal("--router gatepro --gatepro-start 5 --gatepro-stop 3", "--gatepro-stop");
+    printf("  %d of %d out-of-range checkpoint settings refused\n", refused, n);
 }
 
 // What a resume takes from the checkpoint and what it refuses or applies (train_moe.c RESUME_RULES).
@@ -1264,9 +1380,39 @@ static void test_trainer_nan(void) {
     snprintf(cmd, sizeof(cmd), "%s -x 4 -e %s -o %s/nan_run", SMALL_RUN, path, test_dir);
     int rc = run_cmd(cmd, out);
     char saved[512];
-    snprintf(saved, sizeof(saved), "%s/nan_run/model_00000000.bin", test_dir);
+    snprintf(saved, sizeof(saved), "%s/nan_run/model_00000000.nan.bin", test_dir);
     CHECK(rc == 1 && file_contains(out, "not finite") && access(saved, F_OK) == 0,
           "NaN loss: expected exit 1, a 'not finite' message and a saved checkpoint (exit %d, see %s)", rc, out);
+    // mid-run (step 4 of a resumed run, in a directory holding the regular model_00000004.bin): the
+    // NaN checkpoint holds the state of before the step (the data position of its start, not one
+    // batch on) under its own name, and the regular checkpoint stays as it was
+    char good[512], bad[512];
+    snprintf(good, sizeof(good), "%s/topk_full/model_00000004.bin", test_dir);
+    snprintf(bad, sizeof(bad), "%s/nan_mid", test_dir);
+    mkdir(bad, 0755);
+    snprintf(bad, sizeof(bad), "%s/nan_mid/bad4.bin", test_dir);  // in -o: a resume from this directory
+    memset(&m, 0, sizeof(m));
+    CheckpointInfo info;
+    TrainState ts, ts_nan;
+    CHECK(moe_load_checkpoint(&m, good, &info, &ts, err, sizeof(err)) == 0, "%s", err);
+    m.params.lnfw[0] = NAN;
+    CHECK(moe_save_checkpoint(&m, bad, 1, info.step, info.seed, info.total_steps, &ts, err, sizeof(err)) == 0, "%s", err);
+    moe_free(&m);
+    snprintf(cmd, sizeof(cmd), "(cp %s %s/nan_mid/ && ./train_moe -v 0 -e %s -o %s/nan_mid)", good, test_dir, bad, test_dir);
+    rc = run_cmd(cmd, out);
+    snprintf(saved, sizeof(saved), "%s/nan_mid/model_00000004.nan.bin", test_dir);
+    memset(&m, 0, sizeof(m));
+    int loaded = moe_load_checkpoint(&m, saved, NULL, &ts_nan, err, sizeof(err)) == 0;
+    moe_free(&m);
+    CHECK(rc == 1 && loaded && ts_nan.data_epoch == ts.data_epoch && ts_nan.data_shard_pos == ts.data_shard_pos &&
+          ts_nan.data_sample_pos == ts.data_sample_pos, "NaN at step 4: exit 1 and %s with the step's start position "
+          "(%lld, %lld, %lld), got exit %d, loaded %d, (%lld, %lld, %lld)", saved, (long long)ts.data_epoch,
+          (long long)ts.data_shard_pos, (long long)ts.data_sample_pos, rc, loaded, (long long)ts_nan.data_epoch,
+          (long long)ts_nan.data_shard_pos, (long long)ts_nan.data_sample_pos);
+    snprintf(cmd, sizeof(cmd), "cmp -s %s %s/nan_mid/model_00000004.bin", good, test_dir);
+    CHECK(system(cmd) == 0, "NaN at step 4: the regular model_00000004.bin must stay untouched");
+    snprintf(saved, sizeof(saved), "%s/nan_run/model_00000000.bin", test_dir);
+    CHECK(access(saved, F_OK) != 0, "NaN checkpoint: must not take the regular checkpoint's name %s", saved);
 }
 
 // A wrong flag must exit non-zero with a message that says what is wrong.
@@ -3829,6 +3975,8 @@ int main(void) {
     test_trainer_resume_rules();
     test_trainer_resume("auxfree", "--seed 42 --router auxfree --auxfree-rate 0.01");
     test_trainer_resume("xmoe", "--seed 42 --router xmoe --xmoe-dim 8");
+    test_trainer_logs_after_crash();
+    test_checkpoint_settings_range();
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_nan();

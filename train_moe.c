@@ -24,7 +24,7 @@ Every flag is declared once, in FLAGS below; --help prints that table and the RE
 
 typedef enum {
     F_TRAIN, F_VAL, F_OUTPUT, F_OVERWRITE, F_BATCH, F_SEQ_LEN, F_LR, F_WARMUP, F_FINAL_LR, F_WEIGHT_DECAY, F_TOTAL_BATCH,
-    F_STEPS, F_VAL_EVERY, F_VAL_BATCHES, F_SAMPLE_EVERY, F_GEN_LEN, F_CKPT_EVERY, F_INIT, F_WEIGHTS_ONLY,
+    F_STEPS, F_VAL_EVERY, F_VAL_BATCHES, F_SAMPLE_EVERY, F_GEN_LEN, F_CKPT_EVERY, F_KEEP, F_INIT, F_WEIGHTS_ONLY,
     F_UPCYCLE, F_UPCYCLE_NOISE,
     F_LAYERS, F_HEADS, F_CHANNELS, F_EXPERTS, F_TOP_K, F_HIDDEN, F_MAX_SEQ_LEN, F_VOCAB,
     F_ROUTER, F_GATE_NORM, F_AUX_LOSS, F_Z_LOSS, F_ROUTER_INIT_STD, F_GATEPRO_LAMBDA, F_GATEPRO_START,
@@ -50,6 +50,7 @@ static const FlagSpec FLAGS[NUM_FLAGS] = {
     [F_SAMPLE_EVERY]   = {"sample-every", 's', 1, "0", "print a sample every N steps (and at the end); 0 = never"},
     [F_GEN_LEN]        = {"gen-len", 'g', 1, "64", "tokens per sample"},
     [F_CKPT_EVERY]     = {"checkpoint-every", 'n', 1, "0", "write a checkpoint every N steps (one is always written at the end)"},
+    [F_KEEP]           = {"keep", 0, 1, "0", "keep only the newest N checkpoints (older ones deleted once the new one is on disk); 0 = all"},
     [F_INIT]           = {"init", 'e', 1, "", "initialise from a checkpoint; resumes if it holds optimizer state"},
     [F_WEIGHTS_ONLY]   = {"weights-only", 0, 0, "", "with -e: load the parameters only and start a fresh run"},
     [F_UPCYCLE]        = {"upcycle", 0, 1, "", "start from a dense model (E=1 checkpoint or llm.c GPT-2 .bin): every expert a copy of its MLP"},
@@ -112,6 +113,95 @@ static void make_dir(const char* path) {
 }
 
 static int file_exists(const char* path) { struct stat st; return stat(path, &st) == 0; }
+
+// Exit statuses (README, "Exit status"): 0 done, 1 bad input or a non-finite loss, 3 an output file
+// (checkpoint, log) could not be written, 128+N stopped by signal N after saving.
+#define EXIT_OUTPUT_FAILED 3
+static void die_output(const char* fmt, ...) {
+    va_list ap; va_start(ap, fmt);
+    fprintf(stderr, "error: "); vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nstopped: exit status %d (nothing of the newest checkpoint on disk was lost)\n", EXIT_OUTPUT_FAILED);
+    va_end(ap);
+    exit(EXIT_OUTPUT_FAILED);
+}
+
+// Removes NAME.tmpPID files in dir whose writer (process PID) is gone: checkpoint writes that a
+// kill interrupted. A live writer's temp file is left alone.
+static void remove_stale_temp_files(const char* dir) {
+    DIR* d = opendir(dir);
+    if (d == NULL) return;
+    struct dirent* e;
+    while ((e = readdir(d)) != NULL) {
+        const char* tmp = strstr(e->d_name, ".tmp");
+        if (tmp == NULL) continue;
+        while (strstr(tmp + 1, ".tmp") != NULL) tmp = strstr(tmp + 1, ".tmp");
+        char* end;
+        long pid = strtol(tmp + 4, &end, 10);
+        if (end == tmp + 4 || *end != '\0' || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (remove(path) == 0) printf("removed %s: a temp file of a writer that is gone (pid %ld)\n", path, pid);
+    }
+    closedir(d);
+}
+
+// The step of a checkpoint file name model_%08d.bin, or -1 for any other name.
+static int checkpoint_step_of(const char* name) {
+    int step, len = 0;
+    if (strlen(name) != 18 || sscanf(name, "model_%8d.bin%n", &step, &len) != 1 || len != 18) return -1;
+    return step;
+}
+
+// --keep N: deletes model_%08d.bin files of steps before `step` beyond the newest N (counting the
+// one of `step`, already on disk). Checkpoints of later steps (an earlier run's) are left alone.
+static void prune_checkpoints(const char* dir, int step, int keep) {
+    if (keep <= 0) return;
+    DIR* d = opendir(dir);
+    if (d == NULL) return;
+    int* steps = NULL;
+    int n = 0, cap = 0;
+    struct dirent* e;
+    while ((e = readdir(d)) != NULL) {
+        int s = checkpoint_step_of(e->d_name);
+        if (s < 0 || s > step) continue;
+        if (n == cap) { cap = cap ? 2 * cap : 64; steps = (int*)realloc(steps, sizeof(int) * (size_t)cap); if (!steps) die("out of memory"); }
+        steps[n++] = s;
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) {  // delete each one with at least `keep` newer ones kept
+        int newer = 0;
+        for (int j = 0; j < n; j++) newer += steps[j] > steps[i];
+        if (newer < keep) continue;
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, steps[i]);
+        if (remove(path) != 0) fprintf(stderr, "warning: --keep: cannot delete %s: %s\n", path, strerror(errno));
+    }
+    free(steps);
+}
+
+// Cuts a log back to before `step` (a resume): keeps the longest prefix of whole lines (ending in
+// a newline) none of which belongs to step >= `step`. A line's step is the number after "s:" in
+// main.log, the first column in metrics.tsv; lines without one (the tsv header) are kept.
+static void cut_log_to_step(const char* path, int step) {
+    FILE* f = fopen(path, "r");
+    if (f == NULL) return;
+    char* line = NULL;
+    size_t cap = 0;
+    long keep = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] != '\n') break;  // a line cut by a kill
+        const char* num = strncmp(line, "s:", 2) == 0 ? line + 2 : line;
+        char* end;
+        long s = strtol(num, &end, 10);
+        if (end != num && s >= step) break;
+        keep += (long)n;
+    }
+    free(line);
+    fclose(f);
+    if (truncate(path, keep) != 0) die_output("cannot cut %s back to step %d: %s", path, step, strerror(errno));
+}
 
 // ----------------------------------------------------------------------------
 // validation and sampling
@@ -366,7 +456,7 @@ typedef struct {
     long total_batch;       // tokens per optimizer step
     int grad_accum;         // micro-batches per optimizer step
     int steps;              // -1 until the data says how many (one epoch)
-    int val_every, val_batches, sample_every, gen_len, ckpt_every;
+    int val_every, val_batches, sample_every, gen_len, ckpt_every, keep;
     uint64_t seed;
     RouterConfig router;
     const char* outdir;
@@ -391,6 +481,7 @@ typedef struct {
 typedef struct {
     FILE* log;              // main.log
     FILE* metrics_tsv;      // metrics.tsv
+    char log_path[4096], metrics_path[4096];
     MoEMetrics metrics;
     float* probe_sim;       // (L) expert-output similarity on the validation probe
     int have_probe;
@@ -465,6 +556,8 @@ static RouterConfig router_settings(const Flags* flags) {
     rc.gatepro_lambda = flag_float(flags, F_GATEPRO_LAMBDA, 0.0f, 3e38f);
     rc.gatepro_start = (int)flag_int(flags, F_GATEPRO_START, 0, 1L << 30);
     rc.gatepro_stop = (int)flag_int(flags, F_GATEPRO_STOP, -1, 1L << 30);
+    if (rc.gatepro_stop >= 0 && rc.gatepro_stop < rc.gatepro_start)
+        die("--gatepro-stop %d is before --gatepro-start %d (-1 = never stop)", rc.gatepro_stop, rc.gatepro_start);
     if ((flags->given[F_GATEPRO_LAMBDA] || flags->given[F_GATEPRO_START] || flags->given[F_GATEPRO_STOP]) &&
         rc.router != ROUTER_GATEPRO)
         die("--gatepro-lambda/--gatepro-start/--gatepro-stop need --router gatepro");
@@ -498,6 +591,7 @@ static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
     s->sample_every = (int)flag_int(flags, F_SAMPLE_EVERY, 0, 1L << 30);
     s->gen_len = (int)flag_int(flags, F_GEN_LEN, 1, 4095);
     s->ckpt_every = (int)flag_int(flags, F_CKPT_EVERY, 0, 1L << 30);
+    s->keep = (int)flag_int(flags, F_KEEP, 0, 1L << 30);
     s->grad_clip = flag_float(flags, F_GRAD_CLIP, 0.0f, 1e30f);
     s->seed = (uint64_t)flag_int(flags, F_SEED, 0, 0xFFFFFFFFL);
     s->router_init_std = flag_float(flags, F_ROUTER_INIT_STD, 0.0f, 100.0f);
@@ -727,6 +821,8 @@ static int claim_output_dir(const Run* run) {
     return deleted;
 }
 
+// A resume appends to the logs after cutting them back to the checkpoint's step, so after any
+// crash and resume they hold every step exactly once (the logs are on disk before each checkpoint).
 static void open_outputs(Run* run) {
     const RunSettings* s = &run->set;
     const MoEModel* model = &run->model;
@@ -742,10 +838,11 @@ static void open_outputs(Run* run) {
     make_dir(s->outdir);
     int deleted = claim_output_dir(run);
     if (deleted) printf("--overwrite: deleted %d checkpoint%s of an earlier run in %s\n", deleted, deleted == 1 ? "" : "s", s->outdir);
+    remove_stale_temp_files(s->outdir);
     char path[4096];
     snprintf(path, sizeof(path), "%s/config.txt", s->outdir);
     FILE* cf = fopen(path, "w");
-    if (cf == NULL) die("cannot write %s: %s", path, strerror(errno));
+    if (cf == NULL) die_output("cannot write %s: %s", path, strerror(errno));
     for (int i = 0; i < NUM_FLAGS; i++) if (FLAGS[i].takes_value) fprintf(cf, "%s = %s\n", FLAGS[i].name, run->flags.value[i]);
     fprintf(cf, "# model: maxT=%d V=%d Vp=%d L=%d NH=%d C=%d E=%d K=%d H=%d params=%zu\n", cfg->max_seq_len,
             cfg->vocab_size, cfg->padded_vocab_size, cfg->num_layers, cfg->num_heads, cfg->channels, cfg->n_expert,
@@ -769,14 +866,27 @@ static void open_outputs(Run* run) {
         fprintf(cf, "\n");
         free(names);
     }
-    fclose(cf);
-    snprintf(path, sizeof(path), "%s/main.log", s->outdir);
-    o->log = fopen(path, run->resuming ? "a" : "w");
-    if (o->log == NULL) die("cannot write %s: %s", path, strerror(errno));
-    snprintf(path, sizeof(path), "%s/metrics.tsv", s->outdir);
-    o->metrics_tsv = fopen(path, run->resuming ? "a" : "w");
-    if (o->metrics_tsv == NULL) die("cannot write %s: %s", path, strerror(errno));
-    if (!run->resuming) fputs(METRICS_TSV_HEADER, o->metrics_tsv);
+    if (ferror(cf) | fclose(cf)) die_output("cannot write %s: %s", path, strerror(errno));
+    snprintf(o->log_path, sizeof(o->log_path), "%s/main.log", s->outdir);
+    snprintf(o->metrics_path, sizeof(o->metrics_path), "%s/metrics.tsv", s->outdir);
+    if (run->resuming) {
+        cut_log_to_step(o->log_path, run->start_step);
+        cut_log_to_step(o->metrics_path, run->start_step);
+    }
+    o->log = fopen(o->log_path, run->resuming ? "a" : "w");
+    if (o->log == NULL) die_output("cannot write %s: %s", o->log_path, strerror(errno));
+    o->metrics_tsv = fopen(o->metrics_path, run->resuming ? "a" : "w");
+    if (o->metrics_tsv == NULL) die_output("cannot write %s: %s", o->metrics_path, strerror(errno));
+    if (ftell(o->metrics_tsv) == 0) fputs(METRICS_TSV_HEADER, o->metrics_tsv);
+}
+
+// Puts both logs on disk (before a checkpoint, so the logs never lag the newest checkpoint).
+static void sync_logs(RunOutputs* o) {
+    if (o->log == NULL) return;  // (an MPI rank other than 0)
+    if (fflush(o->log) != 0 || ferror(o->log) || fsync(fileno(o->log)) != 0)
+        die_output("cannot write %s: %s", o->log_path, strerror(errno));
+    if (fflush(o->metrics_tsv) != 0 || ferror(o->metrics_tsv) || fsync(fileno(o->metrics_tsv)) != 0)
+        die_output("cannot write %s: %s", o->metrics_path, strerror(errno));
 }
 
 static void print_run(const Run* run) {
@@ -845,16 +955,19 @@ static void validate_and_sample(Run* run, int step, int last) {
     run->model.expert_runner = runner;
 }
 
-// Writes model_%08d.bin of `step` with everything a resume needs (rank 0; every rank calls it); dies
-// on failure.
-static void save_checkpoint(Run* run, int step, char* path, size_t pathlen) {
+// Writes model_%08d<suffix> of `step` with everything a resume needs, after the logs are on disk;
+// then --keep's pruning (rank 0 writes; every rank calls it). On a write failure: the message and
+// exit status 3, older files intact.
+static void save_checkpoint(Run* run, int step, const char* suffix, char* path, size_t pathlen) {
     char err[1024];
+    sync_logs(&run->out);
     const DataLoader* dl = &run->data.train;
     TrainState st = {dl->epoch, dl->shard_pos, dl->sample_pos, run->sample_rng, {0}, {0}};
     run_header_fields(&st, &run->flags, run->data.synthetic);
-    snprintf(path, pathlen, "%s/model_%08d.bin", run->set.outdir, step);
+    snprintf(path, pathlen, "%s/model_%08d%s", run->set.outdir, step, suffix);
     if (dist_save_checkpoint(&run->dist, &run->model, path, step, run->set.seed, run->set.steps, &st, err, sizeof(err)) != 0)
-        die("%s", err);
+        die_output("%s", err);
+    if (run->dist.rank == 0 && strcmp(suffix, ".bin") == 0) prune_checkpoints(run->set.outdir, step, run->set.keep);
 }
 
 // Forward and backward over the step's micro-batches (under MPI: this rank's, then the gradients
@@ -966,6 +1079,7 @@ static void log_step(Run* run, int step, const StepStats* st) {
     fprintf(o->log, "s:%d trl:%.6f\n", step, st->loss);
     fprintf(o->log, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step,
             st->aux, st->z, st->compete, st->lr, st->norm, st->ms, st->fwdbwd_ms, st->opt_ms);
+    fflush(o->log);  // for tail -f; on disk (fsync) before each checkpoint
 }
 
 // Steps from start_step to the end; returns the exit status (0, 128+signal, 1 on a non-finite loss).
@@ -978,7 +1092,7 @@ static int train_loop(Run* run) {
         int stop = dist_agree_stop(&run->dist, (int)stop_signal);  // a signal to any rank stops every rank
         validate_and_sample(run, step, last);
         if (last || (s->ckpt_every > 0 && step % s->ckpt_every == 0 && step > run->start_step) || stop) {
-            save_checkpoint(run, step, path, sizeof(path));
+            save_checkpoint(run, step, ".bin", path, sizeof(path));
             printf("wrote %s\n", path);
         }
         if (stop) {
@@ -987,9 +1101,14 @@ static int train_loop(Run* run) {
         }
         if (last) return 0;
         StepStats st;
+        DataLoaderState step_start = dataloader_get_state(&run->data.train);
         if (optimizer_step(run, step, &st, &run->out.metrics_seconds) != 0) {
-            // the parameters are still the last good ones: the update has not been applied
-            save_checkpoint(run, step, path, sizeof(path));
+            // The update was not applied: with the data position of the step's start this is the
+            // state of before the step, the bytes model_%08d.bin of this step holds or would hold;
+            // its own name keeps a regular checkpoint of the step untouched.
+            char err[512];
+            if (dataloader_set_state(&run->data.train, step_start, err, sizeof(err)) != 0) die("%s", err);
+            save_checkpoint(run, step, ".nan.bin", path, sizeof(path));
             if (run->dist.rank == 0) fprintf(stderr, "error: step %d: loss %f, gradient norm %f is not finite; update skipped, last good "
                             "state saved to %s (try a lower -l or a --grad-clip)\n", step, st.loss, st.norm, path);
             return 1;
@@ -1021,6 +1140,7 @@ static void print_profile(const RunOutputs* o) {
 static void finish(Run* run) {
     RunOutputs* o = &run->out;
     if (o->profiling && run->dist.rank == 0) print_profile(o);
+    sync_logs(o);
     if (o->log != NULL) fclose(o->log);
     if (o->metrics_tsv != NULL) fclose(o->metrics_tsv);
     free(o->micro_local); free(o->micro_all);
@@ -1062,6 +1182,7 @@ int main(int argc, char** argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN);  // over a file-size limit, a write fails (and says so) instead of killing the run
 
     int exit_code = train_loop(&run);
     finish(&run);

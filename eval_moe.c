@@ -22,7 +22,7 @@ file reader and writer in mc.h, the MoE metrics in metrics.h.
 typedef enum {
     EF_CHECKPOINT, EF_VAL, EF_BATCH, EF_SEQ_LEN, EF_VAL_BATCHES, EF_TOKENIZER, EF_SYNTH_TOKENS,
     EF_MC, EF_MC_LIMIT, EF_PROMPT, EF_GEN_LEN, EF_TEMPERATURE, EF_TOP_K_SAMPLE, EF_SEED,
-    EF_ROUTER, EF_GATE_NORM, EF_GATEPRO_LAMBDA, EF_JSON, EF_ROUTING_DUMP, EF_EXPERT_TOKENS, EF_HELP, EVAL_NUM_FLAGS
+    EF_ROUTER, EF_GATE_NORM, EF_GATEPRO_LAMBDA, EF_GATEPRO_PENALTY, EF_JSON, EF_ROUTING_DUMP, EF_EXPERT_TOKENS, EF_HELP, EVAL_NUM_FLAGS
 } EvalFlagId;
 
 static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
@@ -44,6 +44,7 @@ static const FlagSpec EVAL_FLAGS[EVAL_NUM_FLAGS] = {
     [EF_GATE_NORM]      = {"gate-norm", 0, 1, "", "override the checkpoint's gate weights: topk_softmax | softmax_topk"},
     [EF_GATEPRO_LAMBDA] = {"gatepro-lambda", 0, 1, "", "override the checkpoint's GatePro lambda (with router gatepro)"},
     [EF_JSON]           = {"json", 0, 1, "", "machine-readable results (default: <checkpoint>.eval.json)"},
+    [EF_GATEPRO_PENALTY] = {"gatepro-penalty", 0, 1, "", "GatePro penalty on | off (default: as training's validation at the checkpoint's step, its start/stop window)"},
     [EF_ROUTING_DUMP]   = {"routing-dump", 0, 1, "", "write the loss pass's routing to this TSV: token, id, domain, layer, experts, weights"},
     [EF_EXPERT_TOKENS]  = {"expert-tokens", 0, 1, "1", "print each expert's most frequent tokens and top domain per layer (0 = no)"},
     [EF_HELP]           = {"help", 'h', 0, "", "print this help"},
@@ -99,6 +100,7 @@ typedef struct {
     size_t gen_text_len;
     RoutingMode mode;       // how every forward routes: as at the checkpoint's step, never competing
     int gatepro_active;     // is GatePro's penalty on at that step?
+    int gatepro_penalty_flag;  // --gatepro-penalty: -1 the checkpoint's window, 0 off, 1 on
 } EvalRun;
 
 static void print_rule(void) { printf("------------------------------------------------------------------------\n"); }
@@ -134,6 +136,8 @@ static void parse_flags(EvalRun* r, int argc, char** argv) {
     r->router_flag = flags.given[EF_ROUTER] ? flag_choice(&flags, EF_ROUTER, ROUTER_NAMES, NUM_ROUTERS) : -1;
     r->gate_norm_flag = flags.given[EF_GATE_NORM] ? flag_choice(&flags, EF_GATE_NORM, GATE_NORM_NAMES, 2) : -1;
     r->gatepro_lambda_flag = flags.given[EF_GATEPRO_LAMBDA] ? flag_float(&flags, EF_GATEPRO_LAMBDA, 0.0f, 3e38f) : -1.0f;
+    static const char* const ON_OFF[] = {"off", "on"};
+    r->gatepro_penalty_flag = flags.given[EF_GATEPRO_PENALTY] ? flag_choice(&flags, EF_GATEPRO_PENALTY, ON_OFF, 2) : -1;
 }
 
 // The checkpoint, without its optimizer state; then the router at evaluation: the checkpoint's
@@ -164,6 +168,11 @@ static void load_model(EvalRun* r) {
     if (m->router.router == ROUTER_COMPETE) m->router.router = ROUTER_TOPK;
     // route as training's validation did at the checkpoint's step (GatePro's start/stop window)
     r->mode = routing_eval(r->info.step);
+    if (r->gatepro_penalty_flag >= 0) {  // --gatepro-penalty: a window that holds the step, or one that does not
+        if (m->router.router != ROUTER_GATEPRO) die("--gatepro-penalty needs router gatepro (give --router gatepro)");
+        m->router.gatepro_start = r->gatepro_penalty_flag ? 0 : r->info.step + 1;
+        m->router.gatepro_stop = -1;
+    }
     r->gatepro_active = m->router.router == ROUTER_GATEPRO && gatepro_active_at(&m->router, r->info.step);
 }
 
@@ -335,6 +344,9 @@ static void multiple_choice(EvalRun* r) {
     double t0 = now_seconds();
     mc_evaluate(&r->model, &r->mode, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
     r->mc_seconds = now_seconds() - t0;
+    if (r->mc.scored == 0)
+        die("%s: none of its %d examples could be scored at T=%d (each is longer than T even after truncating its "
+            "context): no accuracy", r->mc_path, r->mc.examples, r->mc.T_run);
     r->did_mc = 1;
     const MCResult* mc = &r->mc;
     print_rule();

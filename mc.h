@@ -589,6 +589,10 @@ static int mc_load(const char* path, const Tokenizer* tok, int V, int eot, MCSet
     }
     free(data);
     if (rc != 0) return -1;
+    if (set->n == 0) {
+        mc_free(set);
+        return set_err(err, errlen, "%s: holds no examples (an empty multiple-choice file scores nothing)", path);
+    }
     for (int i = 0; i < set->n; i++) {
         MCExample* ex = &set->examples[i];
         int total = ex->ctx_len;

@@ -232,9 +232,9 @@ static inline float exp_approx(float x) {
     r = r - n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
     float biased = n + (127.0f + 12582912.0f);
-    int32_t bits;
+    uint32_t bits;  // unsigned: a NaN input (which stays NaN through p) must not make this shift undefined
     memcpy(&bits, &biased, 4);
-    bits = (bits - 0x4B400000) << 23;
+    bits = (bits - 0x4B400000u) << 23;
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;

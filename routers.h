@@ -567,9 +567,19 @@ static float compete_agreement(const int* win, const float* logits, int N, int E
 // fewer than max_layers layers are there and this layer is not; otherwise at the nearest earlier
 // step with room (i-1 down to the first post-warm-up step), else the nearest later one; else it
 // is dropped. Depends only on (seed, S, L, rate, warmup, max_layers). Returns the pairs placed.
+// The warm-up steps floor(warmup * S) for the decimal the user wrote: the float is read back as
+// its 7-significant-digit decimal (0.29f is 0.28999999...) and a relative 1e-9 absorbs the double
+// product's rounding (0.29 * 100 = 28.999999999999996): 0.29 of 100 steps is 29, not 28.
+static int compete_warmup_steps(float warmup, int S) {
+    char text[32];
+    snprintf(text, sizeof(text), "%.7g", warmup);
+    double w = strtod(text, NULL) * S;
+    return (int)floor(w + 1e-9 * fabs(w));
+}
+
 static long compete_schedule(unsigned char* sched, int S, int L, float rate, float warmup, int max_layers, uint64_t seed) {
     memset(sched, 0, (size_t)S * L);
-    int W = (int)floor((double)warmup * S);
+    int W = compete_warmup_steps(warmup, S);
     if (W > S) W = S;
     int* count = (int*)callocCheck((size_t)(S > 0 ? S : 1), sizeof(int));
     uint64_t rng = derive_seed(seed, STREAM_COMPETE);

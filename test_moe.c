@@ -1164,7 +1164,125 @@ static void test_trainer_logs_after_crash(void) {
     CHECK(system(cmd) == 0, "metrics.tsv after crash and resume should equal the uninterrupted run's");
 }
 
+
+// ============================================================================
+// reliability (issue 12): each test below fails without its fix
+
 static void expect_refusal(const char* args, const char* needle);
+
+// the text of the second "loss" value in eval_moe's JSON (the loss pass's mean loss), or NAN
+static double eval_json_loss(const char* path) {
+    size_t n;
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) return NAN;
+    static char buf[65536];
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char* p = strstr(buf, "\"loss\": {");
+    if (p == NULL) return NAN;
+    p = strstr(p + 9, "\"loss\": ");
+    return p ? strtod(p + 8, NULL) : NAN;
+}
+
+static void test_reliability_small_fixes(void) {
+    // exp_approx with non-finite input: NaN stays NaN, +-inf clamp; no undefined shift (UBSan)
+    volatile float nan_in = NAN, inf_in = INFINITY;
+    CHECK(isnan(exp_approx(nan_in)) && isfinite(exp_approx(inf_in)) && exp_approx(inf_in) > 1e38f &&
+          exp_approx(-inf_in) < 1e-37f, "exp_approx(NaN/inf/-inf) = %g %g %g", exp_approx(nan_in), exp_approx(inf_in),
+          exp_approx(-inf_in));
+    // warm-up: decimal inputs give the decimal answer
+    struct { float w; int S, want; } wu[] = {{0.29f, 100, 29}, {0.57f, 100, 57}, {0.07f, 100, 7}, {0.05f, 300, 15},
+                                              {0.1f, 30, 3}, {1.0f, 7, 7}, {0.0f, 5, 0}, {0.333f, 1000, 333}};
+    for (size_t i = 0; i < sizeof(wu) / sizeof(wu[0]); i++)
+        CHECK(compete_warmup_steps(wu[i].w, wu[i].S) == wu[i].want, "warm-up %g of %d steps: %d, want %d", wu[i].w,
+              wu[i].S, compete_warmup_steps(wu[i].w, wu[i].S), wu[i].want);
+    unsigned char sched[100];
+    compete_schedule(sched, 100, 1, 1.0f, 0.29f, 1, 7);
+    CHECK(sched[28] == 0 && sched[29] == 1, "--compete-warmup 0.29 of 100 steps: first competition at step 29");
+    // flags
+    expect_refusal("-x 0", "-x 0");
+    expect_refusal("-b 4 -t 16 -d 1099511627776", "--total-batch");
+    expect_refusal("-b 4 -t 16 -d 274877907008", "--total-batch");
+    expect_refusal("--channels 16384 --heads 4", "bytes");  // ~1.3 TB: refused before allocating
+    // the K=1 GatePro warning is true for both gate norms
+    char cmd[2048], out[512];
+    snprintf(out, sizeof(out), "%s/k1.txt", test_dir);
+    snprintf(cmd, sizeof(cmd), "%s -x 1 --top-k 1 --router gatepro -o %s/k1a", SMALL_RUN, test_dir);
+    int rc1 = run_cmd(cmd, out);
+    int says_nothing_ts = file_contains(out, "changes nothing");
+    snprintf(cmd, sizeof(cmd), "%s -x 1 --top-k 1 --router gatepro --gate-norm softmax_topk -o %s/k1b", SMALL_RUN, test_dir);
+    int rc2 = run_cmd(cmd, out);
+    CHECK(rc1 == 0 && rc2 == 0 && says_nothing_ts && !file_contains(out, "changes nothing") &&
+          file_contains(out, "winner's weight grows"), "GatePro K=1 warnings: topk_softmax says it changes nothing, "
+          "softmax_topk says how it changes the weights (exit %d %d, see %s)", rc1, rc2, out);
+    // an empty multiple-choice file is an error, not acc nan
+    char mcp[512], err[512];
+    snprintf(mcp, sizeof(mcp), "%s/empty_mc.bin", test_dir);
+    int32_t header[256] = {MC_MAGIC, 1, 0, 0};
+    FILE* f = fopen(mcp, "wb");
+    if (f) { fwrite(header, 4, 256, f); fclose(f); }
+    MCSet set;
+    int rc = mc_load(mcp, NULL, 512, 511, &set, err, sizeof(err));
+    CHECK(rc != 0 && strstr(err, "no examples") != NULL, "an empty multiple-choice file must be refused: rc %d '%s'", rc,
+          rc ? err : "");
+    if (rc == 0) mc_free(&set);
+}
+
+// eval_moe routes as training's validation did at the checkpoint's step: a GatePro checkpoint
+// whose window closed before its step evaluates as topk; --gatepro-penalty on overrides.
+static void test_eval_gatepro_window(void) {
+    char cmd[2048], out[512], ckpt[512], js[3][512];
+    snprintf(out, sizeof(out), "%s/gpw.txt", test_dir);
+    snprintf(cmd, sizeof(cmd), "%s -x 4 --router gatepro --gatepro-lambda 1e4 --gatepro-stop 2 -o %s/gpw", SMALL_RUN, test_dir);
+    int rc = run_cmd(cmd, out);
+    snprintf(ckpt, sizeof(ckpt), "%s/gpw/model_00000004.bin", test_dir);
+    const char* extra[3] = {"", "--router topk", "--gatepro-penalty on"};
+    double loss[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(js[i], sizeof(js[i]), "%s/gpw%d.json", test_dir, i);
+        snprintf(cmd, sizeof(cmd), "./eval_moe -e %s -b 4 -t 16 -m 8 %s --json %s", ckpt, extra[i], js[i]);
+        rc |= run_cmd(cmd, out);
+        loss[i] = eval_json_loss(js[i]);
+    }
+    CHECK(rc == 0 && loss[0] == loss[1] && isfinite(loss[0]) && loss[2] != loss[0],
+          "eval_moe on a GatePro checkpoint past --gatepro-stop: loss %.6f must equal topk's %.6f, and "
+          "--gatepro-penalty on (%.6f) must differ (exit %d, see %s)", loss[0], loss[1], loss[2], rc, out);
+}
+
+// CompeteSMoE's logged losses: over every micro-batch of the step, summed in a fixed order (the
+// same bits for 1 and 2 threads), each in main.log; with coefficients 1, main.log's compete equals
+// L_D + L_div + L_bal of the step.
+static void test_compete_metrics_logged(void) {
+    char cmd[2048], out[512], path[512];
+    snprintf(out, sizeof(out), "%s/cml.txt", test_dir);
+    const char* run = "--router compete --compete-rate 1 --compete-warmup 0 --compete-max-layers 2 --compete-router-coef 1 "
+                      "--compete-div-coef 1 --compete-bal-coef 1 -d 192 -x 3";
+    snprintf(cmd, sizeof(cmd), "(OMP_NUM_THREADS=1 %s %s -o %s/cml1 && OMP_NUM_THREADS=2 %s %s -o %s/cml2)", SMALL_RUN, run,
+             test_dir, SMALL_RUN, run, test_dir);
+    int rc = run_cmd(cmd, out);
+    snprintf(cmd, sizeof(cmd), "cmp -s %s/cml1/metrics.tsv %s/cml2/metrics.tsv", test_dir, test_dir);
+    CHECK(rc == 0 && system(cmd) == 0, "compete metrics.tsv must be bit-identical for 1 and 2 threads (exit %d, see %s)", rc, out);
+    snprintf(path, sizeof(path), "%s/cml1/main.log", test_dir);
+    FILE* f = fopen(path, "r");
+    char line[1024];
+    double compete[3] = {NAN, NAN, NAN}, parts[3] = {NAN, NAN, NAN};
+    int steps_seen = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        int s;
+        double c, ld, ldiv, lbal, ag;
+        int layers;
+        char* p = strstr(line, "compete:");
+        if (sscanf(line, "s:%d", &s) == 1 && s >= 0 && s < 3 && p) compete[s] = strtod(p + 8, NULL);
+        if (sscanf(line, "s:%d competed_layers:%d L_D:%lf L_div:%lf L_bal:%lf agreement:%lf", &s, &layers, &ld, &ldiv,
+                   &lbal, &ag) == 6 && s >= 0 && s < 3) { parts[s] = ld + ldiv + lbal; steps_seen++; (void)c; }
+    }
+    if (f) fclose(f);
+    int ok = steps_seen == 3;
+    for (int s = 0; s < 3; s++) ok &= fabs(compete[s] - parts[s]) < 2e-5 * (1 + fabs(compete[s]));
+    CHECK(ok, "main.log: each step's compete (%.6f %.6f %.6f) must equal its L_D + L_div + L_bal (%.6f %.6f %.6f) over "
+          "all micro-batches", compete[0], compete[1], compete[2], parts[0], parts[1], parts[2]);
+}
 
 // Copies checkpoint src to dst with header[field] = value and a recomputed crc: a file whose crc
 // is valid but whose settings may not be.
@@ -3977,6 +4095,9 @@ int main(void) {
     test_trainer_resume("xmoe", "--seed 42 --router xmoe --xmoe-dim 8");
     test_trainer_logs_after_crash();
     test_checkpoint_settings_range();
+    test_reliability_small_fixes();
+    test_eval_gatepro_window();
+    test_compete_metrics_logged();
     test_trainer_signal();
     test_trainer_gatepro_swap();
     test_trainer_nan();

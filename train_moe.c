@@ -237,7 +237,10 @@ static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches,
     "router_sim_abs\trouter_sim_angle\trouter_spectral_entropy\tsibling_coact\tsibling_coact_random\t" \
     "expert_out_sim\tdomain_mi\texpert_counts\tdomain_counts\tcompeted\tcompete_router_loss\tcompete_div_loss\t" \
     "compete_bal_loss\tcompete_agreement\tdomain_mi_chance\n"
-static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEModel* model, const float* probe_sim) {
+// compete_step (L, 4): each layer's L_D, L_div, L_bal, agreement, averaged over the step's
+// micro-batches; a layer competed iff the schedule says so (the decision is per step).
+static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEModel* model, const float* probe_sim,
+                          const unsigned char* competed, const double* compete_step) {
     for (int l = 0; l < mm->L; l++) {
         LayerMetrics lm;
         moe_metrics_layer(mm, model, l, &lm);
@@ -251,8 +254,8 @@ static void write_metrics(FILE* f, int step, const MoEMetrics* mm, const MoEMode
         if (mm->num_domains == 0) fprintf(f, "-");
         for (int i = 0; i < mm->E * mm->num_domains; i++)
             fprintf(f, "%s%.0f", i ? "," : "", mm->domain_joint[(size_t)l * mm->E * mm->num_domains + i]);
-        const LayerLosses* st = &model->layer_stats[l];  // the last micro-batch's (the decision is per step)
-        if (st->competed) fprintf(f, "\t1\t%.6f\t%.6f\t%.6f\t%.6f", st->router_distill, st->diversity, st->compete_balance, st->agreement);
+        const double* cs = compete_step + (size_t)l * 4;
+        if (competed != NULL && competed[l]) fprintf(f, "\t1\t%.6f\t%.6f\t%.6f\t%.6f", cs[0], cs[1], cs[2], cs[3]);
         else fprintf(f, "\t0\tnan\tnan\tnan\tnan");
         if (lm.domain_mi_chance >= 0) fprintf(f, "\t%.6f\n", lm.domain_mi_chance); else fprintf(f, "\tnan\n");
     }
@@ -487,8 +490,11 @@ typedef struct {
     int have_probe;
     uint8_t* null_domains;  // (B*T) a micro-batch's domains, permuted: MI's chance level
     double metrics_seconds, step_seconds, t_start;
-    double* micro_local;    // (grad_accum / ranks, 4) this rank's micro-batches' loss, aux, z, compete
-    double* micro_all;      // (grad_accum, 4) every micro-batch's, in order
+    // per micro-batch: loss, aux, z, compete, then per layer L_D, L_div, L_bal, agreement
+    int micro_width;        // 4 + 4 L
+    double* micro_local;    // (grad_accum / ranks, micro_width) this rank's micro-batches'
+    double* micro_all;      // (grad_accum, micro_width) every micro-batch's, in order
+    double* compete_step;   // (L, 4) the step's CompeteSMoE losses: the micro-batches' mean, summed in order
     double val_seconds;     // spent validating, over val_passes passes (for the ETA)
     int val_passes;
     int profiling;          // --profile: time per op of the training steps (not validation or samples)
@@ -586,6 +592,7 @@ static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
     s->weight_decay = flag_float(flags, F_WEIGHT_DECAY, 0.0f, 10.0f);
     s->total_batch = flag_int(flags, F_TOTAL_BATCH, 0, INT32_MAX);  // the checkpoint stores it as int32
     s->steps = (int)flag_int(flags, F_STEPS, -1, 1L << 30);
+    if (s->steps == 0) die("-x 0: a run needs at least one step (-x -1 = one epoch of the train data)");
     s->val_every = (int)flag_int(flags, F_VAL_EVERY, 0, 1L << 30);
     s->val_batches = (int)flag_int(flags, F_VAL_BATCHES, 1, 1L << 30);
     s->sample_every = (int)flag_int(flags, F_SAMPLE_EVERY, 0, 1L << 30);
@@ -680,6 +687,32 @@ static void open_data_loaders(RunData* d, const RunSettings* s, const Flags* fla
 
 // --- step 3: the model, from a checkpoint or fresh, and what the data and router need of it
 
+// Bytes a training run of config c at B, T allocates (in double: it cannot overflow): parameters,
+// gradients and the two AdamW moments (16 bytes a parameter), then the activations, index and
+// backward scratch of moe_alloc_activations (4 bytes an element).
+static double training_bytes(const MoEConfig* c, int B, int T, double* param_bytes) {
+    double L = c->num_layers, C = c->channels, NH = c->num_heads, E = c->n_expert, K = c->top_k;
+    double H = c->expert_hidden, Vp = c->padded_vocab_size, N = (double)B * T, De = c->xmoe_dim;
+    double P = (Vp + c->max_seq_len + 2) * C + L * (12 * C * C + 13 * C) + L * E * (2 * C + 2 * H * C + H + 1) +
+               L * (De * C + E * De + 1);
+    double acts = N * C + L * N * (9 * C + 4 + 3 * E + 1 + De + K + K * (2 * C + 2 * H)) + L * (B * NH * (double)T * T) +
+                  L * E * E + N * (C + 3 + Vp);
+    double index = L * N * K * 3 + L * (2 * E + 1);
+    double scratch = N * (6 * C + E + K + 2 * De) + 2 * N * K * C + (double)B * NH * T * T;
+    *param_bytes = 16.0 * P;
+    return 16.0 * P + 4.0 * (acts + index + scratch);
+}
+
+// Refuses a run that would not fit in this machine's memory, before anything big is allocated.
+static void check_memory(const MoEConfig* c, int B, int T) {
+    double param_bytes, need = training_bytes(c, B, T, &param_bytes);
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (have > 0 && need > have)
+        die("the run needs about %.0f bytes (%.1f GB: %.1f GB for the parameters, gradients and AdamW state, %.1f GB "
+            "of activations at B=%d T=%d) but this machine has %.0f bytes (%.1f GB) of memory: choose a smaller model "
+            "or batch", need, need / 1e9, param_bytes / 1e9, (need - param_bytes) / 1e9, B, T, have, have / 1e9);
+}
+
 static void setup_model(Run* run) {
     RunSettings* s = &run->set;
     const Flags* flags = &run->flags;
@@ -717,6 +750,7 @@ static void setup_model(Run* run) {
         cfg.xmoe_dim = s->router.router == ROUTER_XMOE ? (int)flag_int(flags, F_XMOE_DIM, 1, 256) : 0;
         char err[256];
         if (config_check(&cfg, err, sizeof(err)) != 0) die("%s", err);
+        check_memory(&cfg, s->B, s->T);
         moe_build(model, &cfg);
         moe_init_params(model, s->seed, s->router_init_std);
     }
@@ -726,8 +760,15 @@ static void setup_model(Run* run) {
     if (model->router.router != ROUTER_TOPK && cfg->n_expert < 2) die("--router %s needs E >= 2", ROUTER_NAMES[model->router.router]);
     if (model->router.router == ROUTER_XMOE && cfg->xmoe_dim < 1)
         die("--router xmoe: checkpoint %s has no X-MoE parameters (train with --router xmoe from the start)", s->init_path);
-    if (cfg->top_k == 1 && model->router.router == ROUTER_GATEPRO)
-        fprintf(stderr, "warning: GatePro with K=1 changes nothing: the top-1 expert never loses to its sibling\n");
+    if (cfg->top_k == 1 && model->router.router == ROUTER_GATEPRO) {  // the top-1 expert never loses to its sibling
+        if (model->router.gate_norm == GATE_TOPK_SOFTMAX)
+            fprintf(stderr, "warning: GatePro with K=1 and --gate-norm topk_softmax changes nothing: the top-1 expert "
+                            "never loses to its sibling, so the selection is unchanged and its weight is 1\n");
+        else
+            fprintf(stderr, "warning: GatePro with K=1 never changes which expert is selected (the top-1 expert never "
+                            "loses to its sibling); under --gate-norm softmax_topk it only lowers the losers' share of "
+                            "the softmax, so the winner's weight grows\n");
+    }
     if (cfg->top_k == 1 && cfg->n_expert > 1 && model->router.gate_norm == GATE_TOPK_SOFTMAX)
         fprintf(stderr, "warning: K=1 with --gate-norm topk_softmax gives every token weight 1, so the router "
                         "gets no gradient from the LM loss; consider --gate-norm softmax_topk\n");
@@ -767,7 +808,7 @@ static void setup_schedule(Run* run) {
         run->schedule = (unsigned char*)mallocCheck((size_t)s->steps * cfg->num_layers);
         long placed = compete_schedule(run->schedule, s->steps, cfg->num_layers, r->compete_rate, r->compete_warmup,
                                        r->compete_max_layers, s->seed);
-        int warm = (int)floor((double)r->compete_warmup * s->steps);
+        int warm = compete_warmup_steps(r->compete_warmup, s->steps);
         long eligible = (long)cfg->num_layers * (s->steps - warm);
         printf("compete: %ld of %ld (layer, step) pairs after warm-up compete: realised rate %.4f (--compete-rate %g, "
                "warm-up %d steps, at most %d layers per step)\n", placed, eligible,
@@ -831,8 +872,10 @@ static void open_outputs(Run* run) {
     metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.num_domains);
     o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
     o->null_domains = (uint8_t*)callocCheck((size_t)s->B * s->T, 1);
-    o->micro_local = (double*)callocCheck((size_t)s->grad_accum / run->dist.size * 4, sizeof(double));
-    o->micro_all = (double*)callocCheck((size_t)s->grad_accum * 4, sizeof(double));
+    o->micro_width = 4 + 4 * cfg->num_layers;
+    o->micro_local = (double*)callocCheck((size_t)s->grad_accum / run->dist.size * o->micro_width, sizeof(double));
+    o->micro_all = (double*)callocCheck((size_t)s->grad_accum * o->micro_width, sizeof(double));
+    o->compete_step = (double*)callocCheck((size_t)cfg->num_layers * 4, sizeof(double));
     o->profiling = run->flags.given[F_PROFILE];
     if (run->dist.rank != 0) return;  // rank 0 alone writes files
     make_dir(s->outdir);
@@ -1001,22 +1044,28 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
         }
         *metrics_seconds += now_seconds() - tm0;
         profile_lap(prof, PROF_FWD, PROF_METRICS);  // (the forward's last lap ended where this began)
-        double* ml = o->micro_local + (size_t)(micro / dist->size) * 4;
+        double* ml = o->micro_local + (size_t)(micro / dist->size) * o->micro_width;
         ml[0] = model->mean_loss; ml[1] = model->aux_loss; ml[2] = model->z_loss; ml[3] = model->compete_loss;
+        for (int l = 0; l < model->config.num_layers; l++) {
+            const LayerLosses* ls = &model->layer_stats[l];
+            double* c = ml + 4 + 4 * l;
+            c[0] = ls->router_distill; c[1] = ls->diversity; c[2] = ls->compete_balance; c[3] = ls->agreement;
+        }
         moe_backward(model, 1.0f / s->grad_accum);
     }
-    // every micro-batch's losses, averaged in micro-batch order as one process does
-    dist_gather_micro(dist, o->micro_local, s->grad_accum / dist->size, 4, o->micro_all);
+    // every micro-batch's losses, averaged in micro-batch order as one process does (the same bits
+    // for any thread or rank count)
+    dist_gather_micro(dist, o->micro_local, s->grad_accum / dist->size, o->micro_width, o->micro_all);
+    memset(o->compete_step, 0, sizeof(double) * 4 * (size_t)model->config.num_layers);
     for (int micro = 0; micro < s->grad_accum; micro++) {
-        const double* ml = o->micro_all + (size_t)micro * 4;
+        const double* ml = o->micro_all + (size_t)micro * o->micro_width;
         st->loss += (float)ml[0] / s->grad_accum;
         st->aux += (float)ml[1] / s->grad_accum;
         st->z += (float)ml[2] / s->grad_accum;
         st->compete += (float)ml[3] / s->grad_accum;
+        for (int i = 0; i < 4 * model->config.num_layers; i++) o->compete_step[i] += ml[4 + i] / s->grad_accum;
     }
     dist_sum_metrics(dist, &o->metrics);
-    // metrics.tsv's CompeteSMoE losses are the last micro-batch's: from the rank that ran it
-    comm_bcast(dist, model->layer_stats, sizeof(LayerLosses) * model->config.num_layers, (s->grad_accum - 1) % dist->size);
     dist_reduce_gradients(dist, model);
     model->profile = NULL;
     profile_mark(prof);
@@ -1049,7 +1098,9 @@ static void log_step(Run* run, int step, const StepStats* st) {
     double t0 = now_seconds();
     MoEProfile* prof = o->profiling ? &o->profile : NULL;
     profile_mark(prof);
-    if (o->metrics_tsv != NULL) write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL);
+    const unsigned char* competed = run->schedule != NULL ? run->schedule + (size_t)step * run->model.config.num_layers : NULL;
+    if (o->metrics_tsv != NULL)
+        write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL, competed, o->compete_step);
     profile_lap(prof, PROF_FWD, PROF_METRICS);
     o->profiled_steps++;
     o->metrics_seconds += now_seconds() - t0;
@@ -1079,6 +1130,15 @@ static void log_step(Run* run, int step, const StepStats* st) {
     fprintf(o->log, "s:%d trl:%.6f\n", step, st->loss);
     fprintf(o->log, "s:%d aux:%.6f z:%.6f compete:%.6f lr:%.6e norm:%.6f ms:%.2f fwdbwd_ms:%.2f opt_ms:%.2f\n", step,
             st->aux, st->z, st->compete, st->lr, st->norm, st->ms, st->fwdbwd_ms, st->opt_ms);
+    if (run->schedule != NULL) {  // CompeteSMoE: each loss summed over the layers that competed this step
+        const unsigned char* competed = run->schedule + (size_t)step * run->model.config.num_layers;
+        double sum[4] = {0, 0, 0, 0};
+        int layers = 0;
+        for (int l = 0; l < run->model.config.num_layers; l++)
+            if (competed[l]) { layers++; for (int i = 0; i < 4; i++) sum[i] += o->compete_step[4 * l + i]; }
+        fprintf(o->log, "s:%d competed_layers:%d L_D:%.6f L_div:%.6f L_bal:%.6f agreement:%.6f\n", step, layers, sum[0],
+                sum[1], sum[2], layers ? sum[3] / layers : 0.0);
+    }
     fflush(o->log);  // for tail -f; on disk (fsync) before each checkpoint
 }
 
@@ -1143,7 +1203,7 @@ static void finish(Run* run) {
     sync_logs(o);
     if (o->log != NULL) fclose(o->log);
     if (o->metrics_tsv != NULL) fclose(o->metrics_tsv);
-    free(o->micro_local); free(o->micro_all);
+    free(o->micro_local); free(o->micro_all); free(o->compete_step);
     printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
            "computed during validation and not counted here)\n", now_seconds() - o->t_start, o->metrics_seconds * 1000.0,
            o->step_seconds > 0 ? 100.0 * o->metrics_seconds / o->step_seconds : 0.0);

@@ -70,4 +70,8 @@ ci: all dev/test_sgemm dev/test_sgemm_avx2
 clean:
 	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/export_llmc
 
-.PHONY: all test ci clean
+# the fast test suite built with AddressSanitizer + UndefinedBehaviorSanitizer (dev/ci/sanitize.sh)
+sanitize:
+	@sh dev/ci/sanitize.sh
+
+.PHONY: all test ci clean sanitize

@@ -14,7 +14,7 @@
 # such line; it is listed in SLOW_SUITES below.
 ALL=0
 [ "${1:-}" = "--all" ] && ALL=1
-SLOW_SUITES="mpi bench plot study crash"
+SLOW_SUITES="mpi bench plot study crash diskfull fuzz sanitize"
 passed=0
 failed=0
 count() {  # count LOGFILE: add the suite's closing "N passed, N failed"

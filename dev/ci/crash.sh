@@ -28,8 +28,10 @@ while [ $kills -lt "$KILLS" ]; do
     if [ -z "$last" ]; then $RUN -x $STEPS --keep 3 -o "$dir/crash" > "$dir/run.txt" 2>&1 &
     else $RUN -x $STEPS --keep 3 -e "$last" -o "$dir/crash" > "$dir/run.txt" 2>&1 & resumes=$((resumes + 1)); fi
     pid=$!
+    # a random moment once training runs (startup time varies with the machine's load)
+    while kill -0 $pid 2>/dev/null && ! grep -q '^step ' "$dir/run.txt"; do sleep 0.05; done
     seed=$(( (seed * 1103515245 + 12345) % 2147483648 ))
-    sleep "$(awk -v s=$seed 'BEGIN { srand(s); printf "%.3f", 0.15 + rand() * 1.2 }')"
+    sleep "$(awk -v s=$seed 'BEGIN { srand(s); printf "%.3f", rand() * 0.8 }')"
     if kill -9 $pid 2>/dev/null; then
         wait $pid 2>/dev/null
         kills=$((kills + 1))

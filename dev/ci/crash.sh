@@ -8,7 +8,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 KILLS=${1:-12}
-STEPS=30
+STEPS=60
 dir=$(mktemp -d /tmp/moe_crash_XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 passed=0; failed=0
@@ -31,7 +31,7 @@ while [ $kills -lt "$KILLS" ]; do
     # a random moment once training runs (startup time varies with the machine's load)
     while kill -0 $pid 2>/dev/null && ! grep -q '^step ' "$dir/run.txt"; do sleep 0.05; done
     seed=$(( (seed * 1103515245 + 12345) % 2147483648 ))
-    sleep "$(awk -v s=$seed 'BEGIN { srand(s); printf "%.3f", rand() * 0.8 }')"
+    sleep "$(awk -v s=$seed 'BEGIN { srand(s); printf "%.3f", rand() * 0.3 }')"
     if kill -9 $pid 2>/dev/null; then
         wait $pid 2>/dev/null
         kills=$((kills + 1))

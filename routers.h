@@ -38,6 +38,14 @@ typedef struct {
     const unsigned char* compete_layers;  // (L) CompeteSMoE: 1 where a layer competes in this forward; NULL: none
 } RoutingMode;
 
+// A router config: the defaults with the first fields set (tests and tools).
+static RouterConfig router_config(int router, int gate_norm, float aux, float z, float lambda, int start, int stop) {
+    RouterConfig rc = ROUTER_DEFAULTS;
+    rc.router = router; rc.gate_norm = gate_norm; rc.aux_loss_coef = aux; rc.z_loss_coef = z;
+    rc.gatepro_lambda = lambda; rc.gatepro_start = start; rc.gatepro_stop = stop;
+    return rc;
+}
+
 // Evaluation at step `step`: no competition, no load counting.
 static RoutingMode routing_eval(int step) { RoutingMode r = {step, 0, NULL}; return r; }
 
@@ -220,14 +228,6 @@ static void gatepro_penalize(float* g, const float* l, const int* sibling, float
 static void gatepro_select(const SelectArgs* a, const float* scores, float* gate_logits, int* expert_index) {
     gatepro_penalize(gate_logits, scores, a->sibling, a->gatepro_lambda, a->E);
     topk_indices(gate_logits, a->E, a->K, expert_index);
-}
-
-// A router config: the defaults with the first fields set (tests and tools).
-static RouterConfig router_config(int router, int gate_norm, float aux, float z, float lambda, int start, int stop) {
-    RouterConfig rc = ROUTER_DEFAULTS;
-    rc.router = router; rc.gate_norm = gate_norm; rc.aux_loss_coef = aux; rc.z_loss_coef = z;
-    rc.gatepro_lambda = lambda; rc.gatepro_start = start; rc.gatepro_stop = stop;
-    return rc;
 }
 
 // Is the GatePro penalty on at 0-based step s? (--gatepro-start / --gatepro-stop)

@@ -25,6 +25,13 @@ Cases:
                      competes and layer 1 is a router step (topk, gate_norm 0, aux 0.01, z 0.001),
                      at every one of the 10 steps
     compete_softmax  the same with --compete-weights softmax and alpha 0
+    auxfree_ts  router auxfree, gate_norm 0, bias rate u = 0.05, aux 0 (the router's default), z 0.001;
+                router_bias drawn N(0, 0.5) (as after some training) so that it changes the first
+                selection; after each of the 10 AdamW steps b_i += u sign(mean_j c_j - c_i)
+    auxfree_st  the same with gate_norm 1 and aux 0.01
+    xmoe_ts     router xmoe, d_e 6, gate_norm 0, aux 0.01, z 0.001: l_i = cos(W_p x, e_i) / tau,
+                tau = exp(log_temp) = 0.07 at the start; W_p and e drawn N(0, 0.5)
+    xmoe_st     the same with gate_norm 1
 
 GatePro (docs/routers.md, gatepro), penalty active at every forward of the 10 steps (start 0, stop -1): per
 layer per forward, S_ij = cosine of router rows i,j (F.normalize's max(|w|,1e-12)), j*(i) =
@@ -65,9 +72,9 @@ Everything is little-endian. The float32 values written are the float64 results 
 Checkpoint file <case>_model.bin (docs/formats.md)
 ---------------------------------------------------------------------------------------------
     int32   header[256]
-              [0]  20261122 (magic)     [1]  1 (version)     [2]  maxT     [3]  V     [4]  Vp
+              [0]  20261122 (magic)     [1]  2 (version)     [2]  maxT     [3]  V     [4]  Vp
               [5]  L    [6]  NH    [7]  C    [8]  E    [9]  K    [10] H
-              [11] router (0 = topk, 1 = gatepro, 2 = compete)
+              [11] router (0 = topk, 1 = gatepro, 2 = compete, 3 = auxfree, 4 = xmoe)
               [12] gate_norm (0 topk_softmax, 1 softmax_topk)
               [13] 0 (no optimizer state)   [14] 0 (updates applied)
               [15] float32 bits of the GatePro lambda (the topk cases: 1e-4, the default,
@@ -79,12 +86,14 @@ Checkpoint file <case>_model.bin (docs/formats.md)
               [27] float32 bits of the router coef   [28] ... of the div coef   [29] ... of the bal coef
               (rate, warm-up and max layers are not used by the reference: the competing layers are
               the state file's [16], at every forward)
+              [30] X-MoE d_e (0 unless xmoe)   [31] float32 bits of the auxfree rate
               rest 0 (also [19] aux coef, [20] z coef, [21] total steps: the test takes aux and z
               from the state file)
     float32 params[num_params]        the order of docs/model.md:
               wte [Vp,C]  wpe [maxT,C]  ln1w [L,C]  ln1b [L,C]  qkvw [L,3C,C]  qkvb [L,3C]
               attprojw [L,C,C]  attprojb [L,C]  ln2w [L,C]  ln2b [L,C]  routerw [L,E,C]
               fcw [L,E,H,C]  fcb [L,E,H]  fcprojw [L,E,C,H]  fcprojb [L,E,C]  lnfw [C]  lnfb [C]
+              router_bias [L,E]  xmoe_proj [L,De,C]  xmoe_experts [L,E,De]  xmoe_log_temp [L or 0]
     uint32  crc32 (zlib, initial value 0) of every byte before it
   size = 1024 + 4*num_params + 4
 

@@ -1,15 +1,16 @@
 /*
-moe.h — a Mixture-of-Experts GPT-2, forward and backward by hand, in one header.
+moe.h — a Mixture-of-Experts GPT-2, forward and backward by hand.
 
 Read top to bottom: utilities, the config, the ops (each forward with its backward beside it),
-the routers, expert dispatch, the model (one parameter buffer, one activation buffer), AdamW,
-checkpoints; the routers are in routers.h. docs/model.md describes the model and its training
-equations, docs/routers.md every router's equations and gradients; the checkpoint layout is in the
-comment above moe_save_checkpoint (and README.md).
+the model (one parameter buffer, one activation buffer), the routers (routers.h, included there),
+the MoE layer (dispatch, experts, combine; CompeteSMoE's competition step), the whole model's
+forward and backward, AdamW, checkpoints. docs/model.md describes the model and its training
+equations, docs/routers.md every router's equations and gradients; the checkpoint layout is in
+the comment above moe_save_checkpoint (and README.md).
 
 Conventions (as llm.c): weights are stored out x in, y = x W^T + b. Backward functions ACCUMULATE
-(+=) into gradient buffers, so a tensor used twice just receives two contributions. Shapes use the
-spec's letters: B batch, T time, C channels, V vocab, Vp padded vocab, L layers, NH heads,
+(+=) into gradient buffers, so a tensor used twice just receives two contributions. Shapes use these
+letters: B batch, T time, C channels, V vocab, Vp padded vocab, L layers, NH heads,
 E experts, K experts per token, H expert hidden size, N = B*T tokens.
 
 Determinism: same flags + seed + thread count => bit-identical losses. So: no float atomics,

@@ -918,7 +918,7 @@ def finite_difference_check(cfg, flat32, inputs, targets, hp, grads, count=40, h
         elif name in ("fcprojb", "fcb") and cfg.router == 2:
             # CompeteSMoE: every expert bias (the responses, weights, L_div and L_bal all end here)
             coords.extend(range(offset, offset + math.prod(shape)))
-        else:
+        elif math.prod(shape) > 0:
             coords.append(offset)
         offset += math.prod(shape)
 

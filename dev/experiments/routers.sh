@@ -4,6 +4,7 @@
 # validation loss, zero-token experts and load CV (both at the last step, over all layers) and the
 # mean step time.
 #   dev/experiments/routers.sh [OUTDIR] [extra train_moe flags...]
+#   PARALLEL=1 dev/experiments/routers.sh ...   runs the five at once, one thread each
 # ~35 s per run on an idle 2-core machine (compete a little more).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -14,8 +15,13 @@ make -s train_moe
 mkdir -p "$out"
 for router in topk gatepro compete auxfree xmoe; do
     echo "== $router"
-    ./train_moe --router "$router" "$@" -o "$out/$router" > "$out/$router.txt" 2>&1
+    if [ "${PARALLEL:-0}" = 1 ]; then  # all five at once, one thread each (the same bits: thread counts never change them)
+        OMP_NUM_THREADS=1 ./train_moe --router "$router" --overwrite "$@" -o "$out/$router" > "$out/$router.txt" 2>&1 &
+    else
+        ./train_moe --router "$router" --overwrite "$@" -o "$out/$router" > "$out/$router.txt" 2>&1
+    fi
 done
+wait
 python3 - "$out" <<'EOF' | tee "$out/table.md"
 import os, sys
 out = sys.argv[1]

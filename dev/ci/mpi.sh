@@ -177,20 +177,18 @@ else
     bad "the signal's checkpoint resumes on 2 ranks (no checkpoint)"
 fi
 
-# --- NaN guard: a NaN parameter (lnfw[0]) makes every loss NaN; the last good state is saved
-python3 - "$dir/plain1/model_00000004.bin" "$dir/nan.bin" <<'EOF'
+# --- NaN guard: a NaN parameter (wte[0], so every logit row holds a NaN and every loss is NaN);
+# the update is skipped and the last good state saved as model_<step>.nan.bin (docs/formats.md)
+python3 - "$dir/plain1/model_00000004.bin" "$dir/nan.bin" <<'EOF2'
 import struct, sys, zlib
 b = bytearray(open(sys.argv[1], 'rb').read())
-h = struct.unpack('256i', b[:1024])
-C, has_opt = h[7], h[13]
-P = (len(b) - 1024 - 4 - (64 if has_opt else 0)) // (12 if has_opt else 4)
-struct.pack_into('f', b, 1024 + 4 * (P - 2 * C), float('nan'))  # lnfw[0]
+struct.pack_into('f', b, 1024, float('nan'))  # wte[0], the first parameter
 struct.pack_into('I', b, len(b) - 4, zlib.crc32(bytes(b[:-4])) & 0xffffffff)
 open(sys.argv[2], 'wb').write(b)
-EOF
+EOF2
 $MPIRUN -np 2 ./train_moe_mpi $SMALL -x 8 -d 128 --zero -e "$dir/nan.bin" -o "$dir/nan" >"$dir/nan.txt" 2>&1
 rc=$?
-[ $rc != 0 ] && grep -q "not finite" "$dir/nan.txt" && [ -f "$dir/nan/model_00000004.bin" ]
+[ $rc != 0 ] && grep -q "not finite" "$dir/nan.txt" && [ -f "$dir/nan/model_00000004.nan.bin" ]
 check $? "NaN loss on 2 ranks (ZeRO-1): update skipped, last good state saved by rank 0, non-zero exit ($rc)"
 
 finish

@@ -786,8 +786,8 @@ static void print_data_coverage(const Run* run) {
         snprintf(val_files, sizeof(val_files), "%d shard%s", val->num_shards, val->num_shards == 1 ? "" : "s");
     }
     double epoch_tokens = (double)train->num_batches * s->B * s->T;
-    printf("data: train %zu tokens (%s), %lld batches of B*T per epoch; %d steps x %ld tokens = %.3g epochs\n",
-           train->num_tokens, train_files, (long long)train->num_batches, s->steps, s->total_batch,
+    printf("%s train %zu tokens (%s), %lld batches of B*T per epoch; %d steps x %ld tokens = %.3g epochs\n",
+           run->data.synthetic ? "     " : "data:", train->num_tokens, train_files, (long long)train->num_batches, s->steps, s->total_batch,
            epoch_tokens > 0 ? (double)s->steps * s->total_batch / epoch_tokens : 0.0);
     if (s->val_every > 0)
         printf("      val %zu tokens (%s): each validation reads the first %d of its %lld batches (eval_moe: all)\n",
@@ -842,13 +842,14 @@ static int claim_output_dir(const Run* run) {
     }
     DIR* d = opendir(outdir);
     if (d == NULL) return 0;
-    char first[512] = "", path[4096];
+    char last[512] = "", path[4096];
     int found = 0, deleted = 0;
     struct dirent* e;
     while ((e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
         if (strncmp(e->d_name, "model_", 6) != 0 || n < 10 || strcmp(e->d_name + n - 4, ".bin") != 0) continue;
-        if (!found++) snprintf(first, sizeof(first), "%s", e->d_name);
+        found++;
+        if (strcmp(e->d_name, last) > 0) snprintf(last, sizeof(last), "%s", e->d_name);  // %08d: the latest sorts last
         if (!run->flags.given[F_OVERWRITE]) continue;
         snprintf(path, sizeof(path), "%s/%s", outdir, e->d_name);
         if (unlink(path) != 0) die("--overwrite: cannot delete %s: %s", path, strerror(errno));
@@ -856,9 +857,9 @@ static int claim_output_dir(const Run* run) {
     }
     closedir(d);
     if (found && !run->flags.given[F_OVERWRITE])
-        die("output directory %s already holds %d checkpoint%s of another run (%s%s): resume that run with -e %s/%s, "
-            "choose another -o, or give --overwrite to delete them", outdir, found, found == 1 ? "" : "s", first,
-            found > 1 ? ", ..." : "", outdir, first);
+        die("output directory %s already holds %d checkpoint%s of another run (the latest: %s): continue that run with "
+            "-e %s/%s (a finished run also needs a larger -x), choose another -o, or give --overwrite to delete them",
+            outdir, found, found == 1 ? "" : "s", last, outdir, last);
     return deleted;
 }
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # libFuzzer on every file parser (checkpoints, shards .bin/.bin.gz, tokenizer files, multiple-choice
-# .bin and JSONL), each for FUZZ_SECONDS (default 25) from the seed corpus in dev/fuzz/corpus/,
+# .bin and JSONL, domain-label files and domains.txt), each for FUZZ_SECONDS (default 25) from the seed corpus in dev/fuzz/corpus/,
 # under AddressSanitizer and UndefinedBehaviorSanitizer. A crash, leak, UB report or hang (a run
 # over 10 s on one input) fails the harness; the reproducer is left in $dir.
 # Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev or the clang version's equivalent).
@@ -10,7 +10,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-25}
 passed=0; failed=0
 if ! command -v clang >/dev/null 2>&1; then echo "SKIP: clang is not installed (apt-get install clang)"; echo "0 passed, 1 failed"; exit 1; fi
 dir=$(mktemp -d /tmp/moe_fuzz_XXXXXX)
-for h in checkpoint shard tokenizer mc; do
+for h in checkpoint shard tokenizer mc domains; do
     bin="$dir/fuzz_$h"
     if ! clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined "dev/fuzz/fuzz_$h.c" -o "$bin" -lm -lz 2> "$dir/build_$h.txt"; then
         echo "FAIL fuzz_$h: does not build"; cat "$dir/build_$h.txt"; failed=$((failed + 1)); continue

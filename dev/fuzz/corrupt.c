@@ -5,6 +5,7 @@
 //   ./corrupt dev/fuzz/corpus        prints the counts and "N passed, N failed"
 #include <dirent.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include "../../moe.h"
 #include "../../dataloader.h"
 #include "../../tokenizer.h"
@@ -39,16 +40,41 @@ static int parse(const char* kind, const char* name, const uint8_t* data, size_t
         if (strstr(name, ".jsonl")) ok = mc_parse_jsonl(data, size, name, byte_tokenizer(), &set, err, sizeof(err)) == 0;
         else ok = mc_parse_bin(data, size, name, &set, err, sizeof(err)) == 0;
         if (ok) mc_free(&set);
+    } else if (strcmp(kind, "domains") == 0) {  // label files X.domains, and domains.txt name lists
+        if (strstr(name, ".txt")) {
+            static char names[DOMAIN_MAX][DOMAIN_NAME_MAX];
+            ok = 0;  // domains.txt sits beside the shards: write it into a directory of its own
+            char dir[256], file[300];
+            snprintf(dir, sizeof(dir), "/tmp/moe_corrupt_names_%d", (int)getpid());
+            mkdir(dir, 0700);
+            snprintf(file, sizeof(file), "%s/domains.txt", dir);
+            FILE* f = fopen(file, "wb");
+            if (f != NULL) {
+                if (size > 0) fwrite(data, 1, size, f);
+                fclose(f);
+                snprintf(file, sizeof(file), "%s/x.bin", dir);
+                ok = domain_names_load(file, 1 + (size > 0 ? data[0] % DOMAIN_MAX : 0), names, err, sizeof(err)) == 0;
+                snprintf(file, sizeof(file), "%s/domains.txt", dir);
+                remove(file);
+            }
+            rmdir(dir);
+        } else {
+            uint8_t* labels = NULL;
+            int D = 0;
+            ok = domain_labels_load(fuzz_write_temp(data, size, ".domains"),
+                                    size >= DOMAIN_HEADER_BYTES ? size - DOMAIN_HEADER_BYTES : 0, &labels, &D, err, sizeof(err)) == 0;
+            free(labels);
+        }
     }
     return ok;
 }
 
 int main(int argc, char** argv) {
     const char* root = argc > 1 ? argv[1] : "dev/fuzz/corpus";
-    const char* kinds[] = {"checkpoint", "shard", "tokenizer", "mc"};
+    const char* kinds[] = {"checkpoint", "shard", "tokenizer", "mc", "domains"};
     signal(SIGALRM, on_alarm);
     int failed = 0, passed = 0;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         char dirpath[512];
         snprintf(dirpath, sizeof(dirpath), "%s/%s", root, kinds[k]);
         DIR* d = opendir(dirpath);

@@ -3,12 +3,12 @@
 # land inside a checkpoint write), resume each time from the newest complete checkpoint, and check
 # that the result is the uninterrupted run: the same trl lines, the same final checkpoint, every
 # step exactly once in main.log and metrics.tsv, no temp file ever used or left behind.
-#   sh dev/ci/crash.sh [KILLS]      (default 12; about a minute on 2 cores)
+#   sh dev/ci/crash.sh [KILLS]      (default 12; seconds on an idle 2-core machine, a few minutes on a loaded one)
 # Prints what it saw and a closing "N passed, N failed" line.
 set -u
 cd "$(dirname "$0")/../.."
 KILLS=${1:-12}
-STEPS=60
+STEPS=150
 dir=$(mktemp -d /tmp/moe_crash_XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 passed=0; failed=0
@@ -18,8 +18,13 @@ check() {  # check CONDITION_EXIT_STATUS MESSAGE
 [ -x ./train_moe ] || make -s train_moe
 # a model whose checkpoint (~7 MB with AdamW state) takes a noticeable share of each step to write
 RUN="./train_moe --synthetic-tokens 40000 --layers 2 --channels 64 --heads 2 --experts 8 --top-k 2 -b 4 -t 16 -v 0 -n 1 --seed 7"
+t0=$(date +%s.%N)
 $RUN -x $STEPS -o "$dir/ref" > "$dir/ref.txt" 2>&1
 check $? "uninterrupted reference run of $STEPS steps"
+# kill moments are drawn in units of this machine's own step time (a fast idle machine and a
+# loaded one both see kills spread over the run, and about as many land inside checkpoint writes)
+step_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" -v n=$STEPS 'BEGIN { printf "%.4f", (b - a) / n }')
+echo "reference: $step_s s per step (checkpoint included)"
 
 newest() { ls "$dir/crash"/model_*.bin 2>/dev/null | grep -v '\.nan\.bin$' | sort | tail -1; }
 kills=0; in_write=0; resumes=0; seed=12345
@@ -29,9 +34,9 @@ while [ $kills -lt "$KILLS" ]; do
     else $RUN -x $STEPS --keep 3 -e "$last" -o "$dir/crash" > "$dir/run.txt" 2>&1 & resumes=$((resumes + 1)); fi
     pid=$!
     # a random moment once training runs (startup time varies with the machine's load)
-    while kill -0 $pid 2>/dev/null && ! grep -q '^step ' "$dir/run.txt"; do sleep 0.05; done
+    while kill -0 $pid 2>/dev/null && ! grep -q '^step ' "$dir/run.txt"; do sleep 0.01; done
     seed=$(( (seed * 1103515245 + 12345) % 2147483648 ))
-    sleep "$(awk -v s=$seed 'BEGIN { srand(s); printf "%.3f", rand() * 0.3 }')"
+    sleep "$(awk -v s=$seed -v t="$step_s" 'BEGIN { srand(s); printf "%.4f", rand() * 4 * t }')"
     if kill -9 $pid 2>/dev/null; then
         wait $pid 2>/dev/null
         kills=$((kills + 1))

@@ -1166,7 +1166,7 @@ static void test_trainer_logs_after_crash(void) {
 
 
 // ============================================================================
-// reliability (issue 12): each test below fails without its fix
+// reliability: each test below fails without its fix (crash safety, resume rules, hostile settings)
 
 static void expect_refusal(const char* args, const char* needle);
 

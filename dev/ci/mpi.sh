@@ -12,12 +12,7 @@
 #   checkpoints: 2 ranks -> 1 process -> 2 ranks (ZeRO-1) resumes; a signal to one rank stops all
 #   with a resumable checkpoint; a NaN loss saves the last good state on every rank count
 cd "$(dirname "$0")/../.." || exit 1
-pass=0
-fail=0
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $1"; fail=$((fail + 1)); }
-check() { if [ "$1" = 0 ]; then ok "$2"; else bad "$2"; fi; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
+. dev/ci/lib.sh
 
 export OMP_NUM_THREADS=1  # one thread per rank: 2 ranks on 2 cores, no oversubscribed OpenMP
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # CI runs as root

@@ -4,12 +4,7 @@
 # python3-matplotlib. Run from anywhere: sh dev/ci/plot.sh. Prints "N passed, N failed" last.
 # About 20 s on 2 cores.
 cd "$(dirname "$0")/../.." || exit 1
-pass=0
-fail=0
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $1"; fail=$((fail + 1)); }
-check() { if [ "$1" = 0 ]; then ok "$2"; else bad "$2"; fi; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
+. dev/ci/lib.sh
 if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
     bad "python3-matplotlib is not installed (apt-get install python3-matplotlib)"
     finish

@@ -5,12 +5,7 @@
 # pages domain: optional). Run from anywhere: sh dev/ci/study.sh. Prints "N passed, N failed" last.
 # About 3 minutes on 2 idle cores.
 cd "$(dirname "$0")/../.." || exit 1
-pass=0
-fail=0
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $1"; fail=$((fail + 1)); }
-check() { if [ "$1" = 0 ]; then ok "$2"; else bad "$2"; fi; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
+. dev/ci/lib.sh
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 t0=$(date +%s)

@@ -168,6 +168,8 @@ def summarize(run):
     comp = [k for k in rows if rows[k].get("competed") == "1"]
     r["agree"] = mean([fnum(rows[k].get("compete_agreement")) for k in comp]) if comp else None
     r["compete_rate"] = len(comp) / len(rows) if comp else None
+    train_rows = [k for k in rows if fnum(rows[k].get("tokens")) not in (None, 0.0)]
+    r["idle"] = mean([fnum(rows[k]["zero_experts"]) for k in train_rows]) if train_rows and E > 1 else None
     r["ms"] = statistics.median(ms.values()) if ms else None
     r["load"] = info.get("load_mean")
     r["seed"] = cfg.get("seed")
@@ -270,6 +272,56 @@ def table(groups, time_base=None):
     if any(not all(s["val_from_eval"] for s in ss) for _, ss in groups):
         lines.append("*: the trainer's last validation (a few batches), no eval_moe pass found.")
     return lines
+
+
+PAIRED = [("val loss", "val_loss", 4), ("bits/byte", "bpb", 4), ("router abs(S)", "sim_abs", 3),
+          ("sibling co-act", "coact", 3), ("expert-out cos", "out_sim", 3), ("MI/H(d)", "mi", 3),
+          ("zero-token settle step", "settle", 0), ("idle experts per layer-step", "idle", 2), ("ms/step", "ms", 1)]
+
+
+def paired_table(groups, base_name="topk"):
+    """Each group against the base group, seed by seed: the mean of (run - base run of the same
+    seed), the sample std of those differences ("paired sd") and the base's own seed-to-seed std.
+    A list of Markdown lines; empty when there is no base group or no common seed."""
+    base = next((ss for name, ss in groups if name == base_name), None)
+    if base is None:
+        return []
+    by_seed = {s["seed"]: s for s in base}
+    cloze_keys = sorted({k for _, ss in groups for s in ss for k in s["cloze"]})
+    metrics = PAIRED[:2] + [(f"cloze {k}", ("cloze", k), 3) for k in cloze_keys] + PAIRED[2:]
+
+    def value(s, key):
+        return s["cloze"].get(key[1]) if isinstance(key, tuple) else s.get(key)
+
+    head = ["run − " + base_name, "seeds"] + [m[0] for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    row = [f"({base_name}: seed sd)", str(len(base))]
+    for _, key, digits in metrics:
+        xs = [value(s, key) for s in base if value(s, key) is not None]
+        row.append(f"{statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else "-")
+    lines.append("| " + " | ".join(row) + " |")
+    for name, ss in groups:
+        if name == base_name:
+            continue
+        pairs = [(s, by_seed[s["seed"]]) for s in ss if s["seed"] in by_seed]
+        row = [name, str(len(pairs))]
+        for _, key, digits in metrics:
+            d = [value(a, key) - value(b, key) for a, b in pairs if value(a, key) is not None and value(b, key) is not None]
+            if not d:
+                row.append("-")
+            elif len(d) == 1:
+                row.append(f"{d[0]:+.{digits}f}")
+            else:
+                row.append(f"{sum(d) / len(d):+.{digits}f} ± {statistics.stdev(d):.{digits}f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if len(lines) <= 3:
+        return []
+    return lines + ["", f"Each cell: mean over the seeds of (run − {base_name} with the same seed) ± the std of those "
+                    f"differences (paired sd); first row: {base_name}'s own std over seeds. A difference well inside "
+                    "the seed sd is not told apart from zero by this many seeds. Settle step: over the seeds where "
+                    "both runs settle. Idle experts: zero_experts of metrics.tsv averaged over every training step "
+                    "and layer (the means: " + ", ".join(f"{name} {mean([s['idle'] for s in ss]):.2f}"
+                    for name, ss in groups if mean([s['idle'] for s in ss]) is not None) + ")."]
 
 
 def main():

@@ -7,15 +7,16 @@
 //   backward     dinp(BT,C) += dout(BT,OC) · W      sgemm(0,0, BT,C,OC,  dout,OC, W,C,   dinp,C, 1)
 //   weight grad  dW(OC,C)   += doutᵀ · inp          sgemm(1,0, OC,C,BT,  dout,OC, inp,C, dW,C,   1)
 //
-// How it works. C is cut into one rectangle per thread (whole 6×16 micro-tiles, split by columns
+// How it works. C is cut into one rectangle per thread (whole MR×NR micro-tiles, split by columns
 // when that balances as well as splitting by rows, since then each thread reads only its own part
 // of B). Each thread then runs the classic BLIS loops on its rectangle, with private buffers:
 //   for jc over its columns in steps of SGEMM_NC
 //     for pc over K in steps of SGEMM_KC          pack B[pc:pc+kc, jc:jc+nc]  -> B panel  (L2)
 //       for ic over its rows in steps of SGEMM_MC pack A[ic:ic+mc, pc:pc+kc]  -> A block  (L2)
 //         for jr over the 16-wide B slivers        (one sliver stays in L1 ...)
-//           for ir over the 6-tall A panels        (... while the A panels stream past it)
-//             micro-kernel: 6×16 block of C (+)= A panel · B sliver, kc rank-1 updates
+//           for ir over the MR-tall A panels       (... while the A panels stream past it)
+//             micro-kernel: MR×NR block of C (+)= A panel · B sliver, kc rank-1 updates
+// (MR×NR = 6×16 with AVX2, 8×32 with AVX-512.)
 // Threads never share an output cache line (column cuts fall on 16-float boundaries) and never
 // wait for each other.
 //
@@ -40,23 +41,27 @@
 #endif
 
 // ----------------------------------------------------------------------------
-// Blocking sizes, per thread, for a 48 KiB L1d / 2 MiB L2 per core:
+// Blocking sizes, per thread, for a 48 KiB L1d / 2 MiB L2 per core (AVX2 figures; AVX-512 doubles
+// the sliver and the panel):
 //   B sliver  KC×NR = 256×16 floats   =  16 KiB  -> L1, reused by every A panel of the A block
 //   A panel   MR×KC = 6×256 floats    =   6 KiB  -> L1, streamed
 //   A block   MC×KC = 96×256 floats   =  96 KiB  -> L2, reused by every sliver of the B panel
 //   B panel   KC×NC = 256×1024 floats =   1 MiB  -> L2, reused by every A block
 
-#define SGEMM_MR 6      // micro-tile rows    (6×16 uses 12 of the 16 ymm registers as accumulators)
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
+#ifndef SGEMM_MR
+#define SGEMM_MR 8      // micro-tile rows (8×32: 16 of the 32 zmm registers as accumulators; 6 and
+#endif                  // 12 measured 2% slower on the expert shapes, see dev/bench_sgemm)
 #define SGEMM_NR 32     // micro-tile columns (two 16-float zmm vectors; AVX-512 doubles the FMA width)
 #else
+#define SGEMM_MR 6      // micro-tile rows    (6×16 uses 12 of the 16 ymm registers as accumulators)
 #define SGEMM_NR 16     // micro-tile columns (two 8-float ymm vectors)
 #endif
 #ifndef SGEMM_KC
 #define SGEMM_KC 256
 #endif
 #ifndef SGEMM_MC
-#define SGEMM_MC 96     // a multiple of MR
+#define SGEMM_MC 96     // a multiple of MR (6 and 8)
 #endif
 #ifndef SGEMM_NC
 #define SGEMM_NC 1024   // a multiple of NR
@@ -95,9 +100,9 @@ static void sgemm_scalar(int transA, int transB, int M, int N, int K,
 }
 
 // ----------------------------------------------------------------------------
-// Micro-kernels: c(6×16) = (add ? c : 0) + a · b, where
-//   a is a packed A panel: kc columns of 6 floats, a[p*6 + r]    = A(i0+r, pc+p)
-//   b is a packed B sliver: kc rows of 16 floats,  b[p*16 + col] = B(pc+p, j0+col)
+// Micro-kernels: c(MR×NR) = (add ? c : 0) + a · b, where
+//   a is a packed A panel: kc columns of MR floats, a[p*MR + r]   = A(i0+r, pc+p)
+//   b is a packed B sliver: kc rows of NR floats,   b[p*NR + col] = B(pc+p, j0+col)
 // The sum over p is done in registers starting from 0, then added to c once (so "add" never
 // changes the order of the sum over p). The scalar version is the definition; the AVX2 one does
 // the same sums in the same order, with each multiply-add fused (as gcc also fuses a*b + c in the
@@ -123,42 +128,40 @@ static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
 }
 
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
-// The same kernel with 16-float zmm vectors: a 6×32 tile, 12 zmm accumulators (of 32). Where the
-// CPU has AVX-512 (-march=native turns it on) this doubles the work per FMA instruction.
+// The same kernel with 16-float zmm vectors and SGEMM_MR rows: an MR×32 tile in 2·MR zmm
+// accumulators (of 32 registers). Where the CPU has AVX-512 (-march=native turns it on) this
+// doubles the work per FMA instruction. The loops over r are unrolled whole, so gcc keeps every
+// accumulator in a register.
 static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
                                 float* c, int ldc, int add) {
-    __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-    __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-    __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-    __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-    __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-    __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+    __m512 c0[SGEMM_MR], c1[SGEMM_MR];
+    #pragma GCC unroll 16
     for (int r = 0; r < SGEMM_MR; r++) {
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
         _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
     }
     for (int p = 0; p < kc; p++) {
         __m512 b0 = _mm512_load_ps(b);
         __m512 b1 = _mm512_load_ps(b + 16);
-        __m512 ar;
-        ar = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(ar, b0, c00); c01 = _mm512_fmadd_ps(ar, b1, c01);
-        ar = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(ar, b0, c10); c11 = _mm512_fmadd_ps(ar, b1, c11);
-        ar = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(ar, b0, c20); c21 = _mm512_fmadd_ps(ar, b1, c21);
-        ar = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(ar, b0, c30); c31 = _mm512_fmadd_ps(ar, b1, c31);
-        ar = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(ar, b0, c40); c41 = _mm512_fmadd_ps(ar, b1, c41);
-        ar = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(ar, b0, c50); c51 = _mm512_fmadd_ps(ar, b1, c51);
+        #pragma GCC unroll 16
+        for (int r = 0; r < SGEMM_MR; r++) {
+            __m512 ar = _mm512_set1_ps(a[r]);
+            c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
+        }
         a += SGEMM_MR;
         b += SGEMM_NR;
     }
-    #define SGEMM_STORE_ROW(r, v0, v1) do {                                         \
-        float* cr = c + (size_t)(r) * ldc;                                          \
-        if (add) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0);                     \
-                   v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }              \
-        _mm512_storeu_ps(cr, v0); _mm512_storeu_ps(cr + 16, v1);                    \
-    } while (0)
-    SGEMM_STORE_ROW(0, c00, c01); SGEMM_STORE_ROW(1, c10, c11); SGEMM_STORE_ROW(2, c20, c21);
-    SGEMM_STORE_ROW(3, c30, c31); SGEMM_STORE_ROW(4, c40, c41); SGEMM_STORE_ROW(5, c50, c51);
-    #undef SGEMM_STORE_ROW
+    #pragma GCC unroll 16
+    for (int r = 0; r < SGEMM_MR; r++) {
+        float* cr = c + (size_t)r * ldc;
+        __m512 v0 = c0[r], v1 = c1[r];
+        if (add) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
+        _mm512_storeu_ps(cr, v0);
+        _mm512_storeu_ps(cr + 16, v1);
+    }
 }
 #define sgemm_kernel sgemm_kernel_avx512
 #define SGEMM_ISA "AVX-512"
@@ -269,25 +272,47 @@ static void sgemm_pack_B(int transB, const float* B, int ldb, int pc, int kc, in
 }
 
 // ----------------------------------------------------------------------------
+// What a product may skip because an operand is causal (attention, moe.h). The skipped work is
+// either unneeded elements of C or products with exact zeros of op(A), so every needed element of
+// C gets the same bits as from the full product: the kernel's accumulator starts at +0 and stays
+// +0 through leading zero products, and trailing ones add ±0.
+enum {
+    SGEMM_FULL = 0,   // no structure
+    SGEMM_C_LOWER,    // only C[i][j] with j <= i is needed; the rest is left unspecified
+    SGEMM_A_LOWER,    // op(A)[i][k] = 0 for k > i (a causal P)
+    SGEMM_A_UPPER,    // op(A)[i][k] = 0 for k < i (the transpose of a causal P)
+};
+
+// ----------------------------------------------------------------------------
 // Macro-kernel: C[mc, nc] (+)= packed A block · packed B panel, one micro-tile at a time.
 // Ragged edge tiles are computed whole into a scratch tile and then the valid part is copied or
 // added: c + acc is the same single rounding the kernel does in place, so edges sum exactly like
-// interior tiles.
+// interior tiles. (i0, j0, pc): where the block sits in C and in K, for the causal skips; a tile
+// runs over only the k in [p0, p1) where its rows of op(A) can be nonzero (a prefix or suffix
+// of both packed panels).
 
 static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const float* bpack,
-                               float* C, int ldc, int add) {
+                               float* C, int ldc, int add, int causal, int i0, int j0, int pc) {
     for (int jr = 0; jr < nc; jr += SGEMM_NR) {
         int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
-        const float* b = bpack + (size_t)(jr / SGEMM_NR) * kc * SGEMM_NR;
         for (int ir = 0; ir < mc; ir += SGEMM_MR) {
             int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
-            const float* a = apack + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR;
+            int row_end = i0 + ir + mr, p0 = 0, p1 = kc;   // rows [i0+ir, row_end) of C
+            if (causal == SGEMM_C_LOWER && j0 + jr >= row_end) continue;   // the tile is above the diagonal
+            if (causal == SGEMM_A_LOWER && row_end - pc < p1) p1 = row_end - pc;
+            if (causal == SGEMM_A_UPPER && i0 + ir - pc > p0) p0 = i0 + ir - pc;
             float* c = C + (size_t)ir * ldc + jr;
+            if (p1 <= p0) {   // op(A) is zero on the tile's rows for this K block
+                if (!add) for (int r = 0; r < mr; r++) memset(c + (size_t)r * ldc, 0, (size_t)nr * sizeof(float));
+                continue;
+            }
+            const float* a = apack + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR + (size_t)p0 * SGEMM_MR;
+            const float* b = bpack + (size_t)(jr / SGEMM_NR) * kc * SGEMM_NR + (size_t)p0 * SGEMM_NR;
             if (mr == SGEMM_MR && nr == SGEMM_NR) {
-                sgemm_kernel(kc, a, b, c, ldc, add);
+                sgemm_kernel(p1 - p0, a, b, c, ldc, add);
             } else {
                 float tile[SGEMM_MR * SGEMM_NR];
-                sgemm_kernel(kc, a, b, tile, SGEMM_NR, 0);
+                sgemm_kernel(p1 - p0, a, b, tile, SGEMM_NR, 0);
                 for (int r = 0; r < mr; r++) {
                     for (int col = 0; col < nr; col++) {
                         float* cc = c + (size_t)r * ldc + col;
@@ -399,7 +424,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
                 for (int ic = m0; ic < m1; ic += SGEMM_MC) {
                     int mc = m1 - ic < SGEMM_MC ? m1 - ic : SGEMM_MC;
                     sgemm_pack_A(transA, A, lda, ic, mc, pc, kc, apack);
-                    sgemm_macro_kernel(mc, nc, kc, apack, bpack, C + (size_t)ic * ldc + jc, ldc, add);
+                    sgemm_macro_kernel(mc, nc, kc, apack, bpack, C + (size_t)ic * ldc + jc, ldc, add, SGEMM_FULL, 0, 0, 0);
                 }
             }
         }
@@ -425,6 +450,7 @@ typedef struct {
     const float* A;    // op(A) is M×K, leading dimension lda (shared by all problems)
     const float* B;    // op(B) is K×N, leading dimension ldb
     float* C;          // M×N, leading dimension ldc
+    int causal;        // SGEMM_FULL (0), or what may be skipped (SGEMM_C_LOWER, _A_LOWER, _A_UPPER)
 } SgemmProblem;
 
 static float*  sgemm_bshared = NULL;    // phase 1's packed B of every problem, grown only
@@ -521,14 +547,21 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 if (!accumulate) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
                 continue;
             }
+            if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) continue;   // wholly above the diagonal
             size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
+            int add = accumulate;   // the first K block computed overwrites C unless accumulating
             for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
                 int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+                // K blocks where op(A) is zero on all the item's rows (a tile with no k left writes
+                // zeros when it does not add, so C is defined wherever it is needed)
+                if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && add) break;
+                if (p->causal == SGEMM_A_UPPER && pc + kc <= ic && pc + kc < p->K) continue;
                 const float* b = bpack;
                 if (p->M > SGEMM_MC) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
                 else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
                 sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
-                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, accumulate || pc > 0);
+                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, add, p->causal, ic, jc, pc);
+                add = 1;
             }
         }
     }

@@ -372,8 +372,9 @@ static void matmul_backward(float* dinp, float* dweight, float* dbias, const flo
 // Causal self-attention. qkv (B,T,3C) holds q | k | v, head h in channels [h*hs, (h+1)*hs).
 // out (B,T,C); att (B,NH,T,T) holds the softmax probabilities (row t, zeros after column t) for
 // backward. Per (b,h) it is two matmuls around a row softmax, S = Q K^T and O = P V, so all B*NH
-// heads go through one batched sgemm each (the full T x T of S is computed and the upper triangle
-// masked: twice the causal FLOPs, at matmul speed rather than dot-product speed).
+// heads go through one batched sgemm each. Causality is the sgemm's to skip (matmul.h, SGEMM_C_LOWER,
+// SGEMM_A_LOWER/_UPPER): S only on and below the diagonal, P V only over the columns of P that can
+// be nonzero, at micro-tile granularity (about half the FLOPs of the full T x T products).
 static void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
@@ -382,7 +383,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const float* q = qkv + (size_t)b * T * C3 + h * hs;
-            pr[b * NH + h] = (SgemmProblem){T, T, hs, q, q + C, att + ((size_t)b * NH + h) * T * T};
+            pr[b * NH + h] = (SgemmProblem){T, T, hs, q, q + C, att + ((size_t)b * NH + h) * T * T, SGEMM_C_LOWER};
         }
     sgemm_batch(0, 1, pr, BH, C3, C3, T, 0);
     #pragma omp parallel for schedule(static)
@@ -401,7 +402,8 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T,
-                                            qkv + (size_t)b * T * C3 + 2 * C + h * hs, out + (size_t)b * T * C + h * hs};
+                                            qkv + (size_t)b * T * C3 + 2 * C + h * hs, out + (size_t)b * T * C + h * hs,
+                                            SGEMM_A_LOWER};
     sgemm_batch(0, 0, pr, BH, T, C3, C, 0);
 }
 // With P = softmax(S * scale), O = P V, per (b,h):
@@ -417,12 +419,12 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)  // dP = dO V^T
             pr[b * NH + h] = (SgemmProblem){T, T, hs, HEAD(dout, C, b, h, 0), HEAD(qkv, C3, b, h, 2 * C),
-                                            datt + ((size_t)b * NH + h) * T * T};
+                                            datt + ((size_t)b * NH + h) * T * T, SGEMM_C_LOWER};
     sgemm_batch(0, 1, pr, BH, C, C3, T, 0);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)  // dV += P^T dO
             pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T, HEAD(dout, C, b, h, 0),
-                                            HEAD(dqkv, C3, b, h, 2 * C)};
+                                            HEAD(dqkv, C3, b, h, 2 * C), SGEMM_A_UPPER};
     sgemm_batch(1, 0, pr, BH, T, C, C3, 1);
     #pragma omp parallel for schedule(static)
     for (int row = 0; row < BH * T; row++) {
@@ -438,12 +440,12 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)  // dQ += dS K
             pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, C),
-                                            HEAD(dqkv, C3, b, h, 0)};
+                                            HEAD(dqkv, C3, b, h, 0), SGEMM_A_LOWER};
     sgemm_batch(0, 0, pr, BH, T, C3, C3, 1);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)  // dK += dS^T Q
             pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, 0),
-                                            HEAD(dqkv, C3, b, h, C)};
+                                            HEAD(dqkv, C3, b, h, C), SGEMM_A_UPPER};
     sgemm_batch(1, 0, pr, BH, T, C3, C3, 1);
     #undef HEAD
 }
@@ -842,7 +844,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
     int E = c->n_expert, C = c->channels, H = c->expert_hidden;
     SgemmProblem p[256] = {{0}};
     for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch};
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch, SGEMM_FULL};
     sgemm_batch(0, 1, p, E, C, C, H, 0);
     #pragma omp parallel for schedule(dynamic, 1)
     for (int e = 0; e < E; e++) {
@@ -855,7 +857,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
         }
     }
     for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out};
+        p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out, SGEMM_FULL};
     sgemm_batch(0, 1, p, E, H, H, C, 0);
     #pragma omp parallel for schedule(dynamic, 1)
     for (int e = 0; e < E; e++) {
@@ -881,12 +883,12 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     for (int e = 0; e < E; e++) {
         rows[e] = blk[e].rows;
         rows_d[e] = blk[e].dout;
-        p[e] = (SgemmProblem){C, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H};
+        p[e] = (SgemmProblem){C, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL};
     }
     sgemm_batch(1, 0, p, E, C, H, H, 1);
     experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
     for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu};
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu, SGEMM_FULL};
     sgemm_batch(0, 0, p, E, C, H, H, 0);
     #pragma omp parallel for schedule(dynamic, 1)
     for (int e = 0; e < E; e++) {
@@ -898,14 +900,14 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     }
     for (int e = 0; e < E; e++) {
         rows_d[e] = blk[e].gelu;
-        p[e] = (SgemmProblem){H, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C};
+        p[e] = (SgemmProblem){H, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL};
     }
     sgemm_batch(1, 0, p, E, H, C, C, 1);
     experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H);
     int any_din = 0;
     for (int e = 0; e < E; e++) {
         any_din |= blk[e].din != NULL;
-        p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din};
+        p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din, SGEMM_FULL};
     }
     if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
 }

@@ -152,7 +152,7 @@ static void check_batch(int tA, int tB, int accumulate) {
         C[q] = rand_buf((size_t)(M > 0 ? M : 1) * (N + 2));
         R[q] = (float*)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
         memcpy(R[q], C[q], sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
-        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q]};
+        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], SGEMM_FULL};
     }
     // one lda for all problems: for transA the rows of op(A) are columns, so lda must fit the largest M
     int lda = tA ? 300 + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
@@ -175,6 +175,56 @@ static void check_batch(int tA, int tB, int accumulate) {
         }
         if (same) n_passed++;
         else { n_failed++; printf("FAIL sgemm_batch tA=%d tB=%d acc=%d threads=%d: differs from sgemm_blocked\n", tA, tB, accumulate, threads); }
+    }
+    set_threads(2);
+    for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
+}
+
+// sgemm_batch's causal skips (attention): with op(A) zero where the mode says (SGEMM_A_LOWER /
+// _A_UPPER), C must be the same bits as the full product everywhere; with SGEMM_C_LOWER, on and
+// below the diagonal. Square-ish problems (as attention's T x T), sizes that straddle the micro-tile,
+// MC and KC, for 1, 2 and 3 threads; the problems of one call mix the modes' shapes.
+static void check_causal(int mode, int tA, int tB, int accumulate) {
+    enum { P = 4 };
+    const int Ts[P] = {1, 97, 256, 300}, hs = 40;
+    int ld = 300 + 3;   // one leading dimension fits every problem's operands
+    SgemmProblem probs[P];
+    float *A[P], *B[P], *C[P], *R[P];
+    for (int q = 0; q < P; q++) {
+        int T = Ts[q];
+        int M = T, K = mode == SGEMM_C_LOWER ? hs : T, N = mode == SGEMM_C_LOWER ? T : hs;
+        A[q] = rand_buf((size_t)300 * ld);
+        B[q] = rand_buf((size_t)300 * ld);
+        C[q] = rand_buf((size_t)T * ld);
+        R[q] = (float*)malloc(sizeof(float) * (size_t)T * ld);
+        memcpy(R[q], C[q], sizeof(float) * (size_t)T * ld);
+        if (mode != SGEMM_C_LOWER)   // op(A)[i][k] is A[i*ld + k], or A[k*ld + i] when transposed
+            for (int i = 0; i < M; i++)
+                for (int k = 0; k < K; k++)
+                    if ((mode == SGEMM_A_LOWER && k > i) || (mode == SGEMM_A_UPPER && k < i))
+                        A[q][tA ? (size_t)k * ld + i : (size_t)i * ld + k] = 0.0f;
+        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], mode};
+        sgemm_blocked(tA, tB, M, N, K, A[q], ld, B[q], ld, R[q], ld, accumulate);
+    }
+    for (int threads = 1; threads <= 3; threads++) {
+        set_threads(threads);
+        float* keep[P];
+        for (int q = 0; q < P; q++) {
+            keep[q] = (float*)malloc(sizeof(float) * (size_t)Ts[q] * ld);
+            memcpy(keep[q], C[q], sizeof(float) * (size_t)Ts[q] * ld);
+        }
+        sgemm_batch(tA, tB, probs, P, ld, ld, ld, accumulate);
+        int same = 1;
+        for (int q = 0; q < P; q++) {
+            for (int i = 0; i < probs[q].M; i++)
+                for (int j = 0; j < probs[q].N; j++)
+                    if (mode != SGEMM_C_LOWER || j <= i)
+                        same &= memcmp(&C[q][(size_t)i * ld + j], &R[q][(size_t)i * ld + j], sizeof(float)) == 0;
+            memcpy(C[q], keep[q], sizeof(float) * (size_t)Ts[q] * ld);
+            free(keep[q]);
+        }
+        if (same) n_passed++;
+        else { n_failed++; printf("FAIL sgemm_batch causal mode %d tA=%d tB=%d acc=%d threads=%d: differs from the full product\n", mode, tA, tB, accumulate, threads); }
     }
     set_threads(2);
     for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
@@ -223,6 +273,8 @@ int main(void) {
             check_threads(t >> 1, t & 1, tshapes[s][0], tshapes[s][1], tshapes[s][2], (int)(s % 2));
 
     for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0); check_batch(t >> 1, t & 1, 1); }
+    for (int mode = SGEMM_C_LOWER; mode <= SGEMM_A_UPPER; mode++)
+        for (int t = 0; t < 4; t++) { check_causal(mode, t >> 1, t & 1, 0); check_causal(mode, t >> 1, t & 1, 1); }
 
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;

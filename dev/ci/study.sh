@@ -22,6 +22,9 @@ for row in "| topk |" "| gatepro λ=1e-4 |" "| gatepro λ=1e4 |" "| compete |" "
     n=$(grep -c "^$row 2 | [0-9.]* ± [0-9.]*" "$table")
     check "$([ "$n" -ge 2 ] && echo 0 || echo 1)" "row '$row' with mean ± std over 2 seeds on both corpora (and the wide setting: $n rows)"
 done
+n=$(grep -c "^| gatepro λ=1e4 | 2 | [+-][0-9.]* ± [0-9.]* |" "$table")
+check "$([ "$n" -ge 3 ] && [ "$(grep -c "^Paired differences against topk:" "$table")" -ge 3 ] && echo 0 || echo 1)" \
+    "paired differences against topk (run - topk of the same seed, mean ± paired sd) in every setting ($n gatepro λ=1e4 rows)"
 check "$(grep -q "MI/H(d) (chance)" "$table" && grep -q "bits/byte" "$table" && grep -q "cloze split acc" "$table" && echo 0 || echo 1)" \
     "MI with its chance level, bits/byte and both cloze columns"
 for f in loss zero_tokens diversity; do

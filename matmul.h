@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -336,11 +337,16 @@ static int     sgemm_nbuffers = 0;
 
 static float* sgemm_alloc(size_t floats) {
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
-    float* p = (float*)aligned_alloc(64, bytes);
+    int huge = bytes >= ((size_t)4 << 20);   // a shared B of many experts: on 2 MiB pages (moe.h, calloc_check_)
+    if (huge) bytes = (bytes + ((size_t)2 << 20) - 1) / ((size_t)2 << 20) * ((size_t)2 << 20);
+    float* p = (float*)aligned_alloc(huge ? ((size_t)2 << 20) : 64, bytes);
     if (p == NULL) {
         fprintf(stderr, "matmul.h: could not allocate %zu bytes of packing buffer\n", bytes);
         exit(EXIT_FAILURE);
     }
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     return p;
 }
 

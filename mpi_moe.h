@@ -617,7 +617,7 @@ static int dist_check_replicas(Dist* d, const MoEModel* m, uint32_t* crc) {
             c = crc32_big(c, (const unsigned char*)(m->params_memory + d->ep->rep[i][0]), (d->ep->rep[i][1] - d->ep->rep[i][0]) * 4);
         *crc = (uint32_t)c;
     }
-    double mine = *crc, all[GRAD_NORM_CHUNKS];
+    double mine = *crc, all[GRAD_NORM_CHUNKS] = {0};
     comm_allgather_doubles(d, &mine, 1, all);
     for (int r = 1; r < d->size; r++) if (all[r] != all[0]) return r;
     return 0;

@@ -51,8 +51,8 @@
 
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
 #ifndef SGEMM_MR
-#define SGEMM_MR 8      // micro-tile rows (8×32: 16 of the 32 zmm registers as accumulators; 6 and
-#endif                  // 12 measured 2% slower on the expert shapes, see dev/bench_sgemm)
+#define SGEMM_MR 8      // micro-tile rows (8×32: 16 of the 32 zmm registers as accumulators; on the
+#endif                  // expert shapes 6 measured ~2% and 12 3-8% slower, dev/bench_sgemm --experts)
 #define SGEMM_NR 32     // micro-tile columns (two 16-float zmm vectors; AVX-512 doubles the FMA width)
 #else
 #define SGEMM_MR 6      // micro-tile rows    (6×16 uses 12 of the 16 ymm registers as accumulators)
@@ -340,6 +340,7 @@ static float* sgemm_alloc(size_t floats) {
     int huge = bytes >= ((size_t)4 << 20);   // a shared B of many experts: on 2 MiB pages (moe.h, calloc_check_)
     if (huge) bytes = (bytes + ((size_t)2 << 20) - 1) / ((size_t)2 << 20) * ((size_t)2 << 20);
     float* p = (float*)aligned_alloc(huge ? ((size_t)2 << 20) : 64, bytes);
+    if (p == NULL && huge) { p = (float*)aligned_alloc(64, bytes); huge = 0; }   // huge pages are only a hint
     if (p == NULL) {
         fprintf(stderr, "matmul.h: could not allocate %zu bytes of packing buffer\n", bytes);
         exit(EXIT_FAILURE);

@@ -1416,14 +1416,25 @@ static void moe_after_step(MoEModel* m) {
 #define GRAD_NORM_CHUNKS 256
 static size_t grad_norm_chunk(size_t n) { return (n + GRAD_NORM_CHUNKS - 1) / GRAD_NORM_CHUNKS; }
 
-// Sums of squares of the gradient's chunks [c0, c1) into partial[c0..c1).
+// Sums of squares of the gradient's chunks [c0, c1) into partial[c0..c1). Inside a chunk, element
+// j goes to lane (j - chunk start) mod GRAD_NORM_LANES and the lanes are added in order at the end:
+// a fixed order (the same bits for any thread count), and 32 independent sums the compiler keeps
+// in vector registers. One running sum waited 4 cycles per element on the previous add: 78 ms of
+// a 137M-parameter model's step, 5x the time to read its gradients.
+#define GRAD_NORM_LANES 32
 static void grad_sq_partials(const MoEModel* m, int c0, int c1, double* partial) {
     size_t n = m->num_parameters, chunk = grad_norm_chunk(n);
     #pragma omp parallel for schedule(static)
     for (int i = c0; i < c1; i++) {
         size_t lo = (size_t)i * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        const float* g = m->grads_memory;
+        double lane[GRAD_NORM_LANES] = {0.0};
+        size_t j = lo;
+        for (; j + GRAD_NORM_LANES <= hi; j += GRAD_NORM_LANES)
+            for (int q = 0; q < GRAD_NORM_LANES; q++) lane[q] += (double)g[j + q] * g[j + q];
+        for (; j < hi; j++) lane[(j - lo) % GRAD_NORM_LANES] += (double)g[j] * g[j];
         double s = 0.0;
-        for (size_t j = lo; j < hi; j++) s += (double)m->grads_memory[j] * m->grads_memory[j];
+        for (int q = 0; q < GRAD_NORM_LANES; q++) s += lane[q];
         partial[i] = s;
     }
 }

@@ -500,6 +500,8 @@ typedef struct {
     int profiling;          // --profile: time per op of the training steps (not validation or samples)
     MoEProfile profile;
     int profiled_steps;
+    double profiled_seconds;  // the profiled steps' wall time
+    int profile_skipped_first; // 1 when the run's first (warm-up) step is not in the profile
 } RunOutputs;
 
 typedef struct {
@@ -1103,9 +1105,17 @@ static void log_step(Run* run, int step, const StepStats* st) {
     if (o->metrics_tsv != NULL)
         write_metrics(o->metrics_tsv, step, &o->metrics, &run->model, o->have_probe ? o->probe_sim : NULL, competed, o->compete_step);
     profile_lap(prof, PROF_FWD, PROF_METRICS);
-    o->profiled_steps++;
     o->metrics_seconds += now_seconds() - t0;
     o->step_seconds += st->ms / 1000.0 + (now_seconds() - t0);
+    if (step == run->start_step && step + 1 < s->steps) {
+        // the run's first step is warm-up (first touch of every buffer, AdamW's moments, the packing
+        // buffers): up to 5x a later step. The profile is of the steps after it.
+        memset(&o->profile, 0, sizeof(o->profile));
+        o->profile_skipped_first = 1;
+    } else {
+        o->profiled_steps++;
+        o->profiled_seconds += st->ms / 1000.0 + (now_seconds() - t0);
+    }
     o->have_probe = 0;
     char eta[32], compete_text[64] = "";
     format_eta(eta, sizeof(eta), eta_seconds(run, step));
@@ -1185,8 +1195,9 @@ static int train_loop(Run* run) {
 static void print_profile(const RunOutputs* o) {
     int n = o->profiled_steps;
     if (n == 0) { printf("profile: no training step ran\n"); return; }
-    double step_ms = o->step_seconds * 1000.0 / n, sum = 0.0;
-    printf("profile: time per op, mean over %d steps (a step: %.1f ms, forward + backward + optimizer + metrics)\n", n, step_ms);
+    double step_ms = o->profiled_seconds * 1000.0 / n, sum = 0.0;
+    printf("profile: time per op, mean over %d steps%s (a step: %.1f ms, forward + backward + optimizer + metrics)\n", n,
+           o->profile_skipped_first ? " (the run's first, warm-up step left out)" : "", step_ms);
     printf("  %-30s %9s %9s %9s %8s\n", "op", "fwd ms", "bwd ms", "ms/step", "% step");
     for (int op = 0; op < PROF_OPS; op++) {
         double f = o->profile.seconds[PROF_FWD][op] * 1000.0 / n, b = o->profile.seconds[PROF_BWD][op] * 1000.0 / n;

@@ -110,38 +110,86 @@ static void metrics_accumulate(MoEMetrics* mm, const MoEModel* m, const uint8_t*
     }
 }
 
-// Eigenvalues of a symmetric n x n matrix (row-major, overwritten) by cyclic Jacobi rotations:
-// each rotation zeroes one off-diagonal pair; sweeps until the off-diagonal mass is negligible.
+// Eigenvalues of a symmetric n x n matrix (row-major, overwritten), ascending, in two stages:
+//   1. Householder: n-2 reflections H = I - 2 v v^T (|v| = 1), each zeroing one column below the
+//      subdiagonal, bring A to a tridiagonal T with the same eigenvalues (diagonal d, off-diagonal e);
+//   2. implicit symmetric QR on T: Wilkinson's shift from the bottom 2x2 of the unreduced block,
+//      then a Givens rotation chases the bulge down the block; an off-diagonal small next to its
+//      diagonal neighbours is set to 0 (deflation). Cubic convergence: a few sweeps per eigenvalue.
+// About (4/3) n^3 multiply-adds; cyclic Jacobi, its predecessor here, took ~10 sweeps of 6 n^3 and
+// was 11% of a step's wall time at E = 128 (the metrics run every step).
 static void symmetric_eigenvalues(double* A, int n, double* eig) {
-    for (int sweep = 0; sweep < 100; sweep++) {
-        double off = 0.0, diag = 0.0;
-        for (int i = 0; i < n; i++) {
-            diag += A[i * n + i] * A[i * n + i];
-            for (int j = i + 1; j < n; j++) off += A[i * n + j] * A[i * n + j];
+    if (n <= 0) return;
+    double* e = (double*)mallocCheck(sizeof(double) * (size_t)n);   // e[i] couples i and i+1
+    double* v = (double*)mallocCheck(sizeof(double) * (size_t)n);
+    double* w = (double*)mallocCheck(sizeof(double) * (size_t)n);
+    // stage 1: for column k, the reflection of rows/columns k+1..n-1 that maps A[k+1.., k] to (alpha, 0, ...)
+    for (int k = 0; k + 2 < n; k++) {
+        double xnorm = 0.0;
+        for (int i = k + 1; i < n; i++) xnorm += A[i * n + k] * A[i * n + k];
+        xnorm = sqrt(xnorm);
+        double x0 = A[(k + 1) * n + k], alpha = x0 > 0 ? -xnorm : xnorm;   // the sign that avoids cancellation
+        eig[k] = A[k * n + k];
+        e[k] = alpha;
+        double vnorm = 0.0;
+        for (int i = k + 1; i < n; i++) { v[i] = A[i * n + k]; }
+        v[k + 1] -= alpha;
+        for (int i = k + 1; i < n; i++) vnorm += v[i] * v[i];
+        if (vnorm == 0.0) continue;   // the column is already zero below the subdiagonal
+        vnorm = sqrt(vnorm);
+        for (int i = k + 1; i < n; i++) v[i] /= vnorm;
+        // trailing block B <- H B H = B - 2 (v w^T + w v^T), p = B v, w = p - (v.p) v
+        double vp = 0.0;
+        for (int i = k + 1; i < n; i++) {
+            double p = 0.0;
+            for (int j = k + 1; j < n; j++) p += A[i * n + j] * v[j];
+            w[i] = p;
+            vp += v[i] * p;
         }
-        if (off <= 1e-30 * (diag + 1e-300)) break;
-        for (int p = 0; p < n; p++) {
-            for (int q = p + 1; q < n; q++) {
-                double apq = A[p * n + q];
-                if (fabs(apq) < 1e-300) continue;
-                // rotation angle that zeroes A[p][q]: tan(2 theta) = 2 apq / (aqq - app)
-                double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * apq);
-                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
-                double c = 1.0 / sqrt(t * t + 1.0), s = t * c;
-                for (int k = 0; k < n; k++) {  // A <- A J (columns p, q)
-                    double akp = A[k * n + p], akq = A[k * n + q];
-                    A[k * n + p] = c * akp - s * akq;
-                    A[k * n + q] = s * akp + c * akq;
-                }
-                for (int k = 0; k < n; k++) {  // A <- J^T A (rows p, q)
-                    double apk = A[p * n + k], aqk = A[q * n + k];
-                    A[p * n + k] = c * apk - s * aqk;
-                    A[q * n + k] = s * apk + c * aqk;
-                }
+        for (int i = k + 1; i < n; i++) w[i] -= vp * v[i];
+        for (int i = k + 1; i < n; i++)
+            for (int j = k + 1; j < n; j++) A[i * n + j] -= 2.0 * (v[i] * w[j] + w[i] * v[j]);
+    }
+    if (n >= 2) { eig[n - 2] = A[(n - 2) * n + n - 2]; e[n - 2] = A[(n - 1) * n + n - 2]; }
+    eig[n - 1] = A[(n - 1) * n + n - 1];
+    e[n - 1] = 0.0;
+    // stage 2: implicit QR steps on the bottom unreduced block [lo, hi] until every e is 0
+    int hi = n - 1;
+    for (int iter = 0; hi > 0 && iter < 60 * n; iter++) {
+        for (int i = 0; i < hi; i++)
+            if (fabs(e[i]) <= 1e-15 * (fabs(eig[i]) + fabs(eig[i + 1])) || fabs(e[i]) < 1e-300) e[i] = 0.0;
+        while (hi > 0 && e[hi - 1] == 0.0) hi--;   // eig[hi] has converged
+        if (hi == 0) break;
+        int lo = hi - 1;
+        while (lo > 0 && e[lo - 1] != 0.0) lo--;
+        // Wilkinson's shift: the eigenvalue of the bottom 2x2 nearer its last diagonal entry
+        double delta = (eig[hi - 1] - eig[hi]) / 2.0, b = e[hi - 1];
+        double mu = eig[hi] - b * b / (delta + (delta >= 0 ? 1.0 : -1.0) * hypot(delta, b));
+        double x = eig[lo] - mu, z = e[lo];
+        for (int k = lo; k < hi; k++) {
+            // G^T (x, z) = (r, 0): rotate rows/columns k, k+1 of T by G = [c -s; s c]
+            double r = hypot(x, z), c = r > 0 ? x / r : 1.0, s = r > 0 ? z / r : 0.0;
+            if (k > lo) e[k - 1] = r;   // the bulge at (k-1, k+1) is gone
+            double a0 = eig[k], a1 = eig[k + 1], bk = e[k];
+            eig[k] = c * c * a0 + 2.0 * c * s * bk + s * s * a1;
+            eig[k + 1] = s * s * a0 - 2.0 * c * s * bk + c * c * a1;
+            e[k] = c * s * (a1 - a0) + (c * c - s * s) * bk;
+            if (k + 1 < hi) {   // the rotation makes a bulge s e[k+1] at (k, k+2)
+                x = e[k];
+                z = s * e[k + 1];
+                e[k + 1] *= c;
             }
         }
     }
-    for (int i = 0; i < n; i++) eig[i] = A[i * n + i];
+    // ascending order (insertion sort: n <= 256): the entropy's sum then does not depend on the
+    // order the eigenvalues converged in
+    for (int i = 1; i < n; i++) {
+        double t = eig[i];
+        int j = i - 1;
+        while (j >= 0 && eig[j] > t) { eig[j + 1] = eig[j]; j--; }
+        eig[j + 1] = t;
+    }
+    free(e); free(v); free(w);
 }
 
 // Router-weight diversity of one layer from its similarity matrix S (E,E) (GatePro App. C).

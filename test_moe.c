@@ -379,6 +379,90 @@ static void test_compete_schedule(void) {
 // ----------------------------------------------------------------------------
 // MoE metrics (docs/metrics.md) on constructed inputs with hand-computed answers
 
+// The test's independent eigenvalue oracle: cyclic Jacobi rotations (metrics.h's predecessor, slow
+// and simple): each rotation zeroes one off-diagonal pair; sweeps until the off-diagonal mass is negligible.
+static void jacobi_eigenvalues(double* A, int n, double* eig) {
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0.0, diag = 0.0;
+        for (int i = 0; i < n; i++) {
+            diag += A[i * n + i] * A[i * n + i];
+            for (int j = i + 1; j < n; j++) off += A[i * n + j] * A[i * n + j];
+        }
+        if (off <= 1e-30 * (diag + 1e-300)) break;
+        for (int p = 0; p < n; p++) {
+            for (int q = p + 1; q < n; q++) {
+                double apq = A[p * n + q];
+                if (fabs(apq) < 1e-300) continue;
+                // rotation angle that zeroes A[p][q]: tan(2 theta) = 2 apq / (aqq - app)
+                double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * apq);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+                double c = 1.0 / sqrt(t * t + 1.0), s = t * c;
+                for (int k = 0; k < n; k++) {  // A <- A J (columns p, q)
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = c * akp - s * akq;
+                    A[k * n + q] = s * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) {  // A <- J^T A (rows p, q)
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = c * apk - s * aqk;
+                    A[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) eig[i] = A[i * n + i];
+}
+
+// metrics.h's Householder + implicit-QR eigenvalues against Jacobi's, sorted, on the matrices the
+// metrics meet: Gram matrices of unit rows (router similarity S), rank-deficient when E > D (xmoe's
+// small D), and degenerate ones (identity, zero, diagonal, 1x1, 2x2).
+static void test_symmetric_eigenvalues(void) {
+    const int sizes[][2] = {{1, 4}, {2, 3}, {3, 8}, {8, 256}, {64, 256}, {128, 16}, {128, 256}, {256, 64}};
+    uint64_t rng = 99;
+    for (int t = 0; t < (int)(sizeof(sizes) / sizeof(sizes[0])) + 3; t++) {
+        int n = t < 8 ? sizes[t][0] : 40, D = t < 8 ? sizes[t][1] : 0;
+        double* A = (double*)malloc(sizeof(double) * n * n), *B = (double*)malloc(sizeof(double) * n * n);
+        double* fast = (double*)malloc(sizeof(double) * n), *ref = (double*)malloc(sizeof(double) * n);
+        const char* what = "Gram of unit rows";
+        if (t < 8) {
+            float* w = (float*)malloc(sizeof(float) * n * D);
+            for (int i = 0; i < n * D; i++) w[i] = 2.0f * random_f32(&rng) - 1.0f;
+            for (int i = 0; i < n; i++) {
+                double norm = 0;
+                for (int c = 0; c < D; c++) norm += (double)w[i * D + c] * w[i * D + c];
+                for (int c = 0; c < D; c++) w[i * D + c] = (float)(w[i * D + c] / sqrt(norm));
+            }
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) {
+                    double d = 0;
+                    for (int c = 0; c < D; c++) d += (double)w[i * D + c] * w[j * D + c];
+                    A[i * n + j] = d;
+                }
+            for (int i = 0; i < n; i++) for (int j = 0; j < i; j++) A[i * n + j] = A[j * n + i];   // exactly symmetric
+            free(w);
+        } else {
+            what = t == 8 ? "identity" : t == 9 ? "zero" : "diagonal";
+            for (int i = 0; i < n * n; i++) A[i] = 0;
+            for (int i = 0; i < n; i++) A[i * n + i] = t == 8 ? 1.0 : t == 9 ? 0.0 : (double)((i * 7) % 5) - 2.0;
+        }
+        memcpy(B, A, sizeof(double) * n * n);
+        symmetric_eigenvalues(A, n, fast);
+        jacobi_eigenvalues(B, n, ref);
+        for (int i = 1; i < n; i++)   // sort the oracle's (fast's come sorted: checked below)
+            for (int j = i; j > 0 && ref[j - 1] > ref[j]; j--) { double x = ref[j]; ref[j] = ref[j - 1]; ref[j - 1] = x; }
+        double worst = 0, scale = 1e-300;
+        int sorted = 1;
+        for (int i = 0; i < n; i++) {
+            if (fabs(fast[i] - ref[i]) > worst) worst = fabs(fast[i] - ref[i]);
+            if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+            if (i > 0 && fast[i] < fast[i - 1]) sorted = 0;
+        }
+        CHECK(sorted && worst <= 1e-11 * (scale > 1 ? scale : 1), "eigenvalues of a %dx%d %s (D=%d): largest "
+              "difference from Jacobi %.3g (largest |eigenvalue| %.3g), ascending %d", n, n, what, D, worst, scale, sorted);
+        free(A); free(B); free(fast); free(ref);
+    }
+}
+
 static void test_metrics(void) {
     enum { E = 4, K = 2 };
     LayerMetrics lm;
@@ -403,7 +487,7 @@ static void test_metrics(void) {
     double h = -0.75 * log(0.75) - 0.25 * log(0.25);
     CHECK(fabs(spec - h) < 1e-5 && fabsf(abs_mean - 0.5f) < 1e-7f && fabsf(angle - acosf(0.5f)) < 1e-6f,
           "spectrum (1.5, 0.5): entropy %g, expected %g", spec, h);
-    // Jacobi on Q diag(3, -2, 0.5, 1) Q^T with Q a Householder reflection: the same eigenvalues back
+    // Q diag(3, -2, 0.5, 1) Q^T with Q a Householder reflection: the same eigenvalues back
     double v[4] = {1, 2, -1, 0.5}, vv = 0, d[4] = {3, -2, 0.5, 1}, A[16], eig[4];
     for (int i = 0; i < 4; i++) vv += v[i] * v[i];
     for (int i = 0; i < 4; i++)
@@ -416,6 +500,7 @@ static void test_metrics(void) {
             A[i * 4 + j] = s;
         }
     symmetric_eigenvalues(A, 4, eig);
+    test_symmetric_eigenvalues();
     int found = 0;
     for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++) found += fabs(eig[i] - d[j]) < 1e-9;
     CHECK(found == 4, "symmetric_eigenvalues: got %g %g %g %g, expected 3 -2 0.5 1", eig[0], eig[1], eig[2], eig[3]);

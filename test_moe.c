@@ -288,6 +288,29 @@ static void test_gatepro(void) {
 
 // Experts whose output is a constant vector (W1 = W2 = 0, b2 = o_e), one token with a chosen
 // router input, so every quantity has a value computed here by hand from the definitions.
+// routers.h's vectorizable softplus and sigmoid (CompeteSMoE's responses and their backward)
+// against double-precision libm: relative error within 4 float ulps wherever the result is a
+// normal float, absolute error below the smallest normal float where exp_approx's clamp at -87
+// stands in for the underflow.
+static void test_compete_softplus(void) {
+    double worst_sp = 0, worst_sig = 0, worst_tail = 0;
+    for (double x = -120.0; x <= 120.0; x += 0.00097) {
+        float xf = (float)x;
+        double sp = xf > 0 ? xf + log1p(exp(-(double)xf)) : log1p(exp((double)xf));
+        double sig = 1.0 / (1.0 + exp(-(double)xf));
+        if (xf >= -80.0f) {
+            if (fabs(softplus(xf) - sp) / sp > worst_sp) worst_sp = fabs(softplus(xf) - sp) / sp;
+            if (fabs(sigmoid(xf) - sig) / sig > worst_sig) worst_sig = fabs(sigmoid(xf) - sig) / sig;
+        } else {
+            double tail = fmax(fabs(softplus(xf) - sp), fabs(sigmoid(xf) - sig));
+            if (tail > worst_tail) worst_tail = tail;
+        }
+    }
+    CHECK(worst_sp < 4.8e-7 && worst_sig < 4.8e-7 && worst_tail < 2e-38, "softplus / sigmoid vs libm in double: "
+          "largest relative error %.3g / %.3g on [-80, 120], absolute %.3g below", worst_sp, worst_sig, worst_tail);
+    CHECK(softplus(0.0f) == (float)log(2.0) || fabsf(softplus(0.0f) - (float)log(2.0)) < 1e-7f, "softplus(0) = %.9g", softplus(0.0f));
+}
+
 static void test_compete_hand(void) {
     enum { E = 3, K = 2, C = 2 };
     MoEConfig cfg = {.max_seq_len = 1, .vocab_size = 4, .padded_vocab_size = 128, .num_layers = 1, .num_heads = 1,
@@ -4138,6 +4161,7 @@ int main(void) {
     test_gate_weights();
     test_gatepro();
     test_compete_hand();
+    test_compete_softplus();
     test_compete_schedule();
     test_auxfree_hand();
     test_xmoe_hand();

@@ -60,15 +60,19 @@ dev/test_sgemm: dev/test_sgemm.c matmul.h
 dev/test_sgemm_avx2: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) -DSGEMM_NO_AVX512 $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
-test: all dev/test_sgemm dev/test_sgemm_avx2
+# and without any vector extension: the scalar micro-kernels every other CPU gets
+dev/test_sgemm_scalar: dev/test_sgemm.c matmul.h
+	$(CC) $(CFLAGS) -mno-avx512f -mno-avx2 -mno-fma -mno-avx $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
+test: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh
 
 # everything CI runs: the fast suites, then the slow ones (dev/ci/*.sh)
-ci: all dev/test_sgemm dev/test_sgemm_avx2
+ci: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/export_llmc
+	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar dev/export_llmc
 
 # the fast test suite built with AddressSanitizer + UndefinedBehaviorSanitizer (dev/ci/sanitize.sh)
 sanitize:

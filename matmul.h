@@ -217,6 +217,63 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 #endif
 
 // ----------------------------------------------------------------------------
+// The same micro-kernel with A read in place: a[r*lda + p] = A(i0+r, pc+p) for A stored row-major
+// with K contiguous (no packed panel), the tile left in t[MR][NR] (row-major) for the caller to
+// write out. Each element is the same sum over p in the same order as sgemm_kernel's, so the bits
+// are the same. Used for products whose A is a weight matrix read only once (sgemm_batch, "rows").
+
+static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* b, float* t) {
+    float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
+    for (int p = 0; p < kc; p++)
+        for (int r = 0; r < SGEMM_MR; r++)
+            for (int col = 0; col < SGEMM_NR; col++) acc[r][col] += a[r * lda + p] * b[p * SGEMM_NR + col];
+    memcpy(t, acc, sizeof(acc));
+}
+#if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
+static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
+    __m512 c0[SGEMM_MR], c1[SGEMM_MR];
+    const float* ar[SGEMM_MR];
+    #pragma GCC unroll 16
+    for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); ar[r] = a + r * lda; }
+    for (int p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        #pragma GCC unroll 16
+        for (int r = 0; r < SGEMM_MR; r++) {
+            __m512 av = _mm512_set1_ps(ar[r][p]);
+            c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+        }
+        b += SGEMM_NR;
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < SGEMM_MR; r++) { _mm512_storeu_ps(t + r * SGEMM_NR, c0[r]); _mm512_storeu_ps(t + r * SGEMM_NR + 16, c1[r]); }
+}
+#define sgemm_kernel_rows sgemm_kernel_rows_avx512
+#elif defined(__AVX2__) && defined(__FMA__)
+static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
+    __m256 c0[SGEMM_MR], c1[SGEMM_MR];
+    const float* ar[SGEMM_MR];
+    #pragma GCC unroll 8
+    for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); ar[r] = a + r * lda; }
+    for (int p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        #pragma GCC unroll 8
+        for (int r = 0; r < SGEMM_MR; r++) {
+            __m256 av = _mm256_broadcast_ss(ar[r] + p);
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+        b += SGEMM_NR;
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < SGEMM_MR; r++) { _mm256_storeu_ps(t + r * SGEMM_NR, c0[r]); _mm256_storeu_ps(t + r * SGEMM_NR + 8, c1[r]); }
+}
+#define sgemm_kernel_rows sgemm_kernel_rows_avx2
+#else
+#define sgemm_kernel_rows sgemm_kernel_rows_scalar
+#endif
+
+// ----------------------------------------------------------------------------
 // Packing: copy a block of op(A) / op(B) into the order the micro-kernel reads, zero-padding the
 // ragged last panel, so the kernel streams both operands contiguously whatever the transposes.
 // A panel and a B sliver are the same thing with a different width w (6 or 16):
@@ -460,6 +517,44 @@ typedef struct {
     int causal;        // SGEMM_FULL (0), or what may be skipped (SGEMM_C_LOWER, _A_LOWER, _A_UPPER)
 } SgemmProblem;
 
+// ----------------------------------------------------------------------------
+// One item of a one-row-block problem C = A · Bᵀ (transA 0, transB 1: an expert's forward, x times
+// its weights W stored out × in), computed as its transpose Cᵀ = W · xᵀ: W's rows are read in place
+// by sgemm_kernel_rows and only x (M <= SGEMM_MC rows) is packed, as B slivers of NR tokens. The
+// usual order packs all of W's kc × nc block for M rows of work: at 64 tokens that copy was a
+// fifth of the matmul, and more when W came from memory. Columns [jc, jc+nc) of C; each element is
+// summed exactly as sgemm_blocked sums it (same K blocks, same order within a block).
+static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, int jc, int nc, int accumulate,
+                            float* bpack) {
+    for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
+        int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+        int add = accumulate || pc > 0;
+        sgemm_pack_B(1, p->A, lda, pc, kc, 0, p->M, bpack);   // op(B') = xᵀ: slivers of NR tokens
+        for (int ir = 0; ir < nc; ir += SGEMM_MR) {
+            int mr = nc - ir < SGEMM_MR ? nc - ir : SGEMM_MR;
+            const float* w = p->B + (size_t)(jc + ir) * ldb + pc;   // MR rows of W, kc floats each
+            size_t ldw = (size_t)ldb;
+            float wpad[SGEMM_MR * SGEMM_KC];
+            if (mr < SGEMM_MR) {   // ragged last rows: a zero-padded copy, so no read runs past W
+                for (int r = 0; r < SGEMM_MR; r++)
+                    for (int q = 0; q < kc; q++) wpad[r * kc + q] = r < mr ? w[(size_t)r * ldb + q] : 0.0f;
+                w = wpad;
+                ldw = (size_t)kc;
+            }
+            for (int js = 0; js < p->M; js += SGEMM_NR) {
+                int ncol = p->M - js < SGEMM_NR ? p->M - js : SGEMM_NR;
+                float t[SGEMM_MR * SGEMM_NR] __attribute__((aligned(64)));
+                sgemm_kernel_rows(kc, w, ldw, bpack + (size_t)js * kc, t);
+                float* c = p->C + (size_t)js * ldc + jc + ir;   // t[r][col] is C(js + col, jc + ir + r)
+                for (int col = 0; col < ncol; col++) {
+                    float* cc = c + (size_t)col * ldc;
+                    for (int r = 0; r < mr; r++) cc[r] = add ? cc[r] + t[r * SGEMM_NR + col] : t[r * SGEMM_NR + col];
+                }
+            }
+        }
+    }
+}
+
 static float*  sgemm_bshared = NULL;    // phase 1's packed B of every problem, grown only
 static size_t  sgemm_bshared_floats = 0;
 static size_t* sgemm_boffset = NULL;    // (count + 1) offsets of each problem's packed B
@@ -555,6 +650,10 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 continue;
             }
             if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) continue;   // wholly above the diagonal
+            if (p->M <= SGEMM_MC && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
+                sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
+                continue;
+            }
             size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
             int add = accumulate;   // the first K block computed overwrites C unless accumulating
             for (int pc = 0; pc < p->K; pc += SGEMM_KC) {

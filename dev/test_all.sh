@@ -8,6 +8,7 @@
 #   dev/test_sgemm       the matmul kernel against its scalar definition, and thread-count bit-identity
 #   dev/test_sgemm_avx2  the same with the AVX2 micro-kernel (built -DSGEMM_NO_AVX512; on a CPU
 #                        without AVX-512 both builds test AVX2)
+#   dev/test_sgemm_scalar  the same with the scalar micro-kernels (built without AVX/AVX2/FMA/AVX-512)
 #   gpt2_tokenizer/check.sh   tokenizer.h against the npm gpt-3-encoder package (needs node + npm);
 #                        also on tinyshakespeare when data/tinyshakespeare/input.txt exists
 # A slow suite is a script dev/ci/NAME.sh that prints its own "N passed, N failed" as its last
@@ -33,6 +34,9 @@ echo "== dev/test_sgemm"
 echo "== dev/test_sgemm_avx2"
 make -s dev/test_sgemm_avx2 > "$log" 2>&1 || cat "$log"   # (land.sh builds only dev/test_sgemm)
 ./dev/test_sgemm_avx2 > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
+echo "== dev/test_sgemm_scalar"
+make -s dev/test_sgemm_scalar > "$log" 2>&1 || cat "$log"
+./dev/test_sgemm_scalar > "$log" 2>&1; head -1 "$log"; tail -3 "$log"; count "$log"
 echo "== GPT-2 tokenizer compatibility (npm gpt-3-encoder)"
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     text=data/tinyshakespeare/input.txt  # data/tinyshakespeare.sh downloads it there

@@ -138,10 +138,11 @@ static void check_kernel(int kc, int add) {
 }
 
 // sgemm_batch: several products of uneven sizes (as an MoE layer's experts) in one call must give
-// exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads.
-static void check_batch(int tA, int tB, int accumulate) {
+// exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads. (N = 1100: two
+// column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.)
+static void check_batch(int tA, int tB, int accumulate, int N) {
     enum { P = 7 };
-    const int Ms[P] = {0, 1, 37, 96, 97, 300, 5}, N = 130, K = 257;
+    const int Ms[P] = {0, 1, 37, 96, 97, 300, 5}, K = 257;
     SgemmProblem probs[P];
     float *A[P], *B[P], *C[P], *R[P];
     for (int q = 0; q < P; q++) {
@@ -174,7 +175,7 @@ static void check_batch(int tA, int tB, int accumulate) {
             free(keep[q]);
         }
         if (same) n_passed++;
-        else { n_failed++; printf("FAIL sgemm_batch tA=%d tB=%d acc=%d threads=%d: differs from sgemm_blocked\n", tA, tB, accumulate, threads); }
+        else { n_failed++; printf("FAIL sgemm_batch tA=%d tB=%d acc=%d N=%d threads=%d: differs from sgemm_blocked\n", tA, tB, accumulate, N, threads); }
     }
     set_threads(2);
     for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
@@ -272,7 +273,9 @@ int main(void) {
         for (int t = 0; t < 4; t++)
             check_threads(t >> 1, t & 1, tshapes[s][0], tshapes[s][1], tshapes[s][2], (int)(s % 2));
 
-    for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0); check_batch(t >> 1, t & 1, 1); }
+    for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0, 130); check_batch(t >> 1, t & 1, 1, 130); }
+    check_batch(0, 1, 0, 1100);
+    check_batch(0, 1, 1, 1100);
     for (int mode = SGEMM_C_LOWER; mode <= SGEMM_A_UPPER; mode++)
         for (int t = 0; t < 4; t++) { check_causal(mode, t >> 1, t & 1, 0); check_causal(mode, t >> 1, t & 1, 1); }
 

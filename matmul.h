@@ -505,7 +505,9 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 //      handed out dynamically; each packs its rows of op(A) and runs the macro-kernel on the
 //      packed B (a one-row-block problem packs its B here, into the thread's own L2-sized
 //      buffer, as there is nothing to share). Packing B per item re-packed a 512-token expert's
-//      weights once per 96 rows: as much copying as multiplying.
+//      weights once per 96 rows: as much copying as multiplying. A one-row-block item of
+//      C = A·Bᵀ (an expert's forward) is computed transposed instead, reading B in place
+//      (sgemm_rows_item).
 // Which thread computes an item changes nothing: each C element is still summed over K in the
 // fixed SGEMM_KC blocks, so the results are the same bits for any thread count and equal to
 // sgemm_blocked's.

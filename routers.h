@@ -53,7 +53,9 @@ static RoutingMode routing_eval(int step) { RoutingMode r = {step, 0, NULL}; ret
 // routing primitives
 
 // The K largest of sel (E values), ties toward the lower index; written ascending into expert_index.
-static void topk_indices(const float* sel, int E, int K, int* expert_index) {
+// The definition: K passes, each taking the largest value not yet taken (the first index on a tie).
+// With a NaN this is also what runs: it stays well defined (a NaN first in a pass is kept).
+static void topk_indices_passes(const float* sel, int E, int K, int* expert_index) {
     uint64_t taken[4] = {0};  // E <= 256
     for (int k = 0; k < K; k++) {
         int best = -1;
@@ -65,6 +67,26 @@ static void topk_indices(const float* sel, int E, int K, int* expert_index) {
     }
     int k = 0;
     for (int e = 0; e < E && k < K; e++) if (taken[e >> 6] >> (e & 63) & 1) expert_index[k++] = e;
+}
+// The same selection in one pass: a list of the best K so far, by value and then index, which a later
+// value enters only if strictly larger than its last (so a tie keeps the lower index). K passes over
+// E = 128 experts were 8.6 ms of a step at 2048 tokens x 4 layers.
+static void topk_indices(const float* sel, int E, int K, int* expert_index) {
+    float val[256];
+    int idx[256], n = 0, nan = 0;
+    for (int e = 0; e < E; e++) {
+        float x = sel[e];
+        nan |= x != x;
+        if (n == K && !(x > val[K - 1])) continue;
+        int j = n < K ? n++ : K - 1;   // a free slot, or the last one's (it drops out)
+        for (; j > 0 && x > val[j - 1]; j--) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; }
+        val[j] = x;
+        idx[j] = e;
+    }
+    if (nan) { topk_indices_passes(sel, E, K, expert_index); return; }
+    for (int k = 1; k < K; k++)   // ascending expert order
+        for (int j = k; j > 0 && idx[j - 1] > idx[j]; j--) { int t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t; }
+    for (int k = 0; k < K; k++) expert_index[k] = idx[k];
 }
 
 // softmax of x (n values) into out; returns logsumexp.

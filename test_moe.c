@@ -210,6 +210,27 @@ static void test_gate_weights(void) {
     int tidx[2];
     topk_indices(tied, 5, 2, tidx);
     CHECK(tidx[0] == 1 && tidx[1] == 2, "top-k tie-break: expected {1,2}, got {%d,%d}", tidx[0], tidx[1]);
+    // the one-pass selection against the K-pass definition: many ties (values on a coarse grid), +-0,
+    // +-inf and sometimes a NaN, E up to 256, K up to E
+    uint64_t rng = 7;
+    int agree = 0, trials = 3000;
+    for (int t = 0; t < trials; t++) {
+        int E = 1 + (int)(random_u32(&rng) % 256), K = 1 + (int)(random_u32(&rng) % (E < 8 ? E : 8));
+        if (t % 50 == 0) K = E;
+        float v[256];
+        for (int e = 0; e < E; e++) {
+            uint32_t r = random_u32(&rng) % 100;
+            v[e] = r < 3 ? -0.0f : r < 5 ? INFINITY : r < 7 ? -INFINITY : (float)((int)(random_u32(&rng) % 9) - 4) * 0.25f;
+        }
+        if (t % 7 == 0) v[random_u32(&rng) % E] = NAN;
+        int a[256], b[256], same = 1;
+        topk_indices(v, E, K, a);
+        topk_indices_passes(v, E, K, b);
+        for (int k = 0; k < K; k++) same &= a[k] == b[k];
+        agree += same;
+    }
+    CHECK(agree == trials, "one-pass top-K agrees with the K-pass definition in %d of %d random cases (ties, +-0, inf, NaN)",
+          agree, trials);
 }
 
 // ----------------------------------------------------------------------------

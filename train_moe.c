@@ -1194,7 +1194,11 @@ static int train_loop(Run* run) {
 // --profile's table: each op's ms per step, forward and backward, and its share of the step time.
 static void print_profile(const RunOutputs* o) {
     int n = o->profiled_steps;
-    if (n == 0) { printf("profile: no training step ran\n"); return; }
+    if (n == 0) {
+        printf(o->profile_skipped_first ? "profile: only the run's first (warm-up) step ran, which the profile leaves out\n"
+                                        : "profile: no training step ran\n");
+        return;
+    }
     double step_ms = o->profiled_seconds * 1000.0 / n, sum = 0.0;
     printf("profile: time per op, mean over %d steps%s (a step: %.1f ms, forward + backward + optimizer + metrics)\n", n,
            o->profile_skipped_first ? " (the run's first, warm-up step left out)" : "", step_ms);

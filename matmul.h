@@ -13,8 +13,8 @@
 //   for jc over its columns in steps of SGEMM_NC
 //     for pc over K in steps of SGEMM_KC          pack B[pc:pc+kc, jc:jc+nc]  -> B panel  (L2)
 //       for ic over its rows in steps of SGEMM_MC pack A[ic:ic+mc, pc:pc+kc]  -> A block  (L2)
-//         for jr over the 16-wide B slivers        (one sliver stays in L1 ...)
-//           for ir over the MR-tall A panels       (... while the A panels stream past it)
+//         for ir over the MR-tall A panels         (one panel stays in L1 ...)
+//           for jr over the NR-wide B slivers      (... while the slivers stream past it from L2)
 //             micro-kernel: MR×NR block of C (+)= A panel · B sliver, kc rank-1 updates
 // (MR×NR = 6×16 with AVX2, 8×32 with AVX-512.)
 // Threads never share an output cache line (column cuts fall on 16-float boundaries) and never
@@ -44,8 +44,8 @@
 // ----------------------------------------------------------------------------
 // Blocking sizes, per thread, for a 48 KiB L1d / 2 MiB L2 per core (AVX2 figures; AVX-512 doubles
 // the sliver and the panel):
-//   B sliver  KC×NR = 256×16 floats   =  16 KiB  -> L1, reused by every A panel of the A block
-//   A panel   MR×KC = 6×256 floats    =   6 KiB  -> L1, streamed
+//   A panel   MR×KC = 6×256 floats    =   6 KiB  -> L1, reused by every sliver of the B panel
+//   B sliver  KC×NR = 256×16 floats   =  16 KiB  -> streamed from L2
 //   A block   MC×KC = 96×256 floats   =  96 KiB  -> L2, reused by every sliver of the B panel
 //   B panel   KC×NC = 256×1024 floats =   1 MiB  -> L2, reused by every A block
 
@@ -348,13 +348,22 @@ enum {
 // interior tiles. (i0, j0, pc): where the block sits in C and in K, for the causal skips; a tile
 // runs over only the k in [p0, p1) where its rows of op(A) can be nonzero (a prefix or suffix
 // of both packed panels).
+//
+// Order: the tiles of one MR-row strip, left to right, then the next strip, so C is written along
+// its rows (each tile's MR rows continue where the last tile's ended, which the hardware
+// prefetcher follows). The textbook order (a B sliver held in L1 while the strips go down C)
+// writes C a column of tiles at a time, MR rows a stride apart: when kc is small (an expert's
+// weight gradient at 32-64 tokens does only 32-64 rank-1 updates per tile) the C traffic is the
+// cost, and that order was measured 1.2-1.7x slower on those shapes (dev/bench_sgemm --experts,
+// alternated in one process), and no faster anywhere else. The order changes no result: each
+// tile is computed the same way.
 
 static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const float* bpack,
                                float* C, int ldc, int add, int causal, int i0, int j0, int pc) {
-    for (int jr = 0; jr < nc; jr += SGEMM_NR) {
-        int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
-        for (int ir = 0; ir < mc; ir += SGEMM_MR) {
-            int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
+    for (int ir = 0; ir < mc; ir += SGEMM_MR) {
+        int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
+        for (int jr = 0; jr < nc; jr += SGEMM_NR) {
+            int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
             int row_end = i0 + ir + mr, p0 = 0, p1 = kc;   // rows [i0+ir, row_end) of C
             if (causal == SGEMM_C_LOWER && j0 + jr >= row_end) continue;   // the tile is above the diagonal
             if (causal == SGEMM_A_LOWER && row_end - pc < p1) p1 = row_end - pc;

@@ -2,6 +2,9 @@
 //
 //   C[M,N] = (accumulate ? C : 0) + op(A)[M,K] · op(B)[K,N]      (row-major float32)
 //
+// accumulate is SGEMM_OVERWRITE (0), SGEMM_ACCUMULATE (1), or, for sgemm_batch only,
+// SGEMM_STREAM: overwrite, with the output written around the caches (below).
+//
 // The model uses it for all three matmul shapes (weights stored out×in, as in llm.c):
 //   forward      out(BT,OC)  = inp(BT,C) · Wᵀ        sgemm(0,1, BT,OC,C,  inp,C,  W,C,    out,OC, 0)
 //   backward     dinp(BT,C) += dout(BT,OC) · W      sgemm(0,0, BT,C,OC,  dout,OC, W,C,   dinp,C, 1)
@@ -30,6 +33,7 @@
 // OpenMP team). Each program that includes this header gets its own buffers.
 #pragma once
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +82,16 @@
 #endif
 
 // ----------------------------------------------------------------------------
+// What happens to C's old contents. SGEMM_STREAM is SGEMM_OVERWRITE with non-temporal stores
+// (whole, aligned tile rows; the rest as usual): for a large output written once and not read
+// again soon, such as an MoE layer's expert weight gradients on the first micro-batch of a step
+// (hundreds of MB at E = 64-128, written 8×32 floats at a time after only 32-64 rank-1 updates).
+// A normal store first reads the line it writes; streaming skips that read. Same values: only
+// where they are written through differs. (An expert's weight gradient at 32 tokens: 45 -> 30 ms
+// per 4 layers of E = 128 against accumulating, measured by alternation in one process.)
+enum { SGEMM_OVERWRITE = 0, SGEMM_ACCUMULATE = 1, SGEMM_STREAM = 2 };
+
+// ----------------------------------------------------------------------------
 // The reference: plain loops, the definition of the contract. Also the small-problem path.
 // transA == 0: A is M×K, (i,p) at A[i*lda + p];  transA == 1: A is stored K×M, (i,p) at A[p*lda + i]
 // transB == 0: B is K×N, (p,j) at B[p*ldb + j];  transB == 1: B is stored N×K, (p,j) at B[j*ldb + p]
@@ -95,23 +109,23 @@ static void sgemm_scalar(int transA, int transB, int M, int N, int K,
                 sum += a * b;
             }
             float* c = &C[(size_t)i * ldc + j];
-            *c = accumulate ? *c + sum : sum;
+            *c = accumulate == SGEMM_ACCUMULATE ? *c + sum : sum;
         }
     }
 }
 
 // ----------------------------------------------------------------------------
-// Micro-kernels: c(MR×NR) = (add ? c : 0) + a · b, where
+// Micro-kernels: c(MR×NR) = (mode == SGEMM_ACCUMULATE ? c : 0) + a · b, where
 //   a is a packed A panel: kc columns of MR floats, a[p*MR + r]   = A(i0+r, pc+p)
 //   b is a packed B sliver: kc rows of NR floats,   b[p*NR + col] = B(pc+p, j0+col)
-// The sum over p is done in registers starting from 0, then added to c once (so "add" never
+// The sum over p is done in registers starting from 0, then added to c once (so the mode never
 // changes the order of the sum over p). The scalar version is the definition; the AVX2 one does
 // the same sums in the same order, with each multiply-add fused (as gcc also fuses a*b + c in the
 // scalar one under -march=native, so the two usually agree bit for bit).
 
 // (static inline: with AVX2 it is only the readers' and tests' version, so no unused warning)
 static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
-                                float* c, int ldc, int add) {
+                                float* c, int ldc, int mode) {
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
     for (int p = 0; p < kc; p++) {
         for (int r = 0; r < SGEMM_MR; r++) {
@@ -123,7 +137,7 @@ static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
     for (int r = 0; r < SGEMM_MR; r++) {
         for (int col = 0; col < SGEMM_NR; col++) {
             float* cc = &c[(size_t)r * ldc + col];
-            *cc = add ? *cc + acc[r][col] : acc[r][col];
+            *cc = mode == SGEMM_ACCUMULATE ? *cc + acc[r][col] : acc[r][col];
         }
     }
 }
@@ -134,14 +148,16 @@ static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
 // doubles the work per FMA instruction. The loops over r are unrolled whole, so gcc keeps every
 // accumulator in a register.
 static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
-                                float* c, int ldc, int add) {
+                                float* c, int ldc, int mode) {
     __m512 c0[SGEMM_MR], c1[SGEMM_MR];
     #pragma GCC unroll 16
     for (int r = 0; r < SGEMM_MR; r++) {
         c0[r] = _mm512_setzero_ps();
         c1[r] = _mm512_setzero_ps();
-        _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
+        if (mode != SGEMM_STREAM) {   // (see the AVX2 kernel)
+            _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
+        }
     }
     for (int p = 0; p < kc; p++) {
         __m512 b0 = _mm512_load_ps(b);
@@ -159,12 +175,18 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
     for (int r = 0; r < SGEMM_MR; r++) {
         float* cr = c + (size_t)r * ldc;
         __m512 v0 = c0[r], v1 = c1[r];
-        if (add) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
-        _mm512_storeu_ps(cr, v0);
-        _mm512_storeu_ps(cr + 16, v1);
+        if (mode == SGEMM_ACCUMULATE) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
+        if (mode == SGEMM_STREAM && ((uintptr_t)cr & 63) == 0) {
+            _mm512_stream_ps(cr, v0);
+            _mm512_stream_ps(cr + 16, v1);
+        } else {
+            _mm512_storeu_ps(cr, v0);
+            _mm512_storeu_ps(cr + 16, v1);
+        }
     }
 }
 #define sgemm_kernel sgemm_kernel_avx512
+#define sgemm_store_fence _mm_sfence
 #define SGEMM_ISA "AVX-512"
 #elif defined(__AVX2__) && defined(__FMA__)
 // One k step is a rank-1 update: load 16 floats of b (2 vectors), and for each of the 6 rows
@@ -172,7 +194,7 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
 // FMA ports; 8 loads per 12 FMAs fit in the load ports. Written out by row so that gcc keeps all
 // 12 accumulators in registers.
 static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
-                              float* c, int ldc, int add) {
+                              float* c, int ldc, int mode) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -181,7 +203,8 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     // C is touched only at the end, and for big outputs it is not in cache: start fetching its
     // 6 rows now (first and last float of each 16-float row) so the loads at the end do not stall.
-    for (int r = 0; r < SGEMM_MR; r++) {
+    // Not when streaming: the point is not to read C at all.
+    for (int r = 0; r < SGEMM_MR && mode != SGEMM_STREAM; r++) {
         _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
     }
@@ -201,18 +224,26 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
     // write back: c = acc, or c = c + acc (one rounding, same as the scalar kernel)
     #define SGEMM_STORE_ROW(r, v0, v1) do {                                         \
         float* cr = c + (size_t)(r) * ldc;                                          \
-        if (add) { v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);                     \
-                   v1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1); }               \
-        _mm256_storeu_ps(cr, v0); _mm256_storeu_ps(cr + 8, v1);                     \
+        if (mode == SGEMM_ACCUMULATE) {                                             \
+            v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);                            \
+            v1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1);                        \
+        }                                                                           \
+        if (mode == SGEMM_STREAM && ((uintptr_t)cr & 31) == 0) {                    \
+            _mm256_stream_ps(cr, v0); _mm256_stream_ps(cr + 8, v1);                 \
+        } else {                                                                    \
+            _mm256_storeu_ps(cr, v0); _mm256_storeu_ps(cr + 8, v1);                 \
+        }                                                                           \
     } while (0)
     SGEMM_STORE_ROW(0, c00, c01); SGEMM_STORE_ROW(1, c10, c11); SGEMM_STORE_ROW(2, c20, c21);
     SGEMM_STORE_ROW(3, c30, c31); SGEMM_STORE_ROW(4, c40, c41); SGEMM_STORE_ROW(5, c50, c51);
     #undef SGEMM_STORE_ROW
 }
 #define sgemm_kernel sgemm_kernel_avx2
+#define sgemm_store_fence _mm_sfence
 #define SGEMM_ISA "AVX2"
 #else
 #define sgemm_kernel sgemm_kernel_scalar
+#define sgemm_store_fence() ((void)0)   // (the scalar kernel does not stream)
 #define SGEMM_ISA "scalar"
 #endif
 
@@ -220,7 +251,10 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 // The same micro-kernel with A read in place: a[r*lda + p] = A(i0+r, pc+p) for A stored row-major
 // with K contiguous (no packed panel), the tile left in t[MR][NR] (row-major) for the caller to
 // write out. Each element is the same sum over p in the same order as sgemm_kernel's, so the bits
-// are the same. Used for products whose A is a weight matrix read only once (sgemm_batch, "rows").
+// are the same. Used for products whose A is a weight matrix read only once (sgemm_batch, "rows"),
+// so A comes from memory: every 16 p (a cache line of each row) the kernel prefetches the same
+// line of the next MR rows, the next call's panel. (An expert's forward at 32-64 tokens: 1.1-1.4x
+// faster with it, alternated in one process.)
 
 static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* b, float* t) {
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
@@ -236,6 +270,10 @@ static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const f
     #pragma GCC unroll 16
     for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); ar[r] = a + r * lda; }
     for (int p = 0; p < kc; p++) {
+        if ((p & 15) == 0) {
+            #pragma GCC unroll 16
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
+        }
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         #pragma GCC unroll 16
         for (int r = 0; r < SGEMM_MR; r++) {
@@ -256,6 +294,10 @@ static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const flo
     #pragma GCC unroll 8
     for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); ar[r] = a + r * lda; }
     for (int p = 0; p < kc; p++) {
+        if ((p & 15) == 0) {
+            #pragma GCC unroll 8
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
+        }
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
         #pragma GCC unroll 8
         for (int r = 0; r < SGEMM_MR; r++) {
@@ -318,11 +360,27 @@ static void sgemm_pack_A(int transA, const float* A, int lda, int i0, int mc, in
 }
 
 // B panel: rows [pc, pc+kc) × columns [j0, j0+nc) of op(B) -> ceil(nc/16) slivers of kc×16
-// floats, sliver s at dst + s*kc*16 holds (pc + p, j0 + s*16 + col) at [p*16 + col]
+// floats, sliver s at dst + s*kc*16 holds (pc + p, j0 + s*16 + col) at [p*16 + col].
+// With op(B) = B (rows contiguous) the whole slivers are filled row by row: each row's nc floats
+// are read in one pass and dealt out to the slivers. Sliver by sliver, each row was read in NR-float
+// pieces a row apart, which the hardware prefetcher follows badly: an expert's dinp at 32-64
+// tokens (its W packed straight from memory) was 1.1-1.3x slower that way (alternated in one
+// process; no change at 512 tokens).
 static void sgemm_pack_B(int transB, const float* B, int ldb, int pc, int kc, int j0, int nc,
                          float* dst) {
     size_t j_stride = transB ? (size_t)ldb : 1, p_stride = transB ? 1 : (size_t)ldb;
-    for (int jr = 0; jr < nc; jr += SGEMM_NR) {
+    int whole = 0;   // slivers packed row by row: columns [0, whole)
+    if (!transB) {
+        whole = nc / SGEMM_NR * SGEMM_NR;
+        for (int p = 0; p < kc; p++) {
+            const float* src = B + (size_t)(pc + p) * ldb + j0;
+            for (int jr = 0; jr < whole; jr += SGEMM_NR) {
+                float* d = dst + (size_t)jr * kc + (size_t)p * SGEMM_NR;
+                for (int x = 0; x < SGEMM_NR; x++) d[x] = src[jr + x];
+            }
+        }
+    }
+    for (int jr = whole; jr < nc; jr += SGEMM_NR) {
         int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
         sgemm_pack_panel(B + (size_t)(j0 + jr) * j_stride + (size_t)pc * p_stride, j_stride,
                          p_stride, nr, SGEMM_NR, kc, dst + (size_t)jr * kc);
@@ -359,7 +417,7 @@ enum {
 // tile is computed the same way.
 
 static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const float* bpack,
-                               float* C, int ldc, int add, int causal, int i0, int j0, int pc) {
+                               float* C, int ldc, int mode, int causal, int i0, int j0, int pc) {
     for (int ir = 0; ir < mc; ir += SGEMM_MR) {
         int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
         for (int jr = 0; jr < nc; jr += SGEMM_NR) {
@@ -370,21 +428,21 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const
             if (causal == SGEMM_A_UPPER && i0 + ir - pc > p0) p0 = i0 + ir - pc;
             float* c = C + (size_t)ir * ldc + jr;
             if (p1 <= p0) {   // op(A) is zero on the tile's rows for this K block
-                if (!add) for (int r = 0; r < mr; r++) memset(c + (size_t)r * ldc, 0, (size_t)nr * sizeof(float));
+                if (mode != SGEMM_ACCUMULATE) for (int r = 0; r < mr; r++) memset(c + (size_t)r * ldc, 0, (size_t)nr * sizeof(float));
                 continue;
             }
             const float* a = apack + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR + (size_t)p0 * SGEMM_MR;
             const float* b = bpack + (size_t)(jr / SGEMM_NR) * kc * SGEMM_NR + (size_t)p0 * SGEMM_NR;
             if (mr == SGEMM_MR && nr == SGEMM_NR) {
-                sgemm_kernel(p1 - p0, a, b, c, ldc, add);
+                sgemm_kernel(p1 - p0, a, b, c, ldc, mode);
             } else {
                 float tile[SGEMM_MR * SGEMM_NR];
-                sgemm_kernel(p1 - p0, a, b, tile, SGEMM_NR, 0);
+                sgemm_kernel(p1 - p0, a, b, tile, SGEMM_NR, SGEMM_OVERWRITE);
                 for (int r = 0; r < mr; r++) {
                     for (int col = 0; col < nr; col++) {
                         float* cc = c + (size_t)r * ldc + col;
                         float t = tile[r * SGEMM_NR + col];
-                        *cc = add ? *cc + t : t;
+                        *cc = mode == SGEMM_ACCUMULATE ? *cc + t : t;
                     }
                 }
             }
@@ -441,7 +499,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
                           float* C, int ldc, int accumulate) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {   // op(A)·op(B) is all zeros
-        if (!accumulate) {
+        if (accumulate != SGEMM_ACCUMULATE) {
             for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         }
         return;
@@ -492,7 +550,8 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
             int nc = n1 - jc < SGEMM_NC ? n1 - jc : SGEMM_NC;
             for (int pc = 0; pc < K; pc += SGEMM_KC) {
                 int kc = K - pc < SGEMM_KC ? K - pc : SGEMM_KC;
-                int add = accumulate || pc > 0;   // the first K block overwrites C unless accumulating
+                // the first K block overwrites C unless accumulating (this path does not stream)
+                int add = accumulate == SGEMM_ACCUMULATE || pc > 0;
                 sgemm_pack_B(transB, B, ldb, pc, kc, jc, nc, bpack);
                 for (int ic = m0; ic < m1; ic += SGEMM_MC) {
                     int mc = m1 - ic < SGEMM_MC ? m1 - ic : SGEMM_MC;
@@ -539,7 +598,7 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
                             float* bpack) {
     for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
         int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
-        int add = accumulate || pc > 0;
+        int add = accumulate == SGEMM_ACCUMULATE || pc > 0;   // (does not stream)
         sgemm_pack_B(1, p->A, lda, pc, kc, 0, p->M, bpack);   // op(B') = xᵀ: slivers of NR tokens
         for (int ir = 0; ir < nc; ir += SGEMM_MR) {
             int mr = nc - ir < SGEMM_MR ? nc - ir : SGEMM_MR;
@@ -657,7 +716,7 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
             int ic = rb * SGEMM_MC, mc = p->M - ic < SGEMM_MC ? p->M - ic : SGEMM_MC;
             int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
             if (p->K <= 0) {
-                if (!accumulate) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
+                if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
                 continue;
             }
             if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) continue;   // wholly above the diagonal
@@ -666,20 +725,23 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 continue;
             }
             size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
-            int add = accumulate;   // the first K block computed overwrites C unless accumulating
+            // the first K block computed overwrites C unless accumulating; it streams only if it is
+            // the only one (later blocks read C back)
+            int mode = accumulate == SGEMM_STREAM && p->K > SGEMM_KC ? SGEMM_OVERWRITE : accumulate;
             for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
                 int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
                 // K blocks where op(A) is zero on all the item's rows (a tile with no k left writes
                 // zeros when it does not add, so C is defined wherever it is needed)
-                if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && add) break;
+                if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && mode == SGEMM_ACCUMULATE) break;
                 if (p->causal == SGEMM_A_UPPER && pc + kc <= ic && pc + kc < p->K) continue;
                 const float* b = bpack;
                 if (p->M > SGEMM_MC) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
                 else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
                 sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
-                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, add, p->causal, ic, jc, pc);
-                add = 1;
+                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, mode, p->causal, ic, jc, pc);
+                mode = SGEMM_ACCUMULATE;
             }
+            if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
         }
     }
 }

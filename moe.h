@@ -707,6 +707,9 @@ typedef struct {
     size_t num_parameters;
     ParameterTensors grads;
     float* grads_memory;
+    int grads_zero;   // 1 while every gradient is known to be zero (after allocation, moe_zero_grad, or
+                      // the caller's say-so at a step's start): the next backward writes the experts'
+                      // weight gradients instead of adding to them. Cleared by moe_backward.
     float* m_memory;  // AdamW first moment
     float* v_memory;  // AdamW second moment
     // activations, sized for batch_size x seq_len
@@ -742,6 +745,7 @@ static void moe_build(MoEModel* m, const MoEConfig* config) {
     m->grads_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
     point_parameters(&m->params, m->params_memory, m->param_sizes);
     point_parameters(&m->grads, m->grads_memory, m->param_sizes);
+    m->grads_zero = 1;
     m->router = ROUTER_DEFAULTS;
     m->layer_stats = (LayerLosses*)callocCheck((size_t)config->num_layers, sizeof(LayerLosses));
     m->step_load = (double*)callocCheck((size_t)config->num_layers * config->n_expert, sizeof(double));
@@ -891,6 +895,9 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
 // gradients and writes din (when not NULL). Overwrites each block's gelu with the gradient of the
 // hidden layer (gelu is last needed for dW2, computed first), so no scratch is needed:
 //   dW2 += dout^T gelu,  db2 += sum dout,  dh = (dout W2) * gelu'(fch),  dW1 += dh^T x,  db1 += sum dh,  din = dh W1
+// When the gradients are known to be zero (m->grads_zero: a step's first micro-batch) dW1 and dW2
+// are written, not added to, and streamed past the caches (matmul.h, SGEMM_STREAM): the same
+// values without reading hundreds of MB of zeros at E = 64-128.
 static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, C = c->channels, H = c->expert_hidden;
@@ -898,12 +905,14 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     const float* rows_d[256];
     int rows[256];
     size_t le0 = (size_t)l * E;
+    int dw_mode = m->grads_zero ? SGEMM_STREAM : SGEMM_ACCUMULATE;
     for (int e = 0; e < E; e++) {
         rows[e] = blk[e].rows;
         rows_d[e] = blk[e].dout;
-        p[e] = (SgemmProblem){C, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL};
+        int out_rows = blk[e].rows > 0 ? C : 0;   // (no rows: its gradients stay zero, or the earlier micro-batches' sum)
+        p[e] = (SgemmProblem){out_rows, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL};
     }
-    sgemm_batch(1, 0, p, E, C, H, H, 1);
+    sgemm_batch(1, 0, p, E, C, H, H, dw_mode);
     experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
     for (int e = 0; e < E; e++)
         p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu, SGEMM_FULL};
@@ -918,9 +927,10 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     }
     for (int e = 0; e < E; e++) {
         rows_d[e] = blk[e].gelu;
-        p[e] = (SgemmProblem){H, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL};
+        int out_rows = blk[e].rows > 0 ? H : 0;
+        p[e] = (SgemmProblem){out_rows, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL};
     }
-    sgemm_batch(1, 0, p, E, H, C, C, 1);
+    sgemm_batch(1, 0, p, E, H, C, C, dw_mode);
     experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H);
     int any_din = 0;
     for (int e = 0; e < E; e++) {
@@ -1343,7 +1353,10 @@ static void moe_forward(MoEModel* m, const int* inputs, const int* targets, int 
     profile_lap(prof, PROF_FWD, PROF_LM_HEAD);
 }
 
-static void moe_zero_grad(MoEModel* m) { memset(m->grads_memory, 0, m->num_parameters * sizeof(float)); }
+static void moe_zero_grad(MoEModel* m) {
+    memset(m->grads_memory, 0, m->num_parameters * sizeof(float));
+    m->grads_zero = 1;
+}
 
 // Accumulates into m->grads the gradient of loss_scale * (LM loss + aux losses) of the last
 // forward. loss_scale is 1/(number of micro-batches) under gradient accumulation.
@@ -1398,6 +1411,7 @@ static void moe_backward(MoEModel* m, float loss_scale) {
     encoder_backward(g->wte, g->wpe, s->dresidual, m->inputs, B, T, C);
     profile_lap(prof, PROF_BWD, PROF_EMBEDDING);
     m->mean_loss = -1.0f;  // the logits are now gradients; a second backward needs a new forward
+    m->grads_zero = 0;
 }
 
 // After each optimizer step: the router's update (auxfree's bias), then a fresh load count.

@@ -851,6 +851,55 @@ static void test_determinism(void) {
     CHECK(a[5] < a[0], "training on random tokens should still lower the loss: %g -> %g", a[0], a[5]);
 }
 
+// The first backward after the gradients were zeroed writes the experts' weight gradients (streamed,
+// matmul.h's SGEMM_STREAM) instead of adding to them: the same bits as adding to the zeros, and a
+// second backward (the next micro-batch) adds. Big enough (8 MB of gradients, on 2 MiB-aligned
+// memory, 32 experts at ~4 tokens each, some with none) that the streaming stores are the ones used.
+static void test_grads_zero_write(void) {
+    MoEConfig cfg = {.max_seq_len = 16, .vocab_size = 37, .padded_vocab_size = 128, .num_layers = 2, .num_heads = 2,
+                     .channels = 64, .n_expert = 32, .top_k = 2, .expert_hidden = 256};
+    MoEModel m;
+    moe_build(&m, &cfg);
+    moe_init_params(&m, 21, 0.02f);
+    int B = 4, T = 16, inp[64], tgt[64];
+    uint64_t r = 5;
+    for (int i = 0; i < B * T; i++) { inp[i] = random_u32(&r) % 37; tgt[i] = random_u32(&r) % 37; }
+    RoutingMode mode = {0, 1, NULL};
+    size_t P = m.num_parameters;
+    float* written = (float*)malloc(P * sizeof(float));
+    float* added = (float*)malloc(P * sizeof(float));
+    moe_zero_grad(&m);
+    CHECK(m.grads_zero == 1, "moe_zero_grad must mark the gradients zero");
+    moe_forward(&m, inp, tgt, B, T, &mode);
+    moe_backward(&m, 1.0f);
+    CHECK(m.grads_zero == 0, "moe_backward must clear grads_zero (the next backward adds)");
+    memcpy(written, m.grads_memory, P * sizeof(float));
+    moe_zero_grad(&m);
+    m.grads_zero = 0;   // as if not known: every gradient is added to the zeros
+    moe_forward(&m, inp, tgt, B, T, &mode);
+    moe_backward(&m, 1.0f);
+    memcpy(added, m.grads_memory, P * sizeof(float));
+    int empty = 0;
+    for (int e = 0; e < 2 * cfg.n_expert; e++) empty += m.step_load[e] == 0.0;
+    CHECK(memcmp(written, added, P * sizeof(float)) == 0, "expert gradients written on zeros differ from added to zeros");
+    moe_forward(&m, inp, tgt, B, T, &mode);   // a second micro-batch: adds (here: to `added`)
+    moe_backward(&m, 1.0f);
+    memcpy(added, m.grads_memory, P * sizeof(float));
+    moe_zero_grad(&m);                        // the same two micro-batches, the first one writing
+    for (int micro = 0; micro < 2; micro++) {
+        moe_forward(&m, inp, tgt, B, T, &mode);
+        moe_backward(&m, 1.0f);
+    }
+    size_t bad = P;
+    for (size_t i = 0; i < P && bad == P; i++) if (m.grads_memory[i] != added[i]) bad = i;
+    CHECK(bad == P, "two micro-batches: the second backward must add to the first's gradients (parameter %zu: %.9g, "
+          "expected %.9g)", bad, bad < P ? m.grads_memory[bad] : 0.0, bad < P ? added[bad] : 0.0);
+    CHECK(((uintptr_t)m.grads.fcprojw & 63) == 0 && empty > 0,
+          "test setup: expert gradients 64-byte aligned (so streamed) and some expert with no tokens (%d)", empty);
+    free(written); free(added);
+    moe_free(&m);
+}
+
 // ----------------------------------------------------------------------------
 // mpi_moe.h's pieces that run in one process (dev/ci/mpi.sh runs the rest on 2 MPI ranks)
 
@@ -4216,6 +4265,7 @@ int main(void) {
     printf("[determinism, checkpoints]\n");
     test_dist_pieces();
     test_determinism();
+    test_grads_zero_write();
     test_checkpoint();
     test_checkpoint_v1();
     printf("[train_moe: resume, signals, refusals]\n");

@@ -1028,7 +1028,10 @@ static int optimizer_step(Run* run, int step, StepStats* st, double* metrics_sec
     double t0 = now_seconds();
     MoEProfile* prof = o->profiling ? &o->profile : NULL;
     model->profile = prof;  // the ops time themselves in this step's forwards and backwards
-    // (no moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step)
+    // No moe_zero_grad: the gradients are zero, from the allocation or the last AdamW step (which
+    // zeroes them as it reads them; under ZeRO-1 dist_reduce_gradients zeroes the other shards).
+    // Saying so lets the first backward write the experts' weight gradients instead of adding.
+    model->grads_zero = 1;
     metrics_reset(&run->out.metrics);
     // this step's routing: GatePro's window at this step, the layers that compete (CompeteSMoE)
     RoutingMode mode = {step, 1, run->schedule != NULL ? run->schedule + (size_t)step * model->config.num_layers : NULL};

@@ -181,6 +181,62 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
     for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
 }
 
+// SGEMM_STREAM (overwrite through non-temporal stores, for the experts' weight gradients): the same
+// bits as overwriting, every element written whatever C held (NaN here), for 1-3 threads. Shapes of
+// dW = doutᵀ·x with K = tokens: 32 and 64 (one K block: streamed), 0 (C must become zeros) and
+// 257 (two K blocks: not streamed); ldc a multiple of 32 on 64-byte aligned C (the streaming path)
+// and ldc = N + 2 (rows misaligned: ordinary stores). Also the micro-kernel alone on an aligned tile.
+static void check_stream(int ldc_pad) {
+    enum { P = 5 };
+    const int Ks[P] = {32, 64, 0, 257, 5}, M = 100, N = 96;
+    int lda = M + 4, ldb = N + 4, ldc = N + ldc_pad;
+    SgemmProblem probs[P];
+    float *A[P], *B[P], *C[P], *R[P];
+    size_t cn = (size_t)M * ldc;
+    for (int q = 0; q < P; q++) {
+        int K = Ks[q] > 0 ? Ks[q] : 1;
+        A[q] = rand_buf((size_t)K * lda);       // transA: stored K x M
+        B[q] = rand_buf((size_t)K * ldb);
+        C[q] = sgemm_alloc(cn);
+        R[q] = (float*)malloc(sizeof(float) * cn);
+        for (size_t i = 0; i < cn; i++) R[q][i] = 1.0f;
+        sgemm_blocked(1, 0, M, N, Ks[q], A[q], lda, B[q], ldb, R[q], ldc, SGEMM_OVERWRITE);
+        probs[q] = (SgemmProblem){M, N, Ks[q], A[q], B[q], C[q], SGEMM_FULL};
+    }
+    for (int threads = 1; threads <= 3; threads++) {
+        set_threads(threads);
+        int same = 1;
+        for (int q = 0; q < P; q++)
+            for (size_t i = 0; i < cn; i++) C[q][i] = (i % ldc) < (size_t)N ? NAN : R[q][i];   // padding as R's
+        sgemm_batch(1, 0, probs, P, lda, ldb, ldc, SGEMM_STREAM);
+        for (int q = 0; q < P; q++) same &= memcmp(C[q], R[q], sizeof(float) * cn) == 0;
+        if (same) n_passed++;
+        else { n_failed++; printf("FAIL sgemm_batch SGEMM_STREAM ldc=N+%d threads=%d: differs from overwriting\n", ldc_pad, threads); }
+    }
+    set_threads(2);
+    for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
+    // the micro-kernel alone, aligned rows (ldc = NR): streaming against the scalar overwrite
+    int kc = 40;
+    float* a = sgemm_alloc((size_t)kc * SGEMM_MR);
+    float* b = sgemm_alloc((size_t)kc * SGEMM_NR);
+    float* c1 = sgemm_alloc((size_t)SGEMM_MR * SGEMM_NR);
+    float c2[SGEMM_MR * SGEMM_NR];
+    for (int x = 0; x < kc * SGEMM_MR; x++) a[x] = rand_pm1();
+    for (int x = 0; x < kc * SGEMM_NR; x++) b[x] = rand_pm1();
+    for (int x = 0; x < SGEMM_MR * SGEMM_NR; x++) c1[x] = c2[x] = NAN;
+    sgemm_kernel(kc, a, b, c1, SGEMM_NR, SGEMM_STREAM);
+    sgemm_store_fence();
+    sgemm_kernel_scalar(kc, a, b, c2, SGEMM_NR, SGEMM_OVERWRITE);
+    double max_diff = 0.0;
+    for (int x = 0; x < SGEMM_MR * SGEMM_NR; x++) {
+        double d = fabs((double)c1[x] - c2[x]);
+        if (!(d <= max_diff)) max_diff = d;   // (a NaN left behind makes it NaN)
+    }
+    if (max_diff < 1e-4) n_passed++;
+    else { n_failed++; printf("FAIL kernel SGEMM_STREAM: max diff %.3g against the scalar kernel\n", max_diff); }
+    free(a); free(b); free(c1);
+}
+
 // sgemm_batch's causal skips (attention): with op(A) zero where the mode says (SGEMM_A_LOWER /
 // _A_UPPER), C must be the same bits as the full product everywhere; with SGEMM_C_LOWER, on and
 // below the diagonal. Square-ish problems (as attention's T x T), sizes that straddle the micro-tile,
@@ -276,6 +332,8 @@ int main(void) {
     for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0, 130); check_batch(t >> 1, t & 1, 1, 130); }
     check_batch(0, 1, 0, 1100);
     check_batch(0, 1, 1, 1100);
+    check_stream(0);
+    check_stream(2);
     for (int mode = SGEMM_C_LOWER; mode <= SGEMM_A_UPPER; mode++)
         for (int t = 0; t < 4; t++) { check_causal(mode, t >> 1, t & 1, 0); check_causal(mode, t >> 1, t & 1, 1); }
 

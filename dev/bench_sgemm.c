@@ -145,7 +145,9 @@ static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, dou
 // matmul one sgemm_batch over the E experts (experts_ffn_forward / _backward in moe.h):
 //   fc fwd     h(M,H)   = x(M,C) W1(H,C)^T       fcproj fwd  o(M,C)   = g(M,H) W2(C,H)^T
 //   fcproj dinp dg(M,H) = do(M,C) W2(C,H)        fc dinp     dx(M,C)  = dh(M,H) W1(H,C)
-//   fcproj dW  dW2(C,H) += do^T g  (K = M)       fc dW       dW1(H,C) += dh^T x (K = M)
+//   fcproj dW  dW2(C,H) = do^T g  (K = M)        fc dW       dW1(H,C) = dh^T x (K = M)
+// The weight gradients are written with SGEMM_STREAM into 64-byte aligned memory, as the model
+// writes them on a step's first micro-batch (dev/bench's runs have one micro-batch per step).
 // Each of the six has 2*E*M*C*H FLOPs. Median over repetitions lasting ~0.3 s (at least 5).
 static void bench_experts(int nthreads, int E, int M, int C, int H) {
     struct { const char* name; int tA, tB, m, n, k; } use[6] = {
@@ -157,12 +159,12 @@ static void bench_experts(int nthreads, int E, int M, int C, int H) {
         size_t na = (size_t)m * k, nb = (size_t)k * n, nc = (size_t)m * n;
         float* A = (float*)malloc(na * E * sizeof(float));
         float* B = (float*)malloc(nb * E * sizeof(float));
-        float* Cm = (float*)calloc(nc * E, sizeof(float));
+        float* Cm = sgemm_alloc(nc * E);   // 64-byte aligned, as the model's gradients (2 MiB)
         for (size_t i = 0; i < na * E; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
         for (size_t i = 0; i < nb * E; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
         SgemmProblem* p = (SgemmProblem*)malloc(sizeof(SgemmProblem) * E);
         for (int e = 0; e < E; e++) p[e] = (SgemmProblem){m, n, k, A + na * e, B + nb * e, Cm + nc * e, SGEMM_FULL};
-        int lda = tA ? m : k, ldb = tB ? k : n, acc = tA;   // only the weight gradients accumulate
+        int lda = tA ? m : k, ldb = tB ? k : n, acc = tA ? SGEMM_STREAM : SGEMM_OVERWRITE;
         double t0 = now_sec();
         sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
         double once = now_sec() - t0;
@@ -171,7 +173,6 @@ static void bench_experts(int nthreads, int E, int M, int C, int H) {
         if (reps > 2001) reps = 2001;
         double* t = (double*)malloc(reps * sizeof(double));
         for (int r = 0; r < reps; r++) {
-            if (acc && r % 64 == 0) memset(Cm, 0, nc * E * sizeof(float));
             double s0 = now_sec();
             sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
             t[r] = now_sec() - s0;

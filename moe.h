@@ -1013,7 +1013,9 @@ static void dispatch_blocks(const Dispatch* d, int E, int C, int H, ExpertBlock*
 }
 
 // y_t (N,C) = sum_k gate_tk out[slot_tk], slot (N,K) and gate (N,K) in ascending expert order
-// (deterministic). Its backward: dout[slot_tk] += gate_tk dy_t, dgate_tk = <dy_t, out[slot_tk]>.
+// (deterministic). Its backward: dout[slot_tk] = gate_tk dy_t, dgate_tk = <dy_t, out[slot_tk]>.
+// Each slot belongs to one (t, k), so the backward writes its rows of dout (no zeroing first); rows
+// of dout no (t, k) points at are left as they are (CompeteSMoE's losers: the caller zeroes them).
 static void combine_forward(float* y, const float* out, const int* slot, const float* gate, int N, int K, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -1036,7 +1038,7 @@ static void combine_backward(float* dout, float* dgate, const float* dy, const f
             float* dn = dout + (size_t)slot[n * K + k] * C;
             float g = gate[n * K + k], dot = 0.0f;
             #pragma omp simd reduction(+ : dot)
-            for (int i = 0; i < C; i++) { dn[i] += g * d[i]; dot += d[i] * o[i]; }
+            for (int i = 0; i < C; i++) { dn[i] = g * d[i]; dot += d[i] * o[i]; }
             dgate[n * K + k] = dot;
         }
     }
@@ -1104,8 +1106,7 @@ static void routed_layer_backward(MoEModel* m, int l, int N, const float* dy, fl
     BackwardScratch* s = &m->scratch;
     const float* gate = m->acts.gate + (size_t)l * N * K;
     Dispatch d = layer_dispatch(m, l, N);
-    memset(d.dout, 0, sizeof(float) * (size_t)N * K * C);
-    combine_backward(d.dout, s->dgate, dy, d.out, d.token_slot, gate, N, K, C);
+    combine_backward(d.dout, s->dgate, dy, d.out, d.token_slot, gate, N, K, C);   // writes all N K slots
     profile_lap(m->profile, PROF_BWD, PROF_COMBINE);
     ExpertBlock blk[256];
     dispatch_blocks(&d, E, C, c->expert_hidden, blk);

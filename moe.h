@@ -378,11 +378,12 @@ static void bias_backward(float* dbias, const float* dout, int N, int OC) {
         for (int j = j0; j < j1; j++) dbias[j] += acc[j - j0];
     }
 }
-// dinp (N,C) += dout (N,OC) . weight (OC,C);  dweight (OC,C) += dout^T . inp;  dbias (OC) += sum_n dout.
-// dinp may be NULL (nothing upstream needs it).
-static void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, int N, int C, int OC) {
-    if (dinp != NULL) sgemm(0, 0, N, C, OC, dout, OC, weight, C, dinp, C, 1);
+// dinp (N,C) (+)= dout (N,OC) . weight (OC,C);  dweight (OC,C) += dout^T . inp;  dbias (OC) += sum_n dout.
+// dinp is added to when dinp_add, else written (the op is its only writer: no zeroing first); it may
+// be NULL (nothing upstream needs it).
+static void matmul_backward(float* dinp, int dinp_add, float* dweight, float* dbias, const float* dout,
+                            const float* inp, const float* weight, int N, int C, int OC) {
+    if (dinp != NULL) sgemm(0, 0, N, C, OC, dout, OC, weight, C, dinp, C, dinp_add ? SGEMM_ACCUMULATE : SGEMM_OVERWRITE);
     sgemm(1, 0, OC, C, N, dout, OC, inp, C, dweight, C, 1);
     if (dbias != NULL) bias_backward(dbias, dout, N, OC);
 }
@@ -425,8 +426,9 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     sgemm_batch(0, 0, pr, BH, T, C3, C, 0);
 }
 // With P = softmax(S * scale), O = P V, per (b,h):
-//   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)) * scale,  dQ += dS K,  dK += dS^T Q.
-// dP and dS live in datt (B,NH,T,T), scratch. Each (b,h) owns its head's slices of dqkv.
+//   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)) * scale,  dQ = dS K,  dK = dS^T Q.
+// dP and dS live in datt (B,NH,T,T), scratch. Each (b,h) owns its head's slices of dqkv, which are
+// written (every element of dqkv once), not added to.
 static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                                int B, int T, int C, int NH, float* datt) {
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
@@ -440,10 +442,10 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
                                             datt + ((size_t)b * NH + h) * T * T, SGEMM_C_LOWER};
     sgemm_batch(0, 1, pr, BH, C, C3, T, 0);
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dV += P^T dO
+        for (int h = 0; h < NH; h++)  // dV = P^T dO
             pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T, HEAD(dout, C, b, h, 0),
                                             HEAD(dqkv, C3, b, h, 2 * C), SGEMM_A_UPPER};
-    sgemm_batch(1, 0, pr, BH, T, C, C3, 1);
+    sgemm_batch(1, 0, pr, BH, T, C, C3, SGEMM_OVERWRITE);
     #pragma omp parallel for schedule(static)
     for (int row = 0; row < BH * T; row++) {
         int t = row % T;
@@ -456,15 +458,15 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
         for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
     }
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dQ += dS K
+        for (int h = 0; h < NH; h++)  // dQ = dS K
             pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, C),
                                             HEAD(dqkv, C3, b, h, 0), SGEMM_A_LOWER};
-    sgemm_batch(0, 0, pr, BH, T, C3, C3, 1);
+    sgemm_batch(0, 0, pr, BH, T, C3, C3, SGEMM_OVERWRITE);
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dK += dS^T Q
+        for (int h = 0; h < NH; h++)  // dK = dS^T Q
             pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, 0),
                                             HEAD(dqkv, C3, b, h, C), SGEMM_A_UPPER};
-    sgemm_batch(1, 0, pr, BH, T, C3, C3, 1);
+    sgemm_batch(1, 0, pr, BH, T, C3, C3, SGEMM_OVERWRITE);
     #undef HEAD
 }
 
@@ -1375,8 +1377,7 @@ static void moe_backward(MoEModel* m, float loss_scale) {
     profile_mark(prof);
 
     crossentropy_backward_inplace(a->logits, a->logits_lse, m->targets, loss_scale / N, N, V, Vp);
-    memset(s->dln, 0, NC * sizeof(float));
-    matmul_backward(s->dln, g->wte, NULL, a->logits, a->lnf, p->wte, N, C, Vp);
+    matmul_backward(s->dln, 0, g->wte, NULL, a->logits, a->lnf, p->wte, N, C, Vp);
     profile_lap(prof, PROF_BWD, PROF_LM_HEAD);
     memset(s->dresidual, 0, NC * sizeof(float));
     layernorm_backward(s->dresidual, g->lnfw, g->lnfb, s->dln, a->residual3 + (size_t)(L - 1) * NC, p->lnfw,
@@ -1393,16 +1394,14 @@ static void moe_backward(MoEModel* m, float loss_scale) {
                            p->ln2w + l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C);
         profile_lap(prof, PROF_BWD, PROF_LAYERNORM);
         // residual2 = residual + attproj(attention(qkv(ln1(residual))))
-        float* datty = s->dbig + NC * 3;
+        float* datty = s->dbig + NC * 3;   // (written, as dqkv is, by its only producer: no zeroing)
         float* dqkv = s->dbig;
-        memset(s->dbig, 0, NC * 4 * sizeof(float));
-        matmul_backward(datty, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
+        matmul_backward(datty, 0, g->attprojw + (size_t)l * C * C, g->attprojb + l * C, s->dresidual,
                         a->atty + l * NC, p->attprojw + (size_t)l * C * C, N, C, C);
         profile_lap(prof, PROF_BWD, PROF_ATTPROJ);
         attention_backward(dqkv, datty, a->qkv + l * NC * 3, a->att + (size_t)l * B * NH * T * T, B, T, C, NH, s->datt);
         profile_lap(prof, PROF_BWD, PROF_ATTENTION);
-        memset(s->dln, 0, NC * sizeof(float));
-        matmul_backward(s->dln, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
+        matmul_backward(s->dln, 0, g->qkvw + (size_t)l * 3 * C * C, g->qkvb + (size_t)l * 3 * C, dqkv,
                         a->ln1 + l * NC, p->qkvw + (size_t)l * 3 * C * C, N, C, 3 * C);
         profile_lap(prof, PROF_BWD, PROF_QKV);
         layernorm_backward(s->dresidual, g->ln1w + l * C, g->ln1b + l * C, s->dln, residual, p->ln1w + l * C,

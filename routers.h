@@ -233,7 +233,7 @@ static void linear_scores_forward(MoEModel* m, int l, int N) {
 // dl (N,E) in scratch.drouter -> dx (N,C) += dl W_g, dW_g += dl^T x.
 static void linear_scores_backward(MoEModel* m, int l, int N, float* dx) {
     int E = m->config.n_expert, C = m->config.channels;
-    matmul_backward(dx, m->grads.routerw + (size_t)l * E * C, NULL, m->scratch.drouter, m->acts.ln2 + (size_t)l * N * C,
+    matmul_backward(dx, 1, m->grads.routerw + (size_t)l * E * C, NULL, m->scratch.drouter, m->acts.ln2 + (size_t)l * N * C,
                     m->params.routerw + (size_t)l * E * C, N, C, E);
 }
 
@@ -386,7 +386,7 @@ static void xmoe_scores_backward(MoEModel* m, int l, int N, float* dx) {
     double dlog_tau = 0.0;
     for (size_t i = 0; i < (size_t)N * E; i++) dlog_tau -= (double)dl[i] * scores[i];
     m->grads.xmoe_log_temp[l] += (float)dlog_tau;
-    matmul_backward(dx, m->grads.xmoe_proj + (size_t)l * De * C, NULL, dz, m->acts.ln2 + (size_t)l * N * C,
+    matmul_backward(dx, 1, m->grads.xmoe_proj + (size_t)l * De * C, NULL, dz, m->acts.ln2 + (size_t)l * N * C,
                     m->params.xmoe_proj + (size_t)l * De * C, N, C, De);
     free(eh);
 }

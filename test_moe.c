@@ -104,7 +104,7 @@ static void test_matmul(void) {
     fill_uniform(c.inp, (size_t)c.N * c.C, 1.0f); fill_uniform(c.weight, (size_t)c.OC * c.C, 1.0f);
     fill_uniform(c.bias, c.OC, 1.0f); fill_uniform(c.w, (size_t)c.N * c.OC, 1.0f);
     float *dinp = fmalloc((size_t)c.N * c.C), *dw = fmalloc((size_t)c.OC * c.C), *db = fmalloc(c.OC);
-    matmul_backward(dinp, dw, db, c.w, c.inp, c.weight, c.N, c.C, c.OC);
+    matmul_backward(dinp, 1, dw, db, c.w, c.inp, c.weight, c.N, c.C, c.OC);
     fd_check("matmul", "inp", c.inp, (size_t)c.N * c.C, dinp, matmul_loss, &c, 1e-2f, 1e-3, 1e-3, 91);
     fd_check("matmul", "weight", c.weight, (size_t)c.OC * c.C, dw, matmul_loss, &c, 1e-2f, 1e-3, 1e-3, 117);
     fd_check("matmul", "bias", c.bias, c.OC, db, matmul_loss, &c, 1e-2f, 1e-3, 1e-3, 9);

@@ -993,7 +993,8 @@ static void dispatch_forward(Dispatch* d, const int* run_index, const float* x, 
     for (int s = 0; s < N * R; s++)
         memcpy(d->input + (size_t)s * C, x + (size_t)d->expert_token_index[s] * C, C * sizeof(float));
 }
-// Backward of the gather: dx (N,C) += din of each token's R slots, in ascending expert order.
+// Backward of the gather: dx (N,C) = the sum of din over each token's R slots, in ascending expert
+// order. Written, not added to: it is the first write to its layer's dx (the router adds after it).
 static void dispatch_backward(float* dx, const Dispatch* d, int N, int C) {
     int R = d->R;
     #pragma omp parallel for schedule(static)
@@ -1001,7 +1002,8 @@ static void dispatch_backward(float* dx, const Dispatch* d, int N, int C) {
         float* dxn = dx + (size_t)n * C;
         for (int r = 0; r < R; r++) {
             const float* g = d->din + (size_t)d->token_slot[n * R + r] * C;
-            for (int i = 0; i < C; i++) dxn[i] += g[i];
+            if (r == 0) for (int i = 0; i < C; i++) dxn[i] = g[i];
+            else for (int i = 0; i < C; i++) dxn[i] += g[i];
         }
     }
 }
@@ -1096,7 +1098,7 @@ static void routed_layer_forward(MoEModel* m, int l, int N, float* y, const Rout
 }
 
 // Backward of routed_layer_forward. dy (N,C) is the gradient of its output; dx (N,C) receives the
-// gradient of its input (accumulated), through the experts and through the router:
+// gradient of its input (written), through the experts and then through the router:
 //   combine:  do_k = alpha_k dy,  dalpha_k = <dy, o_k>
 //   router:   dalpha -> dg (gate_weights_backward) -> dl (every select has dg/dl = I)
 //   balance:  dl_t += p_t * (g - <p_t, g>),  g_i = a E f_i / N   (f constant)
@@ -1227,7 +1229,7 @@ static void compete_layer_forward(MoEModel* m, int l, int slot, int N, float* y)
     profile_lap(m->profile, PROF_FWD, PROF_ROUTER);  // (the competition's losses: the router's side)
 }
 
-// Backward of a competing layer: dy (N,C) -> dx (N,C) accumulated, and every expert's and the
+// Backward of a competing layer: dy (N,C) -> dx (N,C) (written), and every expert's and the
 // router's weight gradients. The output's gradient reaches the experts through o (combine) and
 // through w -> s -> o; L_bal through p^C -> s -> o; L_div through the winners' o; the router
 // gets L_D's gradient only.
@@ -1385,9 +1387,7 @@ static void moe_backward(MoEModel* m, float loss_scale) {
     profile_lap(prof, PROF_BWD, PROF_LAYERNORM);
     for (int l = L - 1; l >= 0; l--) {
         const float* residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * NC;
-        // residual3 = residual2 + moe(ln2(residual2))
-        memset(s->dln, 0, NC * sizeof(float));
-        profile_lap(prof, PROF_BWD, PROF_COMBINE);
+        // residual3 = residual2 + moe(ln2(residual2)); the layer writes dln
         if (m->layer_stats[l].competed) compete_layer_backward(m, l, m->compete.slot_of_layer[l], N, s->dresidual, s->dln, loss_scale);
         else routed_layer_backward(m, l, N, s->dresidual, s->dln, loss_scale);
         layernorm_backward(s->dresidual, g->ln2w + l * C, g->ln2b + l * C, s->dln, a->residual2 + l * NC,

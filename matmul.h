@@ -68,6 +68,15 @@
 #ifndef SGEMM_MC
 #define SGEMM_MC 96     // a multiple of MR (6 and 8)
 #endif
+// sgemm_batch's row blocks are taller: an expert's weight gradient dW2 (C × H = 256 × 512 rows
+// here) in one row block packs its B once instead of three times, and experts of up to 256 tokens
+// read their weights in place (forward) or pack them once per item (backward), not in a shared
+// first phase. The six expert matmuls, alternated in one process over the routing of a real run:
+// 0.945-0.971 of the time at E = 8, 64 and 128 (dW2 0.75-0.92); dense products (sgemm_blocked)
+// gained nothing from it, so they keep 96.
+#ifndef SGEMM_MC_BATCH
+#define SGEMM_MC_BATCH ((256 + SGEMM_MR - 1) / SGEMM_MR * SGEMM_MR)   // 256 rows rounded up to whole panels
+#endif
 #ifndef SGEMM_NC
 #define SGEMM_NC 1024   // a multiple of NR
 #endif
@@ -456,7 +465,7 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const
 // do not allocate. Each thread has its own A block and B panel, separate 64-byte aligned
 // allocations, so threads never write the same cache line.
 
-static float** sgemm_apack = NULL;   // sgemm_apack[thread]: MC × KC floats
+static float** sgemm_apack = NULL;   // sgemm_apack[thread]: max(MC, MC_BATCH) × KC floats
 static float** sgemm_bpack = NULL;   // sgemm_bpack[thread]: KC × NC floats
 static int     sgemm_nbuffers = 0;
 
@@ -485,7 +494,7 @@ static void sgemm_reserve(int nthreads) {
     if (b == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
     sgemm_bpack = b;
     for (int t = sgemm_nbuffers; t < nthreads; t++) {
-        sgemm_apack[t] = sgemm_alloc((size_t)SGEMM_MC * SGEMM_KC);
+        sgemm_apack[t] = sgemm_alloc((size_t)(SGEMM_MC > SGEMM_MC_BATCH ? SGEMM_MC : SGEMM_MC_BATCH) * SGEMM_KC);
         sgemm_bpack[t] = sgemm_alloc((size_t)SGEMM_KC * SGEMM_NC);
     }
     sgemm_nbuffers = nthreads;
@@ -568,7 +577,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 // Many independent products in one parallel region: the experts of an MoE layer, each on its own
 // block of tokens, or the heads of attention. One sgemm call per expert would wake the thread
 // team 6E times per layer and give each thread a sliver of a small matrix. Two phases, one region:
-//   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC) once,
+//   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC_BATCH) once,
 //      into one shared buffer (work: K blocks × groups of slivers, handed out dynamically);
 //   2. the work items are (problem, row block, column block) rectangles of whole micro-tiles,
 //      handed out dynamically; each packs its rows of op(A) and runs the macro-kernel on the
@@ -591,7 +600,7 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // One item of a one-row-block problem C = A · Bᵀ (transA 0, transB 1: an expert's forward, x times
 // its weights W stored out × in), computed as its transpose Cᵀ = W · xᵀ: W's rows are read in place
-// by sgemm_kernel_rows and only x (M <= SGEMM_MC rows) is packed, as B slivers of NR tokens. The
+// by sgemm_kernel_rows and only x (M <= SGEMM_MC_BATCH rows) is packed, as B slivers of NR tokens. The
 // usual order packs all of W's kc × nc block for M rows of work: at 64 tokens that copy was a
 // fifth of the matmul, and more when W came from memory. Columns [jc, jc+nc) of C; each element is
 // summed exactly as sgemm_blocked sums it (same K blocks, same order within a block).
@@ -642,15 +651,15 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
         sgemm_boffset_count = count;
     }
     // problem q's packed B (if shared): K blocks of kc × (N rounded up to NR), at sgemm_boffset[q]; count the
-    // phase-1 units and the phase-2 items (row blocks of SGEMM_MC × column blocks of SGEMM_NC)
+    // phase-1 units and the phase-2 items (row blocks of SGEMM_MC_BATCH × column blocks of SGEMM_NC)
     long long items = 0, units = 0;
     size_t total = 0;
     for (int q = 0; q < count; q++) {
         sgemm_boffset[q] = total;
         const SgemmProblem* p = &probs[q];
         if (p->M <= 0 || p->N <= 0) continue;
-        items += (long long)((p->M + SGEMM_MC - 1) / SGEMM_MC) * ((p->N + SGEMM_NC - 1) / SGEMM_NC);
-        if (p->K <= 0 || p->M <= SGEMM_MC) continue;
+        items += (long long)((p->M + SGEMM_MC_BATCH - 1) / SGEMM_MC_BATCH) * ((p->N + SGEMM_NC - 1) / SGEMM_NC);
+        if (p->K <= 0 || p->M <= SGEMM_MC_BATCH) continue;
         long long slivers = (p->N + SGEMM_NR - 1) / SGEMM_NR;
         units += (long long)((p->K + SGEMM_KC - 1) / SGEMM_KC) * ((slivers + SGEMM_PACK_SLIVERS - 1) / SGEMM_PACK_SLIVERS);
         total += (size_t)p->K * slivers * SGEMM_NR;
@@ -685,7 +694,7 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 int q = 0, kb = 0, g = 0;
                 for (; q < count; q++) {
                     const SgemmProblem* p = &probs[q];
-                    if (p->M <= SGEMM_MC || p->N <= 0 || p->K <= 0) continue;
+                    if (p->M <= SGEMM_MC_BATCH || p->N <= 0 || p->K <= 0) continue;
                     long long groups = ((p->N + SGEMM_NR - 1) / SGEMM_NR + SGEMM_PACK_SLIVERS - 1) / SGEMM_PACK_SLIVERS;
                     long long here = (long long)((p->K + SGEMM_KC - 1) / SGEMM_KC) * groups;
                     if (left < here) { kb = (int)(left / groups); g = (int)(left % groups); break; }
@@ -709,19 +718,19 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
             int q = 0, rb = 0, cb = 0;
             for (; q < count; q++) {
                 if (probs[q].M <= 0 || probs[q].N <= 0) continue;
-                long long rows = (probs[q].M + SGEMM_MC - 1) / SGEMM_MC, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
+                long long rows = (probs[q].M + SGEMM_MC_BATCH - 1) / SGEMM_MC_BATCH, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
                 if (left < rows * cols) { rb = (int)(left / cols); cb = (int)(left % cols); break; }
                 left -= rows * cols;
             }
             const SgemmProblem* p = &probs[q];
-            int ic = rb * SGEMM_MC, mc = p->M - ic < SGEMM_MC ? p->M - ic : SGEMM_MC;
+            int ic = rb * SGEMM_MC_BATCH, mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
             int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
             if (p->K <= 0) {
                 if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
                 continue;
             }
             if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) continue;   // wholly above the diagonal
-            if (p->M <= SGEMM_MC && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
+            if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
                 sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
                 continue;
             }
@@ -736,7 +745,7 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && mode == SGEMM_ACCUMULATE) break;
                 if (p->causal == SGEMM_A_UPPER && pc + kc <= ic && pc + kc < p->K) continue;
                 const float* b = bpack;
-                if (p->M > SGEMM_MC) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
+                if (p->M > SGEMM_MC_BATCH) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
                 else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
                 sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
                 sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, mode, p->causal, ic, jc, pc);

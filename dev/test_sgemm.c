@@ -139,16 +139,19 @@ static void check_kernel(int kc, int add) {
 
 // sgemm_batch: several products of uneven sizes (as an MoE layer's experts) in one call must give
 // exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads. (N = 1100: two
-// column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.)
+// column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.
+// M on both sides of sgemm_blocked's row block (96) and sgemm_batch's (256 with AVX-512, 258 with
+// AVX2), and 530: three row blocks over a B packed once for all.)
+#define BATCH_MMAX 530
 static void check_batch(int tA, int tB, int accumulate, int N) {
-    enum { P = 7 };
-    const int Ms[P] = {0, 1, 37, 96, 97, 300, 5}, K = 257;
+    enum { P = 9 };
+    const int Ms[P] = {0, 1, 37, 96, 97, 256, 259, BATCH_MMAX, 5}, K = 257;
     SgemmProblem probs[P];
     float *A[P], *B[P], *C[P], *R[P];
     for (int q = 0; q < P; q++) {
         int M = Ms[q], lda = tA ? M + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
         (void)lda; (void)ldb; (void)ldc;
-        A[q] = rand_buf((size_t)(tA ? K : (M > 0 ? M : 1)) * (tA ? 300 + 3 : K + 3));
+        A[q] = rand_buf((size_t)(tA ? K : (M > 0 ? M : 1)) * (tA ? BATCH_MMAX + 3 : K + 3));
         B[q] = rand_buf((size_t)(tB ? N : K) * (tB ? K + 1 : N + 1));
         C[q] = rand_buf((size_t)(M > 0 ? M : 1) * (N + 2));
         R[q] = (float*)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
@@ -156,7 +159,7 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
         probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], SGEMM_FULL};
     }
     // one lda for all problems: for transA the rows of op(A) are columns, so lda must fit the largest M
-    int lda = tA ? 300 + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
+    int lda = tA ? BATCH_MMAX + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
     for (int q = 0; q < P; q++) sgemm_blocked(tA, tB, Ms[q], N, K, A[q], lda, B[q], ldb, R[q], ldc, accumulate);
     for (int threads = 1; threads <= 3; threads++) {
         set_threads(threads);

@@ -264,7 +264,11 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 // are the same. Used for products whose A is a weight matrix read only once (sgemm_batch, "rows"),
 // so A comes from memory: every 16 p (a cache line of each row) the kernel prefetches the same
 // line of the next MR rows, the next call's panel. (An expert's forward at 32-64 tokens: 1.1-1.4x
-// faster with it, alternated in one process.)
+// faster with it, alternated in one process.) sgemm_kernel_rows_half computes only the tile's
+// first NR/2 columns, for the last sliver of an expert's tokens when it holds NR/2 or fewer:
+// routing is uneven, and at E = 64-128 many experts get a handful of tokens, each padded to a
+// whole NR-wide sliver (the expert forward over a real run's routing, alternated in one process:
+// 0.92-0.955 of the time at E = 64 and 128, unchanged at E = 8). Per column it is the same sum.
 
 static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* b, float* t) {
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
@@ -274,7 +278,10 @@ static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, 
     memcpy(t, acc, sizeof(acc));
 }
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
-static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
+// nv = 2: the full MR×32 tile; nv = 1: only its first 16 columns (tokens), for a block's last
+// sliver when it holds 16 tokens or fewer (always inlined, so each nv is its own loop).
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(int kc, const float* a, size_t lda,
+                                                                           const float* b, float* t, int nv) {
     __m512 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
     #pragma GCC unroll 16
@@ -284,21 +291,32 @@ static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const f
             #pragma GCC unroll 16
             for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
         }
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 b0 = _mm512_load_ps(b), b1 = nv == 2 ? _mm512_load_ps(b + 16) : b0;
         #pragma GCC unroll 16
         for (int r = 0; r < SGEMM_MR; r++) {
             __m512 av = _mm512_set1_ps(ar[r][p]);
             c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+            if (nv == 2) c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
         }
         b += SGEMM_NR;
     }
     #pragma GCC unroll 16
-    for (int r = 0; r < SGEMM_MR; r++) { _mm512_storeu_ps(t + r * SGEMM_NR, c0[r]); _mm512_storeu_ps(t + r * SGEMM_NR + 16, c1[r]); }
+    for (int r = 0; r < SGEMM_MR; r++) {
+        _mm512_storeu_ps(t + r * SGEMM_NR, c0[r]);
+        if (nv == 2) _mm512_storeu_ps(t + r * SGEMM_NR + 16, c1[r]);
+    }
+}
+static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, b, t, 2);
+}
+static void sgemm_kernel_rows_half_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, b, t, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx512
+#define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx512
 #elif defined(__AVX2__) && defined(__FMA__)
-static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int kc, const float* a, size_t lda,
+                                                                         const float* b, float* t, int nv) {
     __m256 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
     #pragma GCC unroll 8
@@ -308,21 +326,32 @@ static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const flo
             #pragma GCC unroll 8
             for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
         }
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        __m256 b0 = _mm256_load_ps(b), b1 = nv == 2 ? _mm256_load_ps(b + 8) : b0;
         #pragma GCC unroll 8
         for (int r = 0; r < SGEMM_MR; r++) {
             __m256 av = _mm256_broadcast_ss(ar[r] + p);
             c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+            if (nv == 2) c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
         }
         b += SGEMM_NR;
     }
     #pragma GCC unroll 8
-    for (int r = 0; r < SGEMM_MR; r++) { _mm256_storeu_ps(t + r * SGEMM_NR, c0[r]); _mm256_storeu_ps(t + r * SGEMM_NR + 8, c1[r]); }
+    for (int r = 0; r < SGEMM_MR; r++) {
+        _mm256_storeu_ps(t + r * SGEMM_NR, c0[r]);
+        if (nv == 2) _mm256_storeu_ps(t + r * SGEMM_NR + 8, c1[r]);
+    }
+}
+static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, b, t, 2);
+}
+static void sgemm_kernel_rows_half_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, b, t, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx2
+#define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx2
 #else
 #define sgemm_kernel_rows sgemm_kernel_rows_scalar
+#define sgemm_kernel_rows_half sgemm_kernel_rows_scalar   // (computes the whole tile)
 #endif
 
 // ----------------------------------------------------------------------------
@@ -624,7 +653,8 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
             for (int js = 0; js < p->M; js += SGEMM_NR) {
                 int ncol = p->M - js < SGEMM_NR ? p->M - js : SGEMM_NR;
                 float t[SGEMM_MR * SGEMM_NR] __attribute__((aligned(64)));
-                sgemm_kernel_rows(kc, w, ldw, bpack + (size_t)js * kc, t);
+                if (ncol <= SGEMM_NR / 2) sgemm_kernel_rows_half(kc, w, ldw, bpack + (size_t)js * kc, t);
+                else sgemm_kernel_rows(kc, w, ldw, bpack + (size_t)js * kc, t);
                 float* c = p->C + (size_t)js * ldc + jc + ir;   // t[r][col] is C(js + col, jc + ir + r)
                 for (int col = 0; col < ncol; col++) {
                     float* cc = c + (size_t)col * ldc;

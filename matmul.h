@@ -665,6 +665,40 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
     }
 }
 
+// One item of a batch: rows [ic, ic+mc) × columns [jc, jc+nc) of problem p's C, computed by the
+// calling thread with its packing buffers. bshared: p's op(B) as phase 1 packed it (all K blocks),
+// or NULL: pack it here, one K block at a time.
+static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
+                       int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
+    if (p->K <= 0) {
+        if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
+        return;
+    }
+    if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) return;   // wholly above the diagonal
+    if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
+        sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
+        return;
+    }
+    size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
+    // the first K block computed overwrites C unless accumulating; it streams only if it is
+    // the only one (later blocks read C back)
+    int mode = accumulate == SGEMM_STREAM && p->K > SGEMM_KC ? SGEMM_OVERWRITE : accumulate;
+    for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
+        int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
+        // K blocks where op(A) is zero on all the item's rows (a tile with no k left writes
+        // zeros when it does not add, so C is defined wherever it is needed)
+        if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && mode == SGEMM_ACCUMULATE) break;
+        if (p->causal == SGEMM_A_UPPER && pc + kc <= ic && pc + kc < p->K) continue;
+        const float* b = bpack;
+        if (bshared != NULL) b = bshared + (size_t)pc * npad + (size_t)jc * kc;
+        else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
+        sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
+        sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, mode, p->causal, ic, jc, pc);
+        mode = SGEMM_ACCUMULATE;
+    }
+    if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
+}
+
 static float*  sgemm_bshared = NULL;    // phase 1's packed B of every problem, grown only
 static size_t  sgemm_bshared_floats = 0;
 static size_t* sgemm_boffset = NULL;    // (count + 1) offsets of each problem's packed B
@@ -755,33 +789,35 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
             const SgemmProblem* p = &probs[q];
             int ic = rb * SGEMM_MC_BATCH, mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
             int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
-            if (p->K <= 0) {
-                if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
-                continue;
-            }
-            if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) continue;   // wholly above the diagonal
-            if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
-                sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
-                continue;
-            }
-            size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
-            // the first K block computed overwrites C unless accumulating; it streams only if it is
-            // the only one (later blocks read C back)
-            int mode = accumulate == SGEMM_STREAM && p->K > SGEMM_KC ? SGEMM_OVERWRITE : accumulate;
-            for (int pc = 0; pc < p->K; pc += SGEMM_KC) {
-                int kc = p->K - pc < SGEMM_KC ? p->K - pc : SGEMM_KC;
-                // K blocks where op(A) is zero on all the item's rows (a tile with no k left writes
-                // zeros when it does not add, so C is defined wherever it is needed)
-                if (p->causal == SGEMM_A_LOWER && pc >= ic + mc && mode == SGEMM_ACCUMULATE) break;
-                if (p->causal == SGEMM_A_UPPER && pc + kc <= ic && pc + kc < p->K) continue;
-                const float* b = bpack;
-                if (p->M > SGEMM_MC_BATCH) b = sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)jc * kc;
-                else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
-                sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
-                sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, mode, p->causal, ic, jc, pc);
-                mode = SGEMM_ACCUMULATE;
-            }
-            if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
+            const float* bshared = p->M > SGEMM_MC_BATCH ? sgemm_bshared + sgemm_boffset[q] : NULL;
+            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack);
+        }
+    }
+}
+
+// One problem computed wholly by the calling thread, with its own packing buffers, for callers that
+// run their own parallel loop over independent problems (attention: each thread takes whole heads,
+// so that a head's T×T scores stay in its L2 from one matmul through the softmax to the next).
+// Call sgemm_reserve_threads() before that parallel region. The items are sgemm_batch's, each
+// computed the same way (B packed per item instead of once per problem: the same values), so the
+// bits are sgemm_batch's and sgemm_blocked's.
+static void sgemm_reserve_threads(void) {
+#ifdef _OPENMP
+    sgemm_reserve(omp_get_max_threads());
+#else
+    sgemm_reserve(1);
+#endif
+}
+static void sgemm_problem(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate) {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    for (int ic = 0; ic < p->M; ic += SGEMM_MC_BATCH) {
+        int mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
+        for (int jc = 0; jc < p->N; jc += SGEMM_NC) {
+            int nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
+            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, NULL, sgemm_apack[tid], sgemm_bpack[tid]);
         }
     }
 }

@@ -390,84 +390,75 @@ static void matmul_backward(float* dinp, int dinp_add, float* dweight, float* db
 
 // Causal self-attention. qkv (B,T,3C) holds q | k | v, head h in channels [h*hs, (h+1)*hs).
 // out (B,T,C); att (B,NH,T,T) holds the softmax probabilities (row t, zeros after column t) for
-// backward. Per (b,h) it is two matmuls around a row softmax, S = Q K^T and O = P V, so all B*NH
-// heads go through one batched sgemm each. Causality is the sgemm's to skip (matmul.h, SGEMM_C_LOWER,
-// SGEMM_A_LOWER/_UPPER): S only on and below the diagonal, P V only over the columns of P that can
-// be nonzero, at micro-tile granularity (about half the FLOPs of the full T x T products).
+// backward. Per (b,h) it is two matmuls around a row softmax, S = Q K^T and O = P V. Each thread
+// takes whole heads and runs a head's matmuls itself (matmul.h, sgemm_problem), so the head's T x T
+// block stays in its L2 from the first matmul through the softmax to the second; all heads' S at
+// once (8 MB at B=8, NH=4, T=256) made three trips through L3. Causality is the sgemm's to skip
+// (matmul.h, SGEMM_C_LOWER, SGEMM_A_LOWER/_UPPER): S only on and below the diagonal, P V only over
+// the columns of P that can be nonzero, at micro-tile granularity (about half the FLOPs of the full
+// T x T products).
 static void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    SgemmProblem pr[BH];
-    memset(pr, 0, sizeof(pr));  // (filled below; this quiets gcc's maybe-uninitialized on the VLA)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float* q = qkv + (size_t)b * T * C3 + h * hs;
-            pr[b * NH + h] = (SgemmProblem){T, T, hs, q, q + C, att + ((size_t)b * NH + h) * T * T, SGEMM_C_LOWER};
-        }
-    sgemm_batch(0, 1, pr, BH, C3, C3, T, 0);
+    sgemm_reserve_threads();
     #pragma omp parallel for schedule(static)
-    for (int row = 0; row < BH * T; row++) {
-        int t = row % T;
-        float* a = att + (size_t)row * T;
-        float maxval = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = a[t2] > maxval ? a[t2] : maxval; }
-        float sum = 0.0f;
-        #pragma omp simd reduction(+ : sum)
-        for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
-        float inv = 1.0f / sum;
-        for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+    for (int bh = 0; bh < BH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float* q = qkv + (size_t)b * T * C3 + h * hs;   // k at q + C, v at q + 2C
+        float* att_bh = att + (size_t)bh * T * T;
+        SgemmProblem s = {T, T, hs, q, q + C, att_bh, SGEMM_C_LOWER};
+        sgemm_problem(0, 1, &s, C3, C3, T, 0);
+        for (int t = 0; t < T; t++) {
+            float* a = att_bh + (size_t)t * T;
+            float maxval = -INFINITY;
+            #pragma omp simd reduction(max : maxval)
+            for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = a[t2] > maxval ? a[t2] : maxval; }
+            float sum = 0.0f;
+            #pragma omp simd reduction(+ : sum)
+            for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
+            float inv = 1.0f / sum;
+            for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+            for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+        }
+        SgemmProblem o = {T, hs, T, att_bh, q + 2 * C, out + (size_t)b * T * C + h * hs, SGEMM_A_LOWER};
+        sgemm_problem(0, 0, &o, T, C3, C, 0);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T,
-                                            qkv + (size_t)b * T * C3 + 2 * C + h * hs, out + (size_t)b * T * C + h * hs,
-                                            SGEMM_A_LOWER};
-    sgemm_batch(0, 0, pr, BH, T, C3, C, 0);
 }
 // With P = softmax(S * scale), O = P V, per (b,h):
 //   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)) * scale,  dQ = dS K,  dK = dS^T Q.
 // dP and dS live in datt (B,NH,T,T), scratch. Each (b,h) owns its head's slices of dqkv, which are
-// written (every element of dqkv once), not added to.
+// written (every element of dqkv once), not added to. One thread per head, as in the forward.
 static void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                                int B, int T, int C, int NH, float* datt) {
     int hs = C / NH, C3 = 3 * C, BH = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    SgemmProblem pr[BH];
-    memset(pr, 0, sizeof(pr));  // (filled below; this quiets gcc's maybe-uninitialized on the VLA)
-    #define HEAD(base, ld, b, h, off) ((base) + (size_t)(b) * T * (ld) + (off) + (h) * hs)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dP = dO V^T
-            pr[b * NH + h] = (SgemmProblem){T, T, hs, HEAD(dout, C, b, h, 0), HEAD(qkv, C3, b, h, 2 * C),
-                                            datt + ((size_t)b * NH + h) * T * T, SGEMM_C_LOWER};
-    sgemm_batch(0, 1, pr, BH, C, C3, T, 0);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dV = P^T dO
-            pr[b * NH + h] = (SgemmProblem){T, hs, T, att + ((size_t)b * NH + h) * T * T, HEAD(dout, C, b, h, 0),
-                                            HEAD(dqkv, C3, b, h, 2 * C), SGEMM_A_UPPER};
-    sgemm_batch(1, 0, pr, BH, T, C, C3, SGEMM_OVERWRITE);
+    sgemm_reserve_threads();
     #pragma omp parallel for schedule(static)
-    for (int row = 0; row < BH * T; row++) {
-        int t = row % T;
-        const float* p = att + (size_t)row * T;
-        float* d = datt + (size_t)row * T;
-        float dot = 0.0f;
-        #pragma omp simd reduction(+ : dot)
-        for (int t2 = 0; t2 <= t; t2++) dot += p[t2] * d[t2];
-        for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
-        for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+    for (int bh = 0; bh < BH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float* q = qkv + (size_t)b * T * C3 + h * hs;      // k at q + C, v at q + 2C
+        float* dq = dqkv + (size_t)b * T * C3 + h * hs;           // dk at dq + C, dv at dq + 2C
+        const float* dout_bh = dout + (size_t)b * T * C + h * hs;
+        const float* att_bh = att + (size_t)bh * T * T;
+        float* datt_bh = datt + (size_t)bh * T * T;
+        SgemmProblem dp = {T, T, hs, dout_bh, q + 2 * C, datt_bh, SGEMM_C_LOWER};    // dP = dO V^T
+        sgemm_problem(0, 1, &dp, C, C3, T, 0);
+        SgemmProblem dv = {T, hs, T, att_bh, dout_bh, dq + 2 * C, SGEMM_A_UPPER};    // dV = P^T dO
+        sgemm_problem(1, 0, &dv, T, C, C3, SGEMM_OVERWRITE);
+        for (int t = 0; t < T; t++) {
+            const float* p = att_bh + (size_t)t * T;
+            float* d = datt_bh + (size_t)t * T;
+            float dot = 0.0f;
+            #pragma omp simd reduction(+ : dot)
+            for (int t2 = 0; t2 <= t; t2++) dot += p[t2] * d[t2];
+            for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+            for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+        }
+        SgemmProblem dqp = {T, hs, T, datt_bh, q + C, dq, SGEMM_A_LOWER};            // dQ = dS K
+        sgemm_problem(0, 0, &dqp, T, C3, C3, SGEMM_OVERWRITE);
+        SgemmProblem dkp = {T, hs, T, datt_bh, q, dq + C, SGEMM_A_UPPER};            // dK = dS^T Q
+        sgemm_problem(1, 0, &dkp, T, C3, C3, SGEMM_OVERWRITE);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dQ = dS K
-            pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, C),
-                                            HEAD(dqkv, C3, b, h, 0), SGEMM_A_LOWER};
-    sgemm_batch(0, 0, pr, BH, T, C3, C3, SGEMM_OVERWRITE);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)  // dK = dS^T Q
-            pr[b * NH + h] = (SgemmProblem){T, hs, T, datt + ((size_t)b * NH + h) * T * T, HEAD(qkv, C3, b, h, 0),
-                                            HEAD(dqkv, C3, b, h, C), SGEMM_A_UPPER};
-    sgemm_batch(1, 0, pr, BH, T, C3, C3, SGEMM_OVERWRITE);
-    #undef HEAD
 }
 
 // GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). Computed through the

@@ -137,9 +137,20 @@ static void check_kernel(int kc, int add) {
     free(a); free(b);
 }
 
+// The problems of a batch computed either by one sgemm_batch call (via 0) or each by sgemm_problem
+// on the threads of the caller's own parallel loop (via 1, as attention runs its heads).
+static void run_problems(int via, int tA, int tB, const SgemmProblem* probs, int count, int lda, int ldb, int ldc,
+                         int accumulate) {
+    if (via == 0) { sgemm_batch(tA, tB, probs, count, lda, ldb, ldc, accumulate); return; }
+    sgemm_reserve_threads();
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int q = 0; q < count; q++) sgemm_problem(tA, tB, &probs[q], lda, ldb, ldc, accumulate);
+}
+
 // sgemm_batch: several products of uneven sizes (as an MoE layer's experts) in one call must give
 // exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads. (N = 1100: two
 // column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.
+// Also each problem through sgemm_problem, in a parallel loop over the problems.
 // M on both sides of sgemm_blocked's row block (96) and sgemm_batch's (256 with AVX-512, 258 with
 // AVX2), and 530: three row blocks over a B packed once for all.)
 #define BATCH_MMAX 530
@@ -161,6 +172,7 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
     // one lda for all problems: for transA the rows of op(A) are columns, so lda must fit the largest M
     int lda = tA ? BATCH_MMAX + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
     for (int q = 0; q < P; q++) sgemm_blocked(tA, tB, Ms[q], N, K, A[q], lda, B[q], ldb, R[q], ldc, accumulate);
+    for (int via = 0; via < 2; via++)
     for (int threads = 1; threads <= 3; threads++) {
         set_threads(threads);
         float* keep[P];
@@ -169,7 +181,7 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
             keep[q] = (float*)malloc(sizeof(float) * n);
             memcpy(keep[q], C[q], sizeof(float) * n);
         }
-        sgemm_batch(tA, tB, probs, P, lda, ldb, ldc, accumulate);
+        run_problems(via, tA, tB, probs, P, lda, ldb, ldc, accumulate);
         int same = 1;
         for (int q = 0; q < P; q++) {
             size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
@@ -178,7 +190,7 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
             free(keep[q]);
         }
         if (same) n_passed++;
-        else { n_failed++; printf("FAIL sgemm_batch tA=%d tB=%d acc=%d N=%d threads=%d: differs from sgemm_blocked\n", tA, tB, accumulate, N, threads); }
+        else { n_failed++; printf("FAIL %s tA=%d tB=%d acc=%d N=%d threads=%d: differs from sgemm_blocked\n", via ? "sgemm_problem" : "sgemm_batch", tA, tB, accumulate, N, threads); }
     }
     set_threads(2);
     for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
@@ -243,7 +255,8 @@ static void check_stream(int ldc_pad) {
 // sgemm_batch's causal skips (attention): with op(A) zero where the mode says (SGEMM_A_LOWER /
 // _A_UPPER), C must be the same bits as the full product everywhere; with SGEMM_C_LOWER, on and
 // below the diagonal. Square-ish problems (as attention's T x T), sizes that straddle the micro-tile,
-// MC and KC, for 1, 2 and 3 threads; the problems of one call mix the modes' shapes.
+// MC and KC, for 1, 2 and 3 threads; the problems of one call mix the modes' shapes. Both through
+// sgemm_batch and through sgemm_problem in the caller's parallel loop.
 static void check_causal(int mode, int tA, int tB, int accumulate) {
     enum { P = 4 };
     const int Ts[P] = {1, 97, 256, 300}, hs = 40;
@@ -266,6 +279,7 @@ static void check_causal(int mode, int tA, int tB, int accumulate) {
         probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], mode};
         sgemm_blocked(tA, tB, M, N, K, A[q], ld, B[q], ld, R[q], ld, accumulate);
     }
+    for (int via = 0; via < 2; via++)
     for (int threads = 1; threads <= 3; threads++) {
         set_threads(threads);
         float* keep[P];
@@ -273,7 +287,7 @@ static void check_causal(int mode, int tA, int tB, int accumulate) {
             keep[q] = (float*)malloc(sizeof(float) * (size_t)Ts[q] * ld);
             memcpy(keep[q], C[q], sizeof(float) * (size_t)Ts[q] * ld);
         }
-        sgemm_batch(tA, tB, probs, P, ld, ld, ld, accumulate);
+        run_problems(via, tA, tB, probs, P, ld, ld, ld, accumulate);
         int same = 1;
         for (int q = 0; q < P; q++) {
             for (int i = 0; i < probs[q].M; i++)
@@ -284,7 +298,7 @@ static void check_causal(int mode, int tA, int tB, int accumulate) {
             free(keep[q]);
         }
         if (same) n_passed++;
-        else { n_failed++; printf("FAIL sgemm_batch causal mode %d tA=%d tB=%d acc=%d threads=%d: differs from the full product\n", mode, tA, tB, accumulate, threads); }
+        else { n_failed++; printf("FAIL %s causal mode %d tA=%d tB=%d acc=%d threads=%d: differs from the full product\n", via ? "sgemm_problem" : "sgemm_batch", mode, tA, tB, accumulate, threads); }
     }
     set_threads(2);
     for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }

@@ -704,6 +704,23 @@ static size_t  sgemm_bshared_floats = 0;
 static size_t* sgemm_boffset = NULL;    // (count + 1) offsets of each problem's packed B
 static int     sgemm_boffset_count = 0;
 
+// Phase 2's items, largest first: with dynamic scheduling a thread that takes a large item last
+// leaves the others idle until it is done (routing is uneven: an expert may get 4x its share of
+// tokens), so the small items are kept for the end. Which thread computes an item changes no bits.
+typedef struct {
+    int q, ic, mc, jc, nc;   // problem q's rows [ic, ic+mc) × columns [jc, jc+nc)
+    double work;             // mc · nc · K
+} SgemmItem;
+static SgemmItem* sgemm_items = NULL;
+static long long  sgemm_items_cap = 0;
+static int sgemm_item_larger(const void* x, const void* y) {   // by work, descending; then by position
+    const SgemmItem *a = (const SgemmItem*)x, *b = (const SgemmItem*)y;
+    if (a->work != b->work) return a->work > b->work ? -1 : 1;
+    if (a->q != b->q) return a->q < b->q ? -1 : 1;
+    if (a->ic != b->ic) return a->ic < b->ic ? -1 : 1;
+    return (a->jc > b->jc) - (a->jc < b->jc);
+}
+
 #define SGEMM_PACK_SLIVERS 8            // phase 1 work unit: up to 8 slivers of one K block
 
 static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int count, int lda, int ldb,
@@ -730,6 +747,24 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
     }
     sgemm_boffset[count] = total;
     if (items == 0) return;
+    if (items > sgemm_items_cap) {
+        SgemmItem* it = (SgemmItem*)realloc(sgemm_items, (size_t)items * sizeof(SgemmItem));
+        if (it == NULL) { fprintf(stderr, "matmul.h: out of memory\n"); exit(EXIT_FAILURE); }
+        sgemm_items = it;
+        sgemm_items_cap = items;
+    }
+    long long n_items = 0;
+    for (int q = 0; q < count; q++) {
+        const SgemmProblem* p = &probs[q];
+        if (p->M <= 0 || p->N <= 0) continue;
+        for (int ic = 0; ic < p->M; ic += SGEMM_MC_BATCH)
+            for (int jc = 0; jc < p->N; jc += SGEMM_NC) {
+                int mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
+                int nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
+                sgemm_items[n_items++] = (SgemmItem){q, ic, mc, jc, nc, (double)mc * nc * (p->K > 0 ? p->K : 1)};
+            }
+    }
+    qsort(sgemm_items, (size_t)n_items, sizeof(SgemmItem), sgemm_item_larger);
     if (total > sgemm_bshared_floats) {
         free(sgemm_bshared);
         sgemm_bshared = sgemm_alloc(total);
@@ -771,25 +806,17 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 sgemm_pack_B(transB, p->B, ldb, pc, kc, j0, nc, sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)j0 * kc);
             }
         }  // (the implied barrier: every shared B is packed before any item uses it)
-        // phase 2: item it -> problem q, row block rb, column block cb
+        // phase 2: the items, largest first
         float* apack = sgemm_apack[tid];
         float* bpack = sgemm_bpack[tid];
 #ifdef _OPENMP
         #pragma omp for schedule(dynamic, 1)
 #endif
         for (long long it = 0; it < items; it++) {
-            long long left = it;
-            int q = 0, rb = 0, cb = 0;
-            for (; q < count; q++) {
-                if (probs[q].M <= 0 || probs[q].N <= 0) continue;
-                long long rows = (probs[q].M + SGEMM_MC_BATCH - 1) / SGEMM_MC_BATCH, cols = (probs[q].N + SGEMM_NC - 1) / SGEMM_NC;
-                if (left < rows * cols) { rb = (int)(left / cols); cb = (int)(left % cols); break; }
-                left -= rows * cols;
-            }
-            const SgemmProblem* p = &probs[q];
-            int ic = rb * SGEMM_MC_BATCH, mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
-            int jc = cb * SGEMM_NC, nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
-            const float* bshared = p->M > SGEMM_MC_BATCH ? sgemm_bshared + sgemm_boffset[q] : NULL;
+            const SgemmItem* w = &sgemm_items[it];
+            const SgemmProblem* p = &probs[w->q];
+            int ic = w->ic, mc = w->mc, jc = w->jc, nc = w->nc;
+            const float* bshared = p->M > SGEMM_MC_BATCH ? sgemm_bshared + sgemm_boffset[w->q] : NULL;
             sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack);
         }
     }

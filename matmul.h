@@ -618,12 +618,17 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 // Which thread computes an item changes nothing: each C element is still summed over K in the
 // fixed SGEMM_KC blocks, so the results are the same bits for any thread count and equal to
 // sgemm_blocked's.
-typedef struct {
+typedef struct SgemmProblem {
     int M, N, K;       // this problem's shape
     const float* A;    // op(A) is M×K, leading dimension lda (shared by all problems)
     const float* B;    // op(B) is K×N, leading dimension ldb
     float* C;          // M×N, leading dimension ldc
     int causal;        // SGEMM_FULL (0), or what may be skipped (SGEMM_C_LOWER, _A_LOWER, _A_UPPER)
+    // Optional (NULL: none): run on each item's block of C, rows [ic, ic+mc) × columns [jc, jc+nc),
+    // as soon as the block is final, by the thread that computed it, while the block is still in
+    // its caches (an expert's bias and GELU after its first matmul, moe.h). ctx is the epilogue's.
+    void (*epilogue)(const struct SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc);
+    const void* ctx;
 } SgemmProblem;
 
 // ----------------------------------------------------------------------------
@@ -665,20 +670,10 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
     }
 }
 
-// One item of a batch: rows [ic, ic+mc) × columns [jc, jc+nc) of problem p's C, computed by the
-// calling thread with its packing buffers. bshared: p's op(B) as phase 1 packed it (all K blocks),
-// or NULL: pack it here, one K block at a time.
-static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
-                       int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
-    if (p->K <= 0) {
-        if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
-        return;
-    }
-    if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) return;   // wholly above the diagonal
-    if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
-        sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
-        return;
-    }
+// The general case of an item (sgemm_item, below): its K blocks in order, B packed here one K block
+// at a time, or read from bshared (phase 1's packing of all of p's op(B)).
+static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
+                              int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
     size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
     // the first K block computed overwrites C unless accumulating; it streams only if it is
     // the only one (later blocks read C back)
@@ -697,6 +692,24 @@ static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, i
         mode = SGEMM_ACCUMULATE;
     }
     if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
+}
+
+
+// One item of a batch: rows [ic, ic+mc) × columns [jc, jc+nc) of problem p's C, computed by the
+// calling thread with its packing buffers, then p's epilogue on that block. bshared: p's op(B) as
+// phase 1 packed it (all K blocks), or NULL: pack it here.
+static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
+                       int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
+    if (p->K <= 0) {
+        if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
+    } else if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) {
+        return;   // wholly above the diagonal
+    } else if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
+        sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
+    } else {
+        sgemm_item_blocks(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack);
+    }
+    if (p->epilogue != NULL) p->epilogue(p, ldc, ic, mc, jc, nc);
 }
 
 static float*  sgemm_bshared = NULL;    // phase 1's packed B of every problem, grown only

@@ -406,7 +406,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
         int b = bh / NH, h = bh % NH;
         const float* q = qkv + (size_t)b * T * C3 + h * hs;   // k at q + C, v at q + 2C
         float* att_bh = att + (size_t)bh * T * T;
-        SgemmProblem s = {T, T, hs, q, q + C, att_bh, SGEMM_C_LOWER};
+        SgemmProblem s = {T, T, hs, q, q + C, att_bh, SGEMM_C_LOWER, NULL, NULL};
         sgemm_problem(0, 1, &s, C3, C3, T, 0);
         for (int t = 0; t < T; t++) {
             float* a = att_bh + (size_t)t * T;
@@ -420,7 +420,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
             for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
             for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
         }
-        SgemmProblem o = {T, hs, T, att_bh, q + 2 * C, out + (size_t)b * T * C + h * hs, SGEMM_A_LOWER};
+        SgemmProblem o = {T, hs, T, att_bh, q + 2 * C, out + (size_t)b * T * C + h * hs, SGEMM_A_LOWER, NULL, NULL};
         sgemm_problem(0, 0, &o, T, C3, C, 0);
     }
 }
@@ -441,9 +441,9 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
         const float* dout_bh = dout + (size_t)b * T * C + h * hs;
         const float* att_bh = att + (size_t)bh * T * T;
         float* datt_bh = datt + (size_t)bh * T * T;
-        SgemmProblem dp = {T, T, hs, dout_bh, q + 2 * C, datt_bh, SGEMM_C_LOWER};    // dP = dO V^T
+        SgemmProblem dp = {T, T, hs, dout_bh, q + 2 * C, datt_bh, SGEMM_C_LOWER, NULL, NULL};    // dP = dO V^T
         sgemm_problem(0, 1, &dp, C, C3, T, 0);
-        SgemmProblem dv = {T, hs, T, att_bh, dout_bh, dq + 2 * C, SGEMM_A_UPPER};    // dV = P^T dO
+        SgemmProblem dv = {T, hs, T, att_bh, dout_bh, dq + 2 * C, SGEMM_A_UPPER, NULL, NULL};    // dV = P^T dO
         sgemm_problem(1, 0, &dv, T, C, C3, SGEMM_OVERWRITE);
         for (int t = 0; t < T; t++) {
             const float* p = att_bh + (size_t)t * T;
@@ -454,9 +454,9 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
             for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
             for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
         }
-        SgemmProblem dqp = {T, hs, T, datt_bh, q + C, dq, SGEMM_A_LOWER};            // dQ = dS K
+        SgemmProblem dqp = {T, hs, T, datt_bh, q + C, dq, SGEMM_A_LOWER, NULL, NULL};            // dQ = dS K
         sgemm_problem(0, 0, &dqp, T, C3, C3, SGEMM_OVERWRITE);
-        SgemmProblem dkp = {T, hs, T, datt_bh, q, dq + C, SGEMM_A_UPPER};            // dK = dS^T Q
+        SgemmProblem dkp = {T, hs, T, datt_bh, q, dq + C, SGEMM_A_UPPER, NULL, NULL};            // dK = dS^T Q
         sgemm_problem(1, 0, &dkp, T, C3, C3, SGEMM_OVERWRITE);
     }
 }
@@ -852,36 +852,63 @@ static void experts_bias_backward(float* dbias, const float* const* d, const int
     }
 }
 
+// The expert FFN's elementwise steps, each run on a block of a matmul's output as soon as the block
+// is final, by the thread that computed it, while it is still in cache (matmul.h, the problem's
+// epilogue): as separate passes they read and wrote 8-16 MB per layer through L3. Per element the
+// same operations as the passes were.
+typedef struct {
+    const float* bias;   // (N) this expert's bias, or NULL
+    float* gelu;         // forward: GELU(h) out, rows as C's
+    const float* fch;    // backward: the pre-GELU h, rows as C's
+} ExpertEpilogue;
+// after h = x W1^T: h += b1, gelu = GELU(h)
+static void expert_fc_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc) {
+    const ExpertEpilogue* e = (const ExpertEpilogue*)p->ctx;
+    for (int r = ic; r < ic + mc; r++) {
+        float* h = p->C + (size_t)r * ldc;
+        float* g = e->gelu + (size_t)r * ldc;
+        #pragma omp simd
+        for (int j = jc; j < jc + nc; j++) { h[j] += e->bias[j]; g[j] = gelu_value(h[j]); }
+    }
+}
+// after out = gelu W2^T: out += b2
+static void expert_bias_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc) {
+    const ExpertEpilogue* e = (const ExpertEpilogue*)p->ctx;
+    for (int r = ic; r < ic + mc; r++) {
+        float* o = p->C + (size_t)r * ldc;
+        for (int j = jc; j < jc + nc; j++) o[j] += e->bias[j];
+    }
+}
+// after dh = dout W2: dh *= GELU'(h)
+static void expert_gelu_backward_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc) {
+    const ExpertEpilogue* e = (const ExpertEpilogue*)p->ctx;
+    for (int r = ic; r < ic + mc; r++) {
+        float* dh = p->C + (size_t)r * ldc;
+        const float* h = e->fch + (size_t)r * ldc;
+        #pragma omp simd
+        for (int j = jc; j < jc + nc; j++) dh[j] *= gelu_grad(h[j]);
+    }
+}
+
 // out = W2 gelu(W1 x + b1) + b2 for every expert of layer l on its own block: each of the two
 // matmuls is one batched call over all experts (sgemm_batch), not E calls.
 static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
     int E = c->n_expert, C = c->channels, H = c->expert_hidden;
     SgemmProblem p[256] = {{0}};
-    for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch, SGEMM_FULL};
+    ExpertEpilogue ep[256];
+    for (int e = 0; e < E; e++) {
+        ep[e] = (ExpertEpilogue){m->params.fcb + ((size_t)l * E + e) * H, blk[e].gelu, NULL};
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch,
+                              SGEMM_FULL, expert_fc_epilogue, &ep[e]};   // h = x W1^T, then h += b1, gelu = GELU(h)
+    }
     sgemm_batch(0, 1, p, E, C, C, H, 0);
-    #pragma omp parallel for schedule(dynamic, 1)
     for (int e = 0; e < E; e++) {
-        const float* b1 = m->params.fcb + ((size_t)l * E + e) * H;
-        for (int r = 0; r < blk[e].rows; r++) {
-            float* h = blk[e].fch + (size_t)r * H;
-            float* g = blk[e].gelu + (size_t)r * H;
-            #pragma omp simd
-            for (int j = 0; j < H; j++) { h[j] += b1[j]; g[j] = gelu_value(h[j]); }
-        }
+        ep[e] = (ExpertEpilogue){m->params.fcprojb + ((size_t)l * E + e) * C, NULL, NULL};
+        p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out,
+                              SGEMM_FULL, expert_bias_epilogue, &ep[e]};   // out = gelu W2^T + b2
     }
-    for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out, SGEMM_FULL};
     sgemm_batch(0, 1, p, E, H, H, C, 0);
-    #pragma omp parallel for schedule(dynamic, 1)
-    for (int e = 0; e < E; e++) {
-        const float* b2 = m->params.fcprojb + ((size_t)l * E + e) * C;
-        for (int r = 0; r < blk[e].rows; r++) {
-            float* o = blk[e].out + (size_t)r * C;
-            for (int j = 0; j < C; j++) o[j] += b2[j];
-        }
-    }
 }
 
 // Backward of experts_ffn_forward, given each block's dout. Accumulates the experts' parameter
@@ -903,32 +930,28 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
         rows[e] = blk[e].rows;
         rows_d[e] = blk[e].dout;
         int out_rows = blk[e].rows > 0 ? C : 0;   // (no rows: its gradients stay zero, or the earlier micro-batches' sum)
-        p[e] = (SgemmProblem){out_rows, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL};
+        p[e] = (SgemmProblem){out_rows, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL, NULL, NULL};
     }
     sgemm_batch(1, 0, p, E, C, H, H, dw_mode);
     experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
-    for (int e = 0; e < E; e++)
-        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu, SGEMM_FULL};
-    sgemm_batch(0, 0, p, E, C, H, H, 0);
-    #pragma omp parallel for schedule(dynamic, 1)
-    for (int e = 0; e < E; e++) {
-        size_t n = (size_t)blk[e].rows * H;
-        float* dh = blk[e].gelu;
-        const float* fch = blk[e].fch;
-        #pragma omp simd
-        for (size_t i = 0; i < n; i++) dh[i] *= gelu_grad(fch[i]);
+    ExpertEpilogue ep[256];
+    for (int e = 0; e < E; e++) {   // dh = (dout W2) * GELU'(h), into the gelu buffer
+        ep[e] = (ExpertEpilogue){NULL, NULL, blk[e].fch};
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu,
+                              SGEMM_FULL, expert_gelu_backward_epilogue, &ep[e]};
     }
+    sgemm_batch(0, 0, p, E, C, H, H, 0);
     for (int e = 0; e < E; e++) {
         rows_d[e] = blk[e].gelu;
         int out_rows = blk[e].rows > 0 ? H : 0;
-        p[e] = (SgemmProblem){out_rows, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL};
+        p[e] = (SgemmProblem){out_rows, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL, NULL, NULL};
     }
     sgemm_batch(1, 0, p, E, H, C, C, dw_mode);
     experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H);
     int any_din = 0;
     for (int e = 0; e < E; e++) {
         any_din |= blk[e].din != NULL;
-        p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din, SGEMM_FULL};
+        p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din, SGEMM_FULL, NULL, NULL};
     }
     if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
 }

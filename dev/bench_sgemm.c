@@ -163,7 +163,7 @@ static void bench_experts(int nthreads, int E, int M, int C, int H) {
         for (size_t i = 0; i < na * E; i++) A[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
         for (size_t i = 0; i < nb * E; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
         SgemmProblem* p = (SgemmProblem*)malloc(sizeof(SgemmProblem) * E);
-        for (int e = 0; e < E; e++) p[e] = (SgemmProblem){m, n, k, A + na * e, B + nb * e, Cm + nc * e, SGEMM_FULL};
+        for (int e = 0; e < E; e++) p[e] = (SgemmProblem){m, n, k, A + na * e, B + nb * e, Cm + nc * e, SGEMM_FULL, NULL, NULL};
         int lda = tA ? m : k, ldb = tB ? k : n, acc = tA ? SGEMM_STREAM : SGEMM_OVERWRITE;
         double t0 = now_sec();
         sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);

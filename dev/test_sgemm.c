@@ -147,12 +147,20 @@ static void run_problems(int via, int tA, int tB, const SgemmProblem* probs, int
     for (int q = 0; q < count; q++) sgemm_problem(tA, tB, &probs[q], lda, ldb, ldc, accumulate);
 }
 
+// An epilogue for the tests: c = 2c + 1 on the item's block (applied twice, or to a block not yet
+// final, or outside the block, it gives other bits).
+static void test_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc) {
+    for (int i = ic; i < ic + mc; i++)
+        for (int j = jc; j < jc + nc; j++) p->C[(size_t)i * ldc + j] = 2.0f * p->C[(size_t)i * ldc + j] + 1.0f;
+}
+
 // sgemm_batch: several products of uneven sizes (as an MoE layer's experts) in one call must give
 // exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads. (N = 1100: two
 // column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.
-// Also each problem through sgemm_problem, in a parallel loop over the problems.
+// Also each problem through sgemm_problem, in a parallel loop over the problems; and both with an
+// epilogue, which must see each element of C once, final.)
 // M on both sides of sgemm_blocked's row block (96) and sgemm_batch's (256 with AVX-512, 258 with
-// AVX2), and 530: three row blocks over a B packed once for all.)
+// AVX2), and 530: three row blocks over a B packed once for all.
 #define BATCH_MMAX 530
 static void check_batch(int tA, int tB, int accumulate, int N) {
     enum { P = 9 };
@@ -167,33 +175,42 @@ static void check_batch(int tA, int tB, int accumulate, int N) {
         C[q] = rand_buf((size_t)(M > 0 ? M : 1) * (N + 2));
         R[q] = (float*)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
         memcpy(R[q], C[q], sizeof(float) * (size_t)(M > 0 ? M : 1) * (N + 2));
-        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], SGEMM_FULL};
+        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], SGEMM_FULL, NULL, NULL};
     }
     // one lda for all problems: for transA the rows of op(A) are columns, so lda must fit the largest M
     int lda = tA ? BATCH_MMAX + 3 : K + 3, ldb = tB ? K + 1 : N + 1, ldc = N + 2;
     for (int q = 0; q < P; q++) sgemm_blocked(tA, tB, Ms[q], N, K, A[q], lda, B[q], ldb, R[q], ldc, accumulate);
-    for (int via = 0; via < 2; via++)
+    float* RE[P];   // R with the epilogue applied
+    for (int q = 0; q < P; q++) {
+        size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
+        RE[q] = (float*)malloc(sizeof(float) * n);
+        memcpy(RE[q], R[q], sizeof(float) * n);
+        SgemmProblem whole = {Ms[q], N, K, NULL, NULL, RE[q], SGEMM_FULL, NULL, NULL};
+        if (Ms[q] > 0) test_epilogue(&whole, ldc, 0, Ms[q], 0, N);
+    }
+    for (int via = 0; via < 4; via++)   // bit 0: sgemm_problem; bit 1: with the epilogue
     for (int threads = 1; threads <= 3; threads++) {
         set_threads(threads);
+        for (int q = 0; q < P; q++) probs[q].epilogue = via & 2 ? test_epilogue : NULL;
         float* keep[P];
         for (int q = 0; q < P; q++) {
             size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
             keep[q] = (float*)malloc(sizeof(float) * n);
             memcpy(keep[q], C[q], sizeof(float) * n);
         }
-        run_problems(via, tA, tB, probs, P, lda, ldb, ldc, accumulate);
+        run_problems(via & 1, tA, tB, probs, P, lda, ldb, ldc, accumulate);
         int same = 1;
         for (int q = 0; q < P; q++) {
             size_t n = (size_t)(Ms[q] > 0 ? Ms[q] : 1) * (N + 2);
-            same &= memcmp(C[q], R[q], sizeof(float) * n) == 0;
+            same &= memcmp(C[q], via & 2 ? RE[q] : R[q], sizeof(float) * n) == 0;
             memcpy(C[q], keep[q], sizeof(float) * n);
             free(keep[q]);
         }
         if (same) n_passed++;
-        else { n_failed++; printf("FAIL %s tA=%d tB=%d acc=%d N=%d threads=%d: differs from sgemm_blocked\n", via ? "sgemm_problem" : "sgemm_batch", tA, tB, accumulate, N, threads); }
+        else { n_failed++; printf("FAIL %s%s tA=%d tB=%d acc=%d N=%d threads=%d: differs from sgemm_blocked\n", via & 1 ? "sgemm_problem" : "sgemm_batch", via & 2 ? " with an epilogue" : "", tA, tB, accumulate, N, threads); }
     }
     set_threads(2);
-    for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); }
+    for (int q = 0; q < P; q++) { free(A[q]); free(B[q]); free(C[q]); free(R[q]); free(RE[q]); }
 }
 
 // SGEMM_STREAM (overwrite through non-temporal stores, for the experts' weight gradients): the same
@@ -216,7 +233,7 @@ static void check_stream(int ldc_pad) {
         R[q] = (float*)malloc(sizeof(float) * cn);
         for (size_t i = 0; i < cn; i++) R[q][i] = 1.0f;
         sgemm_blocked(1, 0, M, N, Ks[q], A[q], lda, B[q], ldb, R[q], ldc, SGEMM_OVERWRITE);
-        probs[q] = (SgemmProblem){M, N, Ks[q], A[q], B[q], C[q], SGEMM_FULL};
+        probs[q] = (SgemmProblem){M, N, Ks[q], A[q], B[q], C[q], SGEMM_FULL, NULL, NULL};
     }
     for (int threads = 1; threads <= 3; threads++) {
         set_threads(threads);
@@ -276,7 +293,7 @@ static void check_causal(int mode, int tA, int tB, int accumulate) {
                 for (int k = 0; k < K; k++)
                     if ((mode == SGEMM_A_LOWER && k > i) || (mode == SGEMM_A_UPPER && k < i))
                         A[q][tA ? (size_t)k * ld + i : (size_t)i * ld + k] = 0.0f;
-        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], mode};
+        probs[q] = (SgemmProblem){M, N, K, A[q], B[q], C[q], mode, NULL, NULL};
         sgemm_blocked(tA, tB, M, N, K, A[q], ld, B[q], ld, R[q], ld, accumulate);
     }
     for (int via = 0; via < 2; via++)

@@ -29,8 +29,10 @@
 // decide *which* elements they compute, never how, and never split K. (MC, NC and the thread
 // rectangles change only speed; KC is part of the numerical result.)
 //
-// Not thread safe: the packing buffers are static, so call sgemm from serial code (it runs its own
-// OpenMP team). Each program that includes this header gets its own buffers.
+// Not thread safe: the packing buffers are static, so call sgemm and sgemm_batch from serial code
+// (they run their own OpenMP team); sgemm_problem is the exception, made to be called inside the
+// caller's parallel loop (each thread uses its own buffers). Each program that includes this header
+// gets its own buffers.
 #pragma once
 
 #include <stdint.h>
@@ -609,10 +611,10 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 //   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC_BATCH) once,
 //      into one shared buffer (work: K blocks × groups of slivers, handed out dynamically);
 //   2. the work items are (problem, row block, column block) rectangles of whole micro-tiles,
-//      handed out dynamically; each packs its rows of op(A) and runs the macro-kernel on the
-//      packed B (a one-row-block problem packs its B here, into the thread's own L2-sized
-//      buffer, as there is nothing to share). Packing B per item re-packed a 512-token expert's
-//      weights once per 96 rows: as much copying as multiplying. A one-row-block item of
+//      handed out dynamically, largest first; each packs its rows of op(A) and runs the
+//      macro-kernel on the packed B (a one-row-block problem packs its B here, into the thread's
+//      own L2-sized buffer, as there is nothing to share). Packing B per item re-packed a
+//      512-token expert's weights once per 96 rows: as much copying as multiplying. A one-row-block item of
 //      C = A·Bᵀ (an expert's forward) is computed transposed instead, reading B in place
 //      (sgemm_rows_item).
 // Which thread computes an item changes nothing: each C element is still summed over K in the
@@ -693,7 +695,6 @@ static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int
     }
     if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
 }
-
 
 // One item of a batch: rows [ic, ic+mc) × columns [jc, jc+nc) of problem p's C, computed by the
 // calling thread with its packing buffers, then p's epilogue on that block. bshared: p's op(B) as

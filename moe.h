@@ -854,8 +854,9 @@ static void experts_bias_backward(float* dbias, const float* const* d, const int
 
 // The expert FFN's elementwise steps, each run on a block of a matmul's output as soon as the block
 // is final, by the thread that computed it, while it is still in cache (matmul.h, the problem's
-// epilogue): as separate passes they read and wrote 8-16 MB per layer through L3. Per element the
-// same operations as the passes were.
+// epilogue), instead of as separate parallel passes over 8-16 MB per layer. Per element the same
+// operations as the passes were. (GELU and GELU' themselves cost ~5 ms each per step at `small`;
+// what this saved is the passes' memory traffic and their barriers: 157.2 -> 154.5 ms per step.)
 typedef struct {
     const float* bias;   // (N) this expert's bias, or NULL
     float* gelu;         // forward: GELU(h) out, rows as C's

@@ -53,6 +53,10 @@ data/prepare_text: data/prepare_text.c $(HEADERS)
 dev/export_llmc: dev/export_llmc.c $(HEADERS)
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
+# (without this rule make's implicit one would build the benchmark without OpenMP: one thread, silently)
+dev/bench_sgemm: dev/bench_sgemm.c matmul.h
+	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
 dev/test_sgemm: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -72,7 +76,7 @@ ci: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar dev/export_llmc
+	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar dev/bench_sgemm dev/export_llmc
 
 # the fast test suite built with AddressSanitizer + UndefinedBehaviorSanitizer (dev/ci/sanitize.sh)
 sanitize:

@@ -16,6 +16,7 @@
 //   for jc over its columns in steps of SGEMM_NC
 //     for pc over K in steps of SGEMM_KC          pack B[pc:pc+kc, jc:jc+nc]  -> B panel  (L2)
 //       for ic over its rows in steps of SGEMM_MC pack A[ic:ic+mc, pc:pc+kc]  -> A block  (L2)
+//                                                  (unless op(A) is row-major: read in place)
 //         for ir over the MR-tall A panels         (one panel stays in L1 ...)
 //           for jr over the NR-wide B slivers      (... while the slivers stream past it from L2)
 //             micro-kernel: MR×NR block of C (+)= A panel · B sliver, kc rank-1 updates
@@ -261,37 +262,51 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
 
 // ----------------------------------------------------------------------------
 // The same micro-kernel with A read in place: a[r*lda + p] = A(i0+r, pc+p) for A stored row-major
-// with K contiguous (no packed panel), the tile left in t[MR][NR] (row-major) for the caller to
-// write out. Each element is the same sum over p in the same order as sgemm_kernel's, so the bits
-// are the same. Used for products whose A is a weight matrix read only once (sgemm_batch, "rows"),
-// so A comes from memory: every 16 p (a cache line of each row) the kernel prefetches the same
-// line of the next MR rows, the next call's panel. (An expert's forward at 32-64 tokens: 1.1-1.4x
-// faster with it, alternated in one process.) sgemm_kernel_rows_half computes only the tile's
-// first NR/2 columns, for the last sliver of an expert's tokens when it holds NR/2 or fewer:
-// routing is uneven, and at E = 64-128 many experts get a handful of tokens, each padded to a
-// whole NR-wide sliver (the expert forward over a real run's routing, alternated in one process:
-// 0.92-0.955 of the time at E = 64 and 128, unchanged at E = 8). Per column it is the same sum.
+// with K contiguous (no packed panel); c, ldc and mode as sgemm_kernel's (it does not stream). Each
+// element is the same sum over p in the same order as sgemm_kernel's, so the bits are the same.
+// Used wherever op(A) is row-major (sgemm_block: the forward's activations, the backward's dout)
+// and for an expert's weights in its forward (sgemm_rows_item). If pf is not NULL, every 16 p (a
+// cache line of each row) the kernel prefetches that line of the MR rows at pf (the next call's
+// rows). (An expert's forward at 32-64 tokens, W from memory: 1.1-1.4x faster with it,
+// alternated in one process.) sgemm_kernel_rows_half computes only the tile's first NR/2
+// columns, for the last sliver of an expert's tokens when it holds NR/2 or fewer: routing is
+// uneven, and at E = 64-128 many experts get a handful of tokens, each padded to a whole NR-wide
+// sliver (the expert forward over a real run's routing, alternated in one process: 0.92-0.955
+// of the time at E = 64 and 128, unchanged at E = 8). Per column it is the same sum.
 
-static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* b, float* t) {
+static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                            float* c, int ldc, int mode) {
+    (void)pf;
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
     for (int p = 0; p < kc; p++)
         for (int r = 0; r < SGEMM_MR; r++)
             for (int col = 0; col < SGEMM_NR; col++) acc[r][col] += a[r * lda + p] * b[p * SGEMM_NR + col];
-    memcpy(t, acc, sizeof(acc));
+    for (int r = 0; r < SGEMM_MR; r++) {
+        for (int col = 0; col < SGEMM_NR; col++) {
+            float* cc = &c[(size_t)r * ldc + col];
+            *cc = mode == SGEMM_ACCUMULATE ? *cc + acc[r][col] : acc[r][col];
+        }
+    }
 }
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
 // nv = 2: the full MR×32 tile; nv = 1: only its first 16 columns (tokens), for a block's last
 // sliver when it holds 16 tokens or fewer (always inlined, so each nv is its own loop).
-static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(int kc, const float* a, size_t lda,
-                                                                           const float* b, float* t, int nv) {
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(int kc, const float* a, size_t lda, const float* pf,
+                                                                           const float* b, float* c, int ldc, int mode, int nv) {
     __m512 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
     #pragma GCC unroll 16
-    for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm512_setzero_ps(); c1[r] = _mm512_setzero_ps(); ar[r] = a + r * lda; }
+    for (int r = 0; r < SGEMM_MR; r++) {
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+        ar[r] = a + r * lda;
+        _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);   // (C, as in sgemm_kernel)
+        _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
+    }
     for (int p = 0; p < kc; p++) {
-        if ((p & 15) == 0) {
+        if (pf != NULL && (p & 15) == 0) {
             #pragma GCC unroll 16
-            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * lda + p), _MM_HINT_T0);
         }
         __m512 b0 = _mm512_load_ps(b), b1 = nv == 2 ? _mm512_load_ps(b + 16) : b0;
         #pragma GCC unroll 16
@@ -304,29 +319,43 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(in
     }
     #pragma GCC unroll 16
     for (int r = 0; r < SGEMM_MR; r++) {
-        _mm512_storeu_ps(t + r * SGEMM_NR, c0[r]);
-        if (nv == 2) _mm512_storeu_ps(t + r * SGEMM_NR + 16, c1[r]);
+        float* cr = c + (size_t)r * ldc;
+        __m512 v0 = c0[r], v1 = c1[r];
+        if (mode == SGEMM_ACCUMULATE) {
+            v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0);
+            if (nv == 2) v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1);
+        }
+        _mm512_storeu_ps(cr, v0);
+        if (nv == 2) _mm512_storeu_ps(cr + 16, v1);
     }
 }
-static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
-    sgemm_kernel_rows_avx512_nv(kc, a, lda, b, t, 2);
+static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                     float* c, int ldc, int mode) {
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, b, c, ldc, mode, 2);
 }
-static void sgemm_kernel_rows_half_avx512(int kc, const float* a, size_t lda, const float* b, float* t) {
-    sgemm_kernel_rows_avx512_nv(kc, a, lda, b, t, 1);
+static void sgemm_kernel_rows_half_avx512(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                          float* c, int ldc, int mode) {
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, b, c, ldc, mode, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx512
 #define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx512
 #elif defined(__AVX2__) && defined(__FMA__)
-static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int kc, const float* a, size_t lda,
-                                                                         const float* b, float* t, int nv) {
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int kc, const float* a, size_t lda, const float* pf,
+                                                                         const float* b, float* c, int ldc, int mode, int nv) {
     __m256 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
     #pragma GCC unroll 8
-    for (int r = 0; r < SGEMM_MR; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = _mm256_setzero_ps(); ar[r] = a + r * lda; }
+    for (int r = 0; r < SGEMM_MR; r++) {
+        c0[r] = _mm256_setzero_ps();
+        c1[r] = _mm256_setzero_ps();
+        ar[r] = a + r * lda;
+        _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);   // (C, as in sgemm_kernel)
+        _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
+    }
     for (int p = 0; p < kc; p++) {
-        if ((p & 15) == 0) {
+        if (pf != NULL && (p & 15) == 0) {
             #pragma GCC unroll 8
-            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(ar[r] + SGEMM_MR * lda + p), _MM_HINT_T0);
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * lda + p), _MM_HINT_T0);
         }
         __m256 b0 = _mm256_load_ps(b), b1 = nv == 2 ? _mm256_load_ps(b + 8) : b0;
         #pragma GCC unroll 8
@@ -339,15 +368,23 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int 
     }
     #pragma GCC unroll 8
     for (int r = 0; r < SGEMM_MR; r++) {
-        _mm256_storeu_ps(t + r * SGEMM_NR, c0[r]);
-        if (nv == 2) _mm256_storeu_ps(t + r * SGEMM_NR + 8, c1[r]);
+        float* cr = c + (size_t)r * ldc;
+        __m256 v0 = c0[r], v1 = c1[r];
+        if (mode == SGEMM_ACCUMULATE) {
+            v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);
+            if (nv == 2) v1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1);
+        }
+        _mm256_storeu_ps(cr, v0);
+        if (nv == 2) _mm256_storeu_ps(cr + 8, v1);
     }
 }
-static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
-    sgemm_kernel_rows_avx2_nv(kc, a, lda, b, t, 2);
+static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                   float* c, int ldc, int mode) {
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, b, c, ldc, mode, 2);
 }
-static void sgemm_kernel_rows_half_avx2(int kc, const float* a, size_t lda, const float* b, float* t) {
-    sgemm_kernel_rows_avx2_nv(kc, a, lda, b, t, 1);
+static void sgemm_kernel_rows_half_avx2(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                        float* c, int ldc, int mode) {
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, b, c, ldc, mode, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx2
 #define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx2
@@ -457,10 +494,12 @@ enum {
 // alternated in one process), and no faster anywhere else. The order changes no result: each
 // tile is computed the same way.
 
-static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const float* bpack,
+static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, size_t lda, const float* bpack,
                                float* C, int ldc, int mode, int causal, int i0, int j0, int pc) {
+    if (mode == SGEMM_STREAM && lda != 0) mode = SGEMM_OVERWRITE;   // (the rows kernel does not stream: same values)
     for (int ir = 0; ir < mc; ir += SGEMM_MR) {
         int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
+        int first = 1;   // the strip's first tile prefetches the next strip's rows of A (in place)
         for (int jr = 0; jr < nc; jr += SGEMM_NR) {
             int nr = nc - jr < SGEMM_NR ? nc - jr : SGEMM_NR;
             int row_end = i0 + ir + mr, p0 = 0, p1 = kc;   // rows [i0+ir, row_end) of C
@@ -472,13 +511,19 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const
                 if (mode != SGEMM_ACCUMULATE) for (int r = 0; r < mr; r++) memset(c + (size_t)r * ldc, 0, (size_t)nr * sizeof(float));
                 continue;
             }
-            const float* a = apack + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR + (size_t)p0 * SGEMM_MR;
             const float* b = bpack + (size_t)(jr / SGEMM_NR) * kc * SGEMM_NR + (size_t)p0 * SGEMM_NR;
-            if (mr == SGEMM_MR && nr == SGEMM_NR) {
-                sgemm_kernel(p1 - p0, a, b, c, ldc, mode);
+            float tile[SGEMM_MR * SGEMM_NR];
+            int whole = mr == SGEMM_MR && nr == SGEMM_NR;
+            float* out = whole ? c : tile;   // ragged edge tiles: computed whole into the scratch tile
+            int out_ld = whole ? ldc : SGEMM_NR, out_mode = whole ? mode : SGEMM_OVERWRITE;
+            if (lda != 0) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[(ir+r)*lda + p]
+                const float* ap = a + (size_t)ir * lda + p0;
+                sgemm_kernel_rows(p1 - p0, ap, lda, first ? ap + SGEMM_MR * lda : NULL, b, out, out_ld, out_mode);
+                first = 0;
             } else {
-                float tile[SGEMM_MR * SGEMM_NR];
-                sgemm_kernel(p1 - p0, a, b, tile, SGEMM_NR, SGEMM_OVERWRITE);
+                sgemm_kernel(p1 - p0, a + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR + (size_t)p0 * SGEMM_MR, b, out, out_ld, out_mode);
+            }
+            if (!whole) {
                 for (int r = 0; r < mr; r++) {
                     for (int col = 0; col < nr; col++) {
                         float* cc = c + (size_t)r * ldc + col;
@@ -488,6 +533,25 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* apack, const
                 }
             }
         }
+    }
+}
+
+// One block: rows [ic, ic+mc) × columns [jc, jc+nc) of C (+)= op(A) on those rows and K block
+// [pc, pc+kc) · the packed B panel. A row-major op(A) (transA 0: each row's K values contiguous) is
+// read in place for its whole MR-row panels: packing it copied each row once more than the
+// kernel reads it, and the in-place kernel fetches the next panel's rows while it computes the
+// strip's first tile (the dense products' forward and dinp at `small`'s shapes, alternated in one
+// process: 0.90-0.99 of the time). A ragged last panel, and a transposed op(A), are packed.
+static void sgemm_block(int transA, const float* A, int lda, int ic, int mc, int jc, int nc, int pc, int kc,
+                        float* apack, const float* bpack, float* C, int ldc, int mode, int causal) {
+    int inplace = transA ? 0 : mc / SGEMM_MR * SGEMM_MR;
+    if (inplace > 0)
+        sgemm_macro_kernel(inplace, nc, kc, A + (size_t)ic * lda + pc, (size_t)lda, bpack, C + (size_t)ic * ldc + jc,
+                           ldc, mode, causal, ic, jc, pc);
+    if (mc > inplace) {
+        sgemm_pack_A(transA, A, lda, ic + inplace, mc - inplace, pc, kc, apack);
+        sgemm_macro_kernel(mc - inplace, nc, kc, apack, 0, bpack, C + (size_t)(ic + inplace) * ldc + jc, ldc, mode,
+                           causal, ic + inplace, jc, pc);
     }
 }
 
@@ -596,8 +660,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
                 sgemm_pack_B(transB, B, ldb, pc, kc, jc, nc, bpack);
                 for (int ic = m0; ic < m1; ic += SGEMM_MC) {
                     int mc = m1 - ic < SGEMM_MC ? m1 - ic : SGEMM_MC;
-                    sgemm_pack_A(transA, A, lda, ic, mc, pc, kc, apack);
-                    sgemm_macro_kernel(mc, nc, kc, apack, bpack, C + (size_t)ic * ldc + jc, ldc, add, SGEMM_FULL, 0, 0, 0);
+                    sgemm_block(transA, A, lda, ic, mc, jc, nc, pc, kc, apack, bpack, C, ldc, add, SGEMM_FULL);
                 }
             }
         }
@@ -611,7 +674,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 //   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC_BATCH) once,
 //      into one shared buffer (work: K blocks × groups of slivers, handed out dynamically);
 //   2. the work items are (problem, row block, column block) rectangles of whole micro-tiles,
-//      handed out dynamically, largest first; each packs its rows of op(A) and runs the
+//      handed out dynamically, largest first; each packs its rows of op(A) (or reads them in place: sgemm_block) and runs the
 //      macro-kernel on the packed B (a one-row-block problem packs its B here, into the thread's
 //      own L2-sized buffer, as there is nothing to share). Packing B per item re-packed a
 //      512-token expert's weights once per 96 rows: as much copying as multiplying. A one-row-block item of
@@ -660,8 +723,9 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
             for (int js = 0; js < p->M; js += SGEMM_NR) {
                 int ncol = p->M - js < SGEMM_NR ? p->M - js : SGEMM_NR;
                 float t[SGEMM_MR * SGEMM_NR] __attribute__((aligned(64)));
-                if (ncol <= SGEMM_NR / 2) sgemm_kernel_rows_half(kc, w, ldw, bpack + (size_t)js * kc, t);
-                else sgemm_kernel_rows(kc, w, ldw, bpack + (size_t)js * kc, t);
+                const float* next = w + SGEMM_MR * ldw;   // (prefetched: the next MR rows of W)
+                if (ncol <= SGEMM_NR / 2) sgemm_kernel_rows_half(kc, w, ldw, next, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
+                else sgemm_kernel_rows(kc, w, ldw, next, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
                 float* c = p->C + (size_t)js * ldc + jc + ir;   // t[r][col] is C(js + col, jc + ir + r)
                 for (int col = 0; col < ncol; col++) {
                     float* cc = c + (size_t)col * ldc;
@@ -689,8 +753,7 @@ static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int
         const float* b = bpack;
         if (bshared != NULL) b = bshared + (size_t)pc * npad + (size_t)jc * kc;
         else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
-        sgemm_pack_A(transA, p->A, lda, ic, mc, pc, kc, apack);
-        sgemm_macro_kernel(mc, nc, kc, apack, b, p->C + (size_t)ic * ldc + jc, ldc, mode, p->causal, ic, jc, pc);
+        sgemm_block(transA, p->A, lda, ic, mc, jc, nc, pc, kc, apack, b, p->C, ldc, mode, p->causal);
         mode = SGEMM_ACCUMULATE;
     }
     if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier

@@ -137,13 +137,14 @@ static void sgemm_scalar(int transA, int transB, int M, int N, int K,
 // scalar one under -march=native, so the two usually agree bit for bit).
 
 // (static inline: with AVX2 it is only the readers' and tests' version, so no unused warning)
-static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
-                                float* c, int ldc, int mode) {
+static inline void sgemm_kernel_cols_scalar(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                            float* c, int ldc, int mode) {
+    (void)pf;
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
     for (int p = 0; p < kc; p++) {
         for (int r = 0; r < SGEMM_MR; r++) {
             for (int col = 0; col < SGEMM_NR; col++) {
-                acc[r][col] += a[p * SGEMM_MR + r] * b[p * SGEMM_NR + col];
+                acc[r][col] += a[p * lda + r] * b[p * SGEMM_NR + col];
             }
         }
     }
@@ -154,14 +155,17 @@ static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b,
         }
     }
 }
+static inline void sgemm_kernel_scalar(int kc, const float* a, const float* b, float* c, int ldc, int mode) {
+    sgemm_kernel_cols_scalar(kc, a, SGEMM_MR, NULL, b, c, ldc, mode);
+}
 
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
 // The same kernel with 16-float zmm vectors and SGEMM_MR rows: an MR×32 tile in 2·MR zmm
 // accumulators (of 32 registers). Where the CPU has AVX-512 (-march=native turns it on) this
 // doubles the work per FMA instruction. The loops over r are unrolled whole, so gcc keeps every
 // accumulator in a register.
-static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
-                                float* c, int ldc, int mode) {
+static inline __attribute__((always_inline)) void sgemm_kernel_cols_avx512_(int kc, const float* a, size_t lda, const float* pf,
+                                                                          const float* b, float* c, int ldc, int mode) {
     __m512 c0[SGEMM_MR], c1[SGEMM_MR];
     #pragma GCC unroll 16
     for (int r = 0; r < SGEMM_MR; r++) {
@@ -173,6 +177,7 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
         }
     }
     for (int p = 0; p < kc; p++) {
+        if (pf != NULL) _mm_prefetch((const char*)(pf + p * lda), _MM_HINT_T0);
         __m512 b0 = _mm512_load_ps(b);
         __m512 b1 = _mm512_load_ps(b + 16);
         #pragma GCC unroll 16
@@ -181,7 +186,7 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
             c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
         }
-        a += SGEMM_MR;
+        a += lda;
         b += SGEMM_NR;
     }
     #pragma GCC unroll 16
@@ -198,7 +203,16 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
         }
     }
 }
+static void sgemm_kernel_avx512(int kc, const float* a, const float* b, float* c, int ldc, int mode) {
+    sgemm_kernel_cols_avx512_(kc, a, SGEMM_MR, NULL, b, c, ldc, mode);
+}
+static void sgemm_kernel_cols_avx512(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                     float* c, int ldc, int mode) {
+    if (pf != NULL) sgemm_kernel_cols_avx512_(kc, a, lda, pf, b, c, ldc, mode);
+    else sgemm_kernel_cols_avx512_(kc, a, lda, NULL, b, c, ldc, mode);
+}
 #define sgemm_kernel sgemm_kernel_avx512
+#define sgemm_kernel_cols sgemm_kernel_cols_avx512
 #define sgemm_store_fence _mm_sfence
 #define SGEMM_ISA "AVX-512"
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -206,8 +220,8 @@ static void sgemm_kernel_avx512(int kc, const float* a, const float* b,
 // broadcast a[r] and do 2 FMAs. 12 independent accumulators hide the 4-cycle FMA latency on two
 // FMA ports; 8 loads per 12 FMAs fit in the load ports. Written out by row so that gcc keeps all
 // 12 accumulators in registers.
-static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
-                              float* c, int ldc, int mode) {
+static inline __attribute__((always_inline)) void sgemm_kernel_cols_avx2_(int kc, const float* a, size_t lda, const float* pf,
+                                                                        const float* b, float* c, int ldc, int mode) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -222,6 +236,7 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
         _mm_prefetch((const char*)(c + (size_t)r * ldc + SGEMM_NR - 1), _MM_HINT_T0);
     }
     for (int p = 0; p < kc; p++) {
+        if (pf != NULL) _mm_prefetch((const char*)(pf + p * lda), _MM_HINT_T0);
         __m256 b0 = _mm256_load_ps(b);
         __m256 b1 = _mm256_load_ps(b + 8);
         __m256 ar;
@@ -231,7 +246,7 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
         ar = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(ar, b0, c30); c31 = _mm256_fmadd_ps(ar, b1, c31);
         ar = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(ar, b0, c40); c41 = _mm256_fmadd_ps(ar, b1, c41);
         ar = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(ar, b0, c50); c51 = _mm256_fmadd_ps(ar, b1, c51);
-        a += SGEMM_MR;
+        a += lda;
         b += SGEMM_NR;
     }
     // write back: c = acc, or c = c + acc (one rounding, same as the scalar kernel)
@@ -251,11 +266,21 @@ static void sgemm_kernel_avx2(int kc, const float* a, const float* b,
     SGEMM_STORE_ROW(3, c30, c31); SGEMM_STORE_ROW(4, c40, c41); SGEMM_STORE_ROW(5, c50, c51);
     #undef SGEMM_STORE_ROW
 }
+static void sgemm_kernel_avx2(int kc, const float* a, const float* b, float* c, int ldc, int mode) {
+    sgemm_kernel_cols_avx2_(kc, a, SGEMM_MR, NULL, b, c, ldc, mode);
+}
+static void sgemm_kernel_cols_avx2(int kc, const float* a, size_t lda, const float* pf, const float* b,
+                                   float* c, int ldc, int mode) {
+    if (pf != NULL) sgemm_kernel_cols_avx2_(kc, a, lda, pf, b, c, ldc, mode);
+    else sgemm_kernel_cols_avx2_(kc, a, lda, NULL, b, c, ldc, mode);
+}
 #define sgemm_kernel sgemm_kernel_avx2
+#define sgemm_kernel_cols sgemm_kernel_cols_avx2
 #define sgemm_store_fence _mm_sfence
 #define SGEMM_ISA "AVX2"
 #else
 #define sgemm_kernel sgemm_kernel_scalar
+#define sgemm_kernel_cols sgemm_kernel_cols_scalar
 #define sgemm_store_fence() ((void)0)   // (the scalar kernel does not stream)
 #define SGEMM_ISA "scalar"
 #endif
@@ -478,8 +503,10 @@ enum {
 };
 
 // ----------------------------------------------------------------------------
-// Macro-kernel: C[mc, nc] (+)= packed A block · packed B panel, one micro-tile at a time.
-// Ragged edge tiles are computed whole into a scratch tile and then the valid part is copied or
+// Macro-kernel: C[mc, nc] (+)= A block · packed B panel, one micro-tile at a time. The A block is
+// packed (SGEMM_A_PACKED: MR-row panels, as sgemm_pack_A makes them) or read in place, where op(A)
+// has whole MR-row panels: row-major (SGEMM_A_ROWS, A(i,p) at a[i*lda + p], sgemm_kernel_rows) or
+// column-major (SGEMM_A_COLS, A(i,p) at a[p*lda + i], sgemm_kernel_cols). Ragged edge tiles are computed whole into a scratch tile and then the valid part is copied or
 // added: c + acc is the same single rounding the kernel does in place, so edges sum exactly like
 // interior tiles. (i0, j0, pc): where the block sits in C and in K, for the causal skips; a tile
 // runs over only the k in [p0, p1) where its rows of op(A) can be nonzero (a prefix or suffix
@@ -494,9 +521,11 @@ enum {
 // alternated in one process), and no faster anywhere else. The order changes no result: each
 // tile is computed the same way.
 
-static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, size_t lda, const float* bpack,
+enum { SGEMM_A_PACKED = 0, SGEMM_A_ROWS, SGEMM_A_COLS };
+
+static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, int layout, size_t lda, const float* bpack,
                                float* C, int ldc, int mode, int causal, int i0, int j0, int pc) {
-    if (mode == SGEMM_STREAM && lda != 0) mode = SGEMM_OVERWRITE;   // (the rows kernel does not stream: same values)
+    if (mode == SGEMM_STREAM && layout == SGEMM_A_ROWS) mode = SGEMM_OVERWRITE;   // (the rows kernel does not stream: same values)
     for (int ir = 0; ir < mc; ir += SGEMM_MR) {
         int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
         int first = 1;   // the strip's first tile prefetches the next strip's rows of A (in place)
@@ -516,9 +545,13 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, size_t ld
             int whole = mr == SGEMM_MR && nr == SGEMM_NR;
             float* out = whole ? c : tile;   // ragged edge tiles: computed whole into the scratch tile
             int out_ld = whole ? ldc : SGEMM_NR, out_mode = whole ? mode : SGEMM_OVERWRITE;
-            if (lda != 0) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[(ir+r)*lda + p]
+            if (layout == SGEMM_A_ROWS) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[(ir+r)*lda + p]
                 const float* ap = a + (size_t)ir * lda + p0;
                 sgemm_kernel_rows(p1 - p0, ap, lda, first ? ap + SGEMM_MR * lda : NULL, b, out, out_ld, out_mode);
+                first = 0;
+            } else if (layout == SGEMM_A_COLS) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[p*lda + ir + r]
+                const float* ap = a + (size_t)p0 * lda + ir;
+                sgemm_kernel_cols(p1 - p0, ap, lda, first ? ap + 16 : NULL, b, out, out_ld, out_mode);
                 first = 0;
             } else {
                 sgemm_kernel(p1 - p0, a + (size_t)(ir / SGEMM_MR) * kc * SGEMM_MR + (size_t)p0 * SGEMM_MR, b, out, out_ld, out_mode);
@@ -537,21 +570,29 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, size_t ld
 }
 
 // One block: rows [ic, ic+mc) × columns [jc, jc+nc) of C (+)= op(A) on those rows and K block
-// [pc, pc+kc) · the packed B panel. A row-major op(A) (transA 0: each row's K values contiguous) is
-// read in place for its whole MR-row panels: packing it copied each row once more than the
-// kernel reads it, and the in-place kernel fetches the next panel's rows while it computes the
-// strip's first tile (the dense products' forward and dinp at `small`'s shapes, alternated in one
-// process: 0.90-0.99 of the time). A ragged last panel, and a transposed op(A), are packed.
+// [pc, pc+kc) · the packed B panel. op(A)'s whole MR-row panels are read in place, not packed:
+// packing copied each element once more than the kernel reads it. Row-major (transA 0: the
+// forward's activations, the backward's dout) through sgemm_kernel_rows, which fetches the next
+// strip's rows while it computes the strip's first tile; column-major (transA 1: the weight
+// gradients' doutᵀ) through sgemm_kernel_cols, whose strip's first tile fetches the A lines 16
+// rows ahead. Alternated in one process at `small`'s shapes, against packing: the dense forward
+// and dinp 0.91-0.98 of the time, dW 0.93-0.95; the expert matmuls over a real run's routing
+// 0.97 (small) and 0.98 (wide). Not when a column-major A's rows (of K) are a multiple of 4 KiB
+// apart (the LM head's dW, 16 KiB): kc rows at that stride fall in a few cache sets and evict
+// each other (1.06x slower), so that A is packed. A ragged last panel is packed too.
 static void sgemm_block(int transA, const float* A, int lda, int ic, int mc, int jc, int nc, int pc, int kc,
                         float* apack, const float* bpack, float* C, int ldc, int mode, int causal) {
-    int inplace = transA ? 0 : mc / SGEMM_MR * SGEMM_MR;
-    if (inplace > 0)
-        sgemm_macro_kernel(inplace, nc, kc, A + (size_t)ic * lda + pc, (size_t)lda, bpack, C + (size_t)ic * ldc + jc,
-                           ldc, mode, causal, ic, jc, pc);
+    int inplace = mc / SGEMM_MR * SGEMM_MR;
+    if (transA && (size_t)lda * sizeof(float) % 4096 == 0) inplace = 0;   // (see above)
+    if (inplace > 0) {
+        const float* a = transA ? A + (size_t)pc * lda + ic : A + (size_t)ic * lda + pc;
+        sgemm_macro_kernel(inplace, nc, kc, a, transA ? SGEMM_A_COLS : SGEMM_A_ROWS, (size_t)lda, bpack,
+                           C + (size_t)ic * ldc + jc, ldc, mode, causal, ic, jc, pc);
+    }
     if (mc > inplace) {
         sgemm_pack_A(transA, A, lda, ic + inplace, mc - inplace, pc, kc, apack);
-        sgemm_macro_kernel(mc - inplace, nc, kc, apack, 0, bpack, C + (size_t)(ic + inplace) * ldc + jc, ldc, mode,
-                           causal, ic + inplace, jc, pc);
+        sgemm_macro_kernel(mc - inplace, nc, kc, apack, SGEMM_A_PACKED, 0, bpack, C + (size_t)(ic + inplace) * ldc + jc,
+                           ldc, mode, causal, ic + inplace, jc, pc);
     }
 }
 

@@ -482,6 +482,15 @@ static inline float gelu_grad(float x) {
     float sig = 1.0f / (1.0f + exp_approx(-2.0f * u));
     return sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
 }
+// Both at once, for a forward that keeps GELU'(x) for its backward: the same operations as
+// gelu_value and gelu_grad (so the same bits), sharing the exp.
+static inline float gelu_value_grad(float x, float* grad) {
+    float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
+    float d = 1.0f + exp_approx(-2.0f * u);
+    float sig = 1.0f / d;
+    *grad = sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+    return x / d;
+}
 static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
@@ -613,7 +622,7 @@ typedef struct {
     float* xmoe_z;        // (L, N, De) X-MoE: the projected token W_p x
     float* gate;          // (L, N, K) alpha of each selected expert
     float* expert_input;  // (L, N*K, C) x gathered into contiguous per-expert blocks
-    float* expert_fch;    // (L, N*K, H) W1 x + b1
+    float* expert_dgelu;  // (L, N*K, H) GELU'(W1 x + b1), kept for the backward
     float* expert_gelu;   // (L, N*K, H) gelu of it
     float* expert_out;    // (L, N*K, C) E_i(x), before the gate weight
     float* residual3;     // (L, N, C) after the MoE residual
@@ -659,8 +668,8 @@ typedef struct {
     int* expert_token_index;  // (N*R) slot -> the token it holds
     int* token_slot;          // (N*R) (token, r) -> its slot
     float* input;             // (N*R, C) x gathered into the per-expert blocks
-    float* fch;               // (N*R, H) W1 x + b1
-    float* gelu;              // (N*R, H) gelu of it
+    float* dgelu;             // (N*R, H) GELU'(W1 x + b1)
+    float* gelu;              // (N*R, H) GELU(W1 x + b1)
     float* out;               // (N*R, C) E_i(x), before the gate weight
     float* dout;              // (N*R, C) backward scratch: gradient of out
     float* din;               // (N*R, C) backward scratch: gradient of input
@@ -787,7 +796,7 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
         &m->acts.encoded, &m->acts.ln1, &m->acts.ln1_mean, &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty,
         &m->acts.att, &m->acts.residual2, &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd,
         &m->acts.router_logits, &m->acts.gate_logits, &m->acts.router_probs, &m->acts.router_lse,
-        &m->acts.router_sim, &m->acts.xmoe_z, &m->acts.gate, &m->acts.expert_input, &m->acts.expert_fch,
+        &m->acts.router_sim, &m->acts.xmoe_z, &m->acts.gate, &m->acts.expert_input, &m->acts.expert_dgelu,
         &m->acts.expert_gelu, &m->acts.expert_out, &m->acts.residual3, &m->acts.lnf, &m->acts.lnf_mean,
         &m->acts.lnf_rstd, &m->acts.logits, &m->acts.losses, &m->acts.logits_lse};
     float* p = m->acts_memory;
@@ -825,12 +834,13 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
 #include "routers.h"
 
 // One expert's share of an MoE layer: a contiguous block of `rows` token rows, its input x
-// (rows, C) and activations fch = W1 x + b1, gelu (rows, H) and out (rows, C); for backward, the
+// (rows, C) and activations gelu = GELU(W1 x + b1) and dgelu = GELU'(W1 x + b1) (rows, H) and
+// out (rows, C); for backward, the
 // gradient of out, dout (rows, C), and where the gradient of x goes, din (rows, C) or NULL.
 typedef struct {
     int rows;
     const float* x;
-    float *fch, *gelu, *out;
+    float *dgelu, *gelu, *out;
     const float* dout;
     float* din;
 } ExpertBlock;
@@ -860,16 +870,22 @@ static void experts_bias_backward(float* dbias, const float* const* d, const int
 typedef struct {
     const float* bias;   // (N) this expert's bias, or NULL
     float* gelu;         // forward: GELU(h) out, rows as C's
-    const float* fch;    // backward: the pre-GELU h, rows as C's
+    const float* dgelu;  // backward: GELU'(h), rows as C's
 } ExpertEpilogue;
-// after h = x W1^T: h += b1, gelu = GELU(h)
+// after h = x W1^T (into the dgelu buffer): h += b1, gelu = GELU(h), and h is replaced by GELU'(h),
+// all the backward needs of it. Computed here, GELU' shares GELU's exp and costs a division and a
+// few multiply-adds; computed in the backward from h, it cost the exp again (gelu_grad).
 static void expert_fc_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc, int nc) {
     const ExpertEpilogue* e = (const ExpertEpilogue*)p->ctx;
     for (int r = ic; r < ic + mc; r++) {
         float* h = p->C + (size_t)r * ldc;
         float* g = e->gelu + (size_t)r * ldc;
         #pragma omp simd
-        for (int j = jc; j < jc + nc; j++) { h[j] += e->bias[j]; g[j] = gelu_value(h[j]); }
+        for (int j = jc; j < jc + nc; j++) {
+            float grad;
+            g[j] = gelu_value_grad(h[j] + e->bias[j], &grad);
+            h[j] = grad;
+        }
     }
 }
 // after out = gelu W2^T: out += b2
@@ -885,9 +901,9 @@ static void expert_gelu_backward_epilogue(const SgemmProblem* p, int ldc, int ic
     const ExpertEpilogue* e = (const ExpertEpilogue*)p->ctx;
     for (int r = ic; r < ic + mc; r++) {
         float* dh = p->C + (size_t)r * ldc;
-        const float* h = e->fch + (size_t)r * ldc;
+        const float* dg = e->dgelu + (size_t)r * ldc;
         #pragma omp simd
-        for (int j = jc; j < jc + nc; j++) dh[j] *= gelu_grad(h[j]);
+        for (int j = jc; j < jc + nc; j++) dh[j] *= dg[j];
     }
 }
 
@@ -900,7 +916,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
     ExpertEpilogue ep[256];
     for (int e = 0; e < E; e++) {
         ep[e] = (ExpertEpilogue){m->params.fcb + ((size_t)l * E + e) * H, blk[e].gelu, NULL};
-        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].fch,
+        p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].dgelu,
                               SGEMM_FULL, expert_fc_epilogue, &ep[e]};   // h = x W1^T, then h += b1, gelu = GELU(h)
     }
     sgemm_batch(0, 1, p, E, C, C, H, 0);
@@ -915,7 +931,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
 // Backward of experts_ffn_forward, given each block's dout. Accumulates the experts' parameter
 // gradients and writes din (when not NULL). Overwrites each block's gelu with the gradient of the
 // hidden layer (gelu is last needed for dW2, computed first), so no scratch is needed:
-//   dW2 += dout^T gelu,  db2 += sum dout,  dh = (dout W2) * gelu'(fch),  dW1 += dh^T x,  db1 += sum dh,  din = dh W1
+//   dW2 += dout^T gelu,  db2 += sum dout,  dh = (dout W2) * dgelu,  dW1 += dh^T x,  db1 += sum dh,  din = dh W1
 // When the gradients are known to be zero (m->grads_zero: a step's first micro-batch) dW1 and dW2
 // are written, not added to, and streamed past the caches (matmul.h, SGEMM_STREAM): the same
 // values without reading hundreds of MB of zeros at E = 64-128.
@@ -937,7 +953,7 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
     ExpertEpilogue ep[256];
     for (int e = 0; e < E; e++) {   // dh = (dout W2) * GELU'(h), into the gelu buffer
-        ep[e] = (ExpertEpilogue){NULL, NULL, blk[e].fch};
+        ep[e] = (ExpertEpilogue){NULL, NULL, blk[e].dgelu};
         p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu,
                               SGEMM_FULL, expert_gelu_backward_epilogue, &ep[e]};
     }
@@ -982,7 +998,7 @@ static Dispatch layer_dispatch(MoEModel* m, int l, int N) {
     size_t NK = (size_t)N * K;
     Dispatch d = {K, m->idx.expert_offsets + (size_t)l * (E + 1), m->idx.expert_token_index + (size_t)l * NK,
                   m->idx.token_slot + (size_t)l * NK, m->acts.expert_input + (size_t)l * NK * C,
-                  m->acts.expert_fch + (size_t)l * NK * H, m->acts.expert_gelu + (size_t)l * NK * H,
+                  m->acts.expert_dgelu + (size_t)l * NK * H, m->acts.expert_gelu + (size_t)l * NK * H,
                   m->acts.expert_out + (size_t)l * NK * C, m->scratch.dexpert_out, m->scratch.dexpert_in};
     return d;
 }
@@ -1026,7 +1042,7 @@ static void dispatch_backward(float* dx, const Dispatch* d, int N, int C) {
 static void dispatch_blocks(const Dispatch* d, int E, int C, int H, ExpertBlock* blk) {
     for (int e = 0; e < E; e++) {
         size_t s0 = (size_t)d->expert_offsets[e];
-        blk[e] = (ExpertBlock){d->expert_offsets[e + 1] - d->expert_offsets[e], d->input + s0 * C, d->fch + s0 * H,
+        blk[e] = (ExpertBlock){d->expert_offsets[e + 1] - d->expert_offsets[e], d->input + s0 * C, d->dgelu + s0 * H,
                                d->gelu + s0 * H, d->out + s0 * C, d->dout + s0 * C, d->din + s0 * C};
     }
 }
@@ -1190,7 +1206,7 @@ static void compete_alloc(MoEModel* m, int N) {
         d->expert_token_index = q; q += EN;
         d->token_slot = q; q += EN;
         d->input = p; p += EN * C;
-        d->fch = p; p += EN * H;
+        d->dgelu = p; p += EN * H;
         d->gelu = p; p += EN * H;
         d->out = p; p += EN * C;
         d->dout = dout;

@@ -181,7 +181,7 @@ static int dist_max_int(Dist* d, int x) {
 
 typedef struct {      // the rows of one layer that this rank's experts ran, kept for backward
     int cap;          // rows allocated
-    float *x, *fch, *gelu, *out, *dout, *din;  // (cap, C), (cap, H) x2, (cap, C) x3
+    float *x, *dgelu, *gelu, *out, *dout, *din;  // (cap, C), (cap, H) x2, (cap, C) x3
     int* send_rows;   // (E) rows of each expert this rank sent (its own tokens)
     int* recv_rows;   // (R, E/R) rows from each rank for each of this rank's experts
 } EPLayer;
@@ -204,7 +204,7 @@ static void ep_free(ExpertParallel* ep) {
     if (ep == NULL) return;
     for (int l = 0; l < ep->L; l++) {
         EPLayer* y = &ep->layer[l];
-        free(y->x); free(y->fch); free(y->gelu); free(y->out); free(y->dout); free(y->din);
+        free(y->x); free(y->dgelu); free(y->gelu); free(y->out); free(y->dout); free(y->din);
         free(y->send_rows); free(y->recv_rows);
     }
     free(ep->layer); free(ep->send); free(ep->recv); free(ep->own); free(ep->rep);
@@ -281,7 +281,7 @@ static void ep_local_blocks(const ExpertParallel* ep, const EPLayer* y, int C, i
     for (int j = 0; j < P; j++) {
         int rows = 0;
         for (int q = 0; q < R; q++) rows += y->recv_rows[q * P + j];
-        lb[me * P + j] = (ExpertBlock){rows, y->x + off * C, y->fch + off * H, y->gelu + off * H, y->out + off * C,
+        lb[me * P + j] = (ExpertBlock){rows, y->x + off * C, y->dgelu + off * H, y->gelu + off * H, y->out + off * C,
                                        y->dout + off * C, with_din ? y->din + off * C : NULL};
         off += rows;
     }
@@ -304,10 +304,10 @@ static void ep_forward(ExpertRunner* runner, MoEModel* m, int l, const ExpertBlo
     int total = 0;
     for (int i = 0; i < d->size * P; i++) total += y->recv_rows[i];
     if (total > y->cap) {  // grow this layer's buffers to the rows received
-        free(y->x); free(y->fch); free(y->gelu); free(y->out); free(y->dout); free(y->din);
+        free(y->x); free(y->dgelu); free(y->gelu); free(y->out); free(y->dout); free(y->din);
         y->cap = total + total / 4 + 16;
         y->x = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);
-        y->fch = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * H);
+        y->dgelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * H);
         y->gelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * H);
         y->out = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);
         y->dout = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);

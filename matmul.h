@@ -135,6 +135,9 @@ static void sgemm_scalar(int transA, int transB, int M, int N, int K,
 // changes the order of the sum over p). The scalar version is the definition; the AVX2 one does
 // the same sums in the same order, with each multiply-add fused (as gcc also fuses a*b + c in the
 // scalar one under -march=native, so the two usually agree bit for bit).
+// sgemm_kernel_cols is the same kernel with a[p*lda + r]: lda = MR for a packed panel, or the
+// leading dimension of a column-major op(A) read in place (sgemm_block); then, if pf is not NULL,
+// it also prefetches the line at pf + p*lda for every p (A's lines for a later strip).
 
 // (static inline: with AVX2 it is only the readers' and tests' version, so no unused warning)
 static inline void sgemm_kernel_cols_scalar(int kc, const float* a, size_t lda, const float* pf, const float* b,
@@ -504,10 +507,10 @@ enum {
 
 // ----------------------------------------------------------------------------
 // Macro-kernel: C[mc, nc] (+)= A block · packed B panel, one micro-tile at a time. The A block is
-// packed (SGEMM_A_PACKED: MR-row panels, as sgemm_pack_A makes them) or read in place, where op(A)
-// has whole MR-row panels: row-major (SGEMM_A_ROWS, A(i,p) at a[i*lda + p], sgemm_kernel_rows) or
-// column-major (SGEMM_A_COLS, A(i,p) at a[p*lda + i], sgemm_kernel_cols). Ragged edge tiles are computed whole into a scratch tile and then the valid part is copied or
-// added: c + acc is the same single rounding the kernel does in place, so edges sum exactly like
+// packed (SGEMM_A_PACKED: MR-row panels, as sgemm_pack_A makes them) or read in place, when it is
+// whole MR-row panels: row-major (SGEMM_A_ROWS, A(i,p) at a[i*lda + p], sgemm_kernel_rows) or
+// column-major (SGEMM_A_COLS, A(i,p) at a[p*lda + i], sgemm_kernel_cols). Ragged edge tiles
+// are computed whole into a scratch tile and then the valid part is copied or added: c + acc is the same single rounding the kernel does in place, so edges sum exactly like
 // interior tiles. (i0, j0, pc): where the block sits in C and in K, for the causal skips; a tile
 // runs over only the k in [p0, p1) where its rows of op(A) can be nonzero (a prefix or suffix
 // of both packed panels).
@@ -715,12 +718,12 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
 //   1. pack the whole op(B) of every problem with more than one row block (M > SGEMM_MC_BATCH) once,
 //      into one shared buffer (work: K blocks × groups of slivers, handed out dynamically);
 //   2. the work items are (problem, row block, column block) rectangles of whole micro-tiles,
-//      handed out dynamically, largest first; each packs its rows of op(A) (or reads them in place: sgemm_block) and runs the
-//      macro-kernel on the packed B (a one-row-block problem packs its B here, into the thread's
-//      own L2-sized buffer, as there is nothing to share). Packing B per item re-packed a
-//      512-token expert's weights once per 96 rows: as much copying as multiplying. A one-row-block item of
-//      C = A·Bᵀ (an expert's forward) is computed transposed instead, reading B in place
-//      (sgemm_rows_item).
+//      handed out dynamically, largest first; each packs its rows of op(A) (or reads them in
+//      place: sgemm_block) and runs the macro-kernel on the packed B (a one-row-block problem
+//      packs its B here, into the thread's own L2-sized buffer, as there is nothing to share).
+//      Packing B per item re-packed a 512-token expert's weights once per 96 rows: as much
+//      copying as multiplying. A one-row-block item of C = A·Bᵀ (an expert's forward) is
+//      computed transposed instead, reading B in place (sgemm_rows_item).
 // Which thread computes an item changes nothing: each C element is still summed over K in the
 // fixed SGEMM_KC blocks, so the results are the same bits for any thread count and equal to
 // sgemm_blocked's.

@@ -466,30 +466,23 @@ static void attention_backward(float* dqkv, const float* dout, const float* qkv,
 // cancels for very negative u). Built without fast-math (llm.c's issue #19: fast-math once broke
 // its GELU backward).
 #define GELU_SCALING_FACTOR 0.7978845608028654f
-static inline float gelu_value(float x) {
-    float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
-    return x / (1.0f + exp_approx(-2.0f * u));
-}
-static void gelu_forward(float* out, const float* inp, size_t n) {
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
-}
-// With sig = sigmoid(2u) (so tanh(u) = 2 sig - 1 and 1 - tanh^2 = 4 sig (1 - sig)):
+// GELU(x) and, into *grad, GELU'(x), sharing the exp. With sig = sigmoid(2u) (so tanh(u) = 2 sig - 1
+// and 1 - tanh^2 = 4 sig (1 - sig)):
 //   d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'  =  sig + 2 x sig (1 - sig) u',
 //   u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-static inline float gelu_grad(float x) {
-    float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
-    float sig = 1.0f / (1.0f + exp_approx(-2.0f * u));
-    return sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
-}
-// Both at once, for a forward that keeps GELU'(x) for its backward: the same operations as
-// gelu_value and gelu_grad (so the same bits), sharing the exp.
+// Inlined, the half a caller does not use is dropped by the compiler (gelu_value, gelu_grad).
 static inline float gelu_value_grad(float x, float* grad) {
     float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
     float d = 1.0f + exp_approx(-2.0f * u);
     float sig = 1.0f / d;
     *grad = sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
     return x / d;
+}
+static inline float gelu_value(float x) { float grad; return gelu_value_grad(x, &grad); }
+static inline float gelu_grad(float x) { float grad; gelu_value_grad(x, &grad); return grad; }
+static void gelu_forward(float* out, const float* inp, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
 }
 static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
     #pragma omp parallel for simd schedule(static)

@@ -294,17 +294,18 @@ static void sgemm_kernel_cols_avx2(int kc, const float* a, size_t lda, const flo
 // element is the same sum over p in the same order as sgemm_kernel's, so the bits are the same.
 // Used wherever op(A) is row-major (sgemm_block: the forward's activations, the backward's dout)
 // and for an expert's weights in its forward (sgemm_rows_item). If pf is not NULL, every 16 p (a
-// cache line of each row) the kernel prefetches that line of the MR rows at pf (the next call's
-// rows). (An expert's forward at 32-64 tokens, W from memory: 1.1-1.4x faster with it,
-// alternated in one process.) sgemm_kernel_rows_half computes only the tile's first NR/2
+// cache line of each row) the kernel prefetches that line of the MR rows at pf, pfld apart: the
+// next call's rows of A (An expert's forward at 32-64 tokens, W from memory: 1.1-1.4x faster with
+// it, alternated in one process), or a piece of the next item's B (SgemmAhead). sgemm_kernel_rows_half computes only the tile's first NR/2
 // columns, for the last sliver of an expert's tokens when it holds NR/2 or fewer: routing is
 // uneven, and at E = 64-128 many experts get a handful of tokens, each padded to a whole NR-wide
 // sliver (the expert forward over a real run's routing, alternated in one process: 0.92-0.955
 // of the time at E = 64 and 128, unchanged at E = 8). Per column it is the same sum.
 
-static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* pf, const float* b,
-                                            float* c, int ldc, int mode) {
+static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* pf, size_t pfld,
+                                            const float* b, float* c, int ldc, int mode) {
     (void)pf;
+    (void)pfld;
     float acc[SGEMM_MR][SGEMM_NR] = {{0.0f}};
     for (int p = 0; p < kc; p++)
         for (int r = 0; r < SGEMM_MR; r++)
@@ -319,7 +320,7 @@ static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, 
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
 // nv = 2: the full MR×32 tile; nv = 1: only its first 16 columns (tokens), for a block's last
 // sliver when it holds 16 tokens or fewer (always inlined, so each nv is its own loop).
-static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(int kc, const float* a, size_t lda, const float* pf,
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(int kc, const float* a, size_t lda, const float* pf, size_t pfld,
                                                                            const float* b, float* c, int ldc, int mode, int nv) {
     __m512 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
@@ -334,7 +335,7 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(in
     for (int p = 0; p < kc; p++) {
         if (pf != NULL && (p & 15) == 0) {
             #pragma GCC unroll 16
-            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * lda + p), _MM_HINT_T0);
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * pfld + p), _MM_HINT_T0);
         }
         __m512 b0 = _mm512_load_ps(b), b1 = nv == 2 ? _mm512_load_ps(b + 16) : b0;
         #pragma GCC unroll 16
@@ -357,18 +358,18 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx512_nv(in
         if (nv == 2) _mm512_storeu_ps(cr + 16, v1);
     }
 }
-static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* pf, const float* b,
+static void sgemm_kernel_rows_avx512(int kc, const float* a, size_t lda, const float* pf, size_t pfld, const float* b,
                                      float* c, int ldc, int mode) {
-    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, b, c, ldc, mode, 2);
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, pfld, b, c, ldc, mode, 2);
 }
-static void sgemm_kernel_rows_half_avx512(int kc, const float* a, size_t lda, const float* pf, const float* b,
+static void sgemm_kernel_rows_half_avx512(int kc, const float* a, size_t lda, const float* pf, size_t pfld, const float* b,
                                           float* c, int ldc, int mode) {
-    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, b, c, ldc, mode, 1);
+    sgemm_kernel_rows_avx512_nv(kc, a, lda, pf, pfld, b, c, ldc, mode, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx512
 #define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx512
 #elif defined(__AVX2__) && defined(__FMA__)
-static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int kc, const float* a, size_t lda, const float* pf,
+static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int kc, const float* a, size_t lda, const float* pf, size_t pfld,
                                                                          const float* b, float* c, int ldc, int mode, int nv) {
     __m256 c0[SGEMM_MR], c1[SGEMM_MR];
     const float* ar[SGEMM_MR];
@@ -383,7 +384,7 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int 
     for (int p = 0; p < kc; p++) {
         if (pf != NULL && (p & 15) == 0) {
             #pragma GCC unroll 8
-            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * lda + p), _MM_HINT_T0);
+            for (int r = 0; r < SGEMM_MR; r++) _mm_prefetch((const char*)(pf + r * pfld + p), _MM_HINT_T0);
         }
         __m256 b0 = _mm256_load_ps(b), b1 = nv == 2 ? _mm256_load_ps(b + 8) : b0;
         #pragma GCC unroll 8
@@ -406,13 +407,13 @@ static inline __attribute__((always_inline)) void sgemm_kernel_rows_avx2_nv(int 
         if (nv == 2) _mm256_storeu_ps(cr + 8, v1);
     }
 }
-static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* pf, const float* b,
+static void sgemm_kernel_rows_avx2(int kc, const float* a, size_t lda, const float* pf, size_t pfld, const float* b,
                                    float* c, int ldc, int mode) {
-    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, b, c, ldc, mode, 2);
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, pfld, b, c, ldc, mode, 2);
 }
-static void sgemm_kernel_rows_half_avx2(int kc, const float* a, size_t lda, const float* pf, const float* b,
+static void sgemm_kernel_rows_half_avx2(int kc, const float* a, size_t lda, const float* pf, size_t pfld, const float* b,
                                         float* c, int ldc, int mode) {
-    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, b, c, ldc, mode, 1);
+    sgemm_kernel_rows_avx2_nv(kc, a, lda, pf, pfld, b, c, ldc, mode, 1);
 }
 #define sgemm_kernel_rows sgemm_kernel_rows_avx2
 #define sgemm_kernel_rows_half sgemm_kernel_rows_half_avx2
@@ -561,8 +562,27 @@ enum {
 
 enum { SGEMM_A_PACKED = 0, SGEMM_A_ROWS, SGEMM_A_COLS };
 
+// The next item's op(B), fetched ahead (sgemm_batch, phase 2): a thread claims its next item before
+// it computes the current one, and when that next item will pack its B from memory (an expert's
+// dinp at <= 256 tokens: all of its W), the current item's rows-kernel tiles prefetch that B, one
+// piece of MR rows × KC floats per tile (every tile but a strip's first, which fetches A's next
+// strip), so the packing finds it in cache. (The experts' two dinp products over a real run's
+// routing, alternated in one process: 0.946 and 0.932 of the time at E = 64, 0.932 and 0.924 at
+// E = 128; E = 8, whose experts have more rows and share one packed B, does not fetch ahead.)
+typedef struct {
+    const float* base;     // row 0 of the next item's block of op(B) (B row-major: B + jc)
+    size_t ld;             // its row stride (ldb)
+    int chunks_per_row;    // pieces of KC floats in a row of the block
+    int next, total;       // pieces prefetched so far, of (rows rounded up to MR) / MR × chunks_per_row
+} SgemmAhead;
+static const float* sgemm_ahead_take(SgemmAhead* ah) {
+    if (ah == NULL || ah->next >= ah->total) return NULL;
+    int piece = ah->next++;
+    return ah->base + (size_t)(piece / ah->chunks_per_row) * SGEMM_MR * ah->ld + (size_t)(piece % ah->chunks_per_row) * SGEMM_KC;
+}
+
 static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, int layout, size_t lda, const float* bpack,
-                               float* C, int ldc, int mode, int causal, int i0, int j0, int pc) {
+                               float* C, int ldc, int mode, int causal, int i0, int j0, int pc, SgemmAhead* ahead) {
     if (mode == SGEMM_STREAM && layout == SGEMM_A_ROWS) mode = SGEMM_OVERWRITE;   // (the rows kernel does not stream: same values)
     for (int ir = 0; ir < mc; ir += SGEMM_MR) {
         int mr = mc - ir < SGEMM_MR ? mc - ir : SGEMM_MR;
@@ -585,7 +605,9 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, int layou
             int out_ld = whole ? ldc : SGEMM_NR, out_mode = whole ? mode : SGEMM_OVERWRITE;
             if (layout == SGEMM_A_ROWS) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[(ir+r)*lda + p]
                 const float* ap = a + (size_t)ir * lda + p0;
-                sgemm_kernel_rows(p1 - p0, ap, lda, first ? ap + SGEMM_MR * lda : NULL, b, out, out_ld, out_mode);
+                const float* next_b = first ? NULL : sgemm_ahead_take(ahead);
+                if (next_b != NULL) sgemm_kernel_rows(p1 - p0, ap, lda, next_b, ahead->ld, b, out, out_ld, out_mode);
+                else sgemm_kernel_rows(p1 - p0, ap, lda, first ? ap + SGEMM_MR * lda : NULL, lda, b, out, out_ld, out_mode);
                 first = 0;
             } else if (layout == SGEMM_A_COLS) {   // in place (mr == MR): A(i0+ir+r, pc+p) at a[p*lda + ir + r]
                 const float* ap = a + (size_t)p0 * lda + ir;
@@ -619,18 +641,18 @@ static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, int layou
 // apart (the LM head's dW, 16 KiB): kc rows at that stride fall in a few cache sets and evict
 // each other (1.06x slower), so that A is packed. A ragged last panel is packed too.
 static void sgemm_block(int transA, const float* A, int lda, int ic, int mc, int jc, int nc, int pc, int kc,
-                        float* apack, const float* bpack, float* C, int ldc, int mode, int causal) {
+                        float* apack, const float* bpack, float* C, int ldc, int mode, int causal, SgemmAhead* ahead) {
     int inplace = mc / SGEMM_MR * SGEMM_MR;
     if (transA && (size_t)lda * sizeof(float) % 4096 == 0) inplace = 0;   // (see above)
     if (inplace > 0) {
         const float* a = transA ? A + (size_t)pc * lda + ic : A + (size_t)ic * lda + pc;
         sgemm_macro_kernel(inplace, nc, kc, a, transA ? SGEMM_A_COLS : SGEMM_A_ROWS, (size_t)lda, bpack,
-                           C + (size_t)ic * ldc + jc, ldc, mode, causal, ic, jc, pc);
+                           C + (size_t)ic * ldc + jc, ldc, mode, causal, ic, jc, pc, ahead);
     }
     if (mc > inplace) {
         sgemm_pack_A(transA, A, lda, ic + inplace, mc - inplace, pc, kc, apack);
         sgemm_macro_kernel(mc - inplace, nc, kc, apack, SGEMM_A_PACKED, 0, bpack, C + (size_t)(ic + inplace) * ldc + jc,
-                           ldc, mode, causal, ic + inplace, jc, pc);
+                           ldc, mode, causal, ic + inplace, jc, pc, NULL);
     }
 }
 
@@ -739,7 +761,7 @@ static void sgemm_blocked(int transA, int transB, int M, int N, int K,
                 sgemm_pack_B(transB, B, ldb, pc, kc, jc, nc, bpack);
                 for (int ic = m0; ic < m1; ic += SGEMM_MC) {
                     int mc = m1 - ic < SGEMM_MC ? m1 - ic : SGEMM_MC;
-                    sgemm_block(transA, A, lda, ic, mc, jc, nc, pc, kc, apack, bpack, C, ldc, add, SGEMM_FULL);
+                    sgemm_block(transA, A, lda, ic, mc, jc, nc, pc, kc, apack, bpack, C, ldc, add, SGEMM_FULL, NULL);
                 }
             }
         }
@@ -804,8 +826,8 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
                 int ncol = p->M - js < SGEMM_NR ? p->M - js : SGEMM_NR;
                 float t[SGEMM_MR * SGEMM_NR] __attribute__((aligned(64)));
                 const float* next = w + SGEMM_MR * ldw;   // (prefetched: the next MR rows of W)
-                if (ncol <= SGEMM_NR / 2) sgemm_kernel_rows_half(kc, w, ldw, next, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
-                else sgemm_kernel_rows(kc, w, ldw, next, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
+                if (ncol <= SGEMM_NR / 2) sgemm_kernel_rows_half(kc, w, ldw, next, ldw, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
+                else sgemm_kernel_rows(kc, w, ldw, next, ldw, bpack + (size_t)js * kc, t, SGEMM_NR, SGEMM_OVERWRITE);
                 float* c = p->C + (size_t)js * ldc + jc + ir;   // t[r][col] is C(js + col, jc + ir + r)
                 int col = 0;
                 if (SGEMM_MR == 8 && mr == 8) {   // 8 columns of t at a time, transposed into C's rows
@@ -832,7 +854,8 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
 // The general case of an item (sgemm_item, below): its K blocks in order, B packed here one K block
 // at a time, or read from bshared (phase 1's packing of all of p's op(B)).
 static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
-                              int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
+                              int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack,
+                              SgemmAhead* ahead) {
     size_t npad = (size_t)(p->N + SGEMM_NR - 1) / SGEMM_NR * SGEMM_NR;
     // the first K block computed overwrites C unless accumulating; it streams only if it is
     // the only one (later blocks read C back)
@@ -846,7 +869,7 @@ static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int
         const float* b = bpack;
         if (bshared != NULL) b = bshared + (size_t)pc * npad + (size_t)jc * kc;
         else sgemm_pack_B(transB, p->B, ldb, pc, kc, jc, nc, bpack);
-        sgemm_block(transA, p->A, lda, ic, mc, jc, nc, pc, kc, apack, b, p->C, ldc, mode, p->causal);
+        sgemm_block(transA, p->A, lda, ic, mc, jc, nc, pc, kc, apack, b, p->C, ldc, mode, p->causal, ahead);
         mode = SGEMM_ACCUMULATE;
     }
     if (accumulate == SGEMM_STREAM) sgemm_store_fence();   // streamed stores done before the team's barrier
@@ -856,7 +879,7 @@ static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int
 // calling thread with its packing buffers, then p's epilogue on that block. bshared: p's op(B) as
 // phase 1 packed it (all K blocks), or NULL: pack it here.
 static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
-                       int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack) {
+                       int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack, SgemmAhead* ahead) {
     if (p->K <= 0) {
         if (accumulate != SGEMM_ACCUMULATE) for (int i = 0; i < mc; i++) memset(p->C + (size_t)(ic + i) * ldc + jc, 0, (size_t)nc * sizeof(float));
     } else if (p->causal == SGEMM_C_LOWER && jc >= ic + mc) {
@@ -864,7 +887,7 @@ static void sgemm_item(int transA, int transB, const SgemmProblem* p, int lda, i
     } else if (p->M <= SGEMM_MC_BATCH && transA == 0 && transB == 1 && p->causal == SGEMM_FULL) {
         sgemm_rows_item(p, lda, ldb, ldc, jc, nc, accumulate, bpack);
     } else {
-        sgemm_item_blocks(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack);
+        sgemm_item_blocks(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack, ahead);
     }
     if (p->epilogue != NULL) p->epilogue(p, ldc, ic, mc, jc, nc);
 }
@@ -945,6 +968,14 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
     nthreads = omp_get_max_threads();
 #endif
     sgemm_reserve(nthreads);
+    // Fetch ahead (SgemmAhead) when most items pack their B from memory with A read in place by
+    // rows: an expert dinp's items at <= 256 tokens (E = 64, 128). Only then: a claim made early
+    // holds an item back from the other threads, which unbalances a batch of a few large items
+    // (E = 8's weight gradients: 1.10x slower when every batch claimed ahead).
+    long long per_item_b = 0;
+    for (long long i = 0; i < n_items; i++) per_item_b += probs[sgemm_items[i].q].M <= SGEMM_MC_BATCH;
+    int fetch_ahead = transA == 0 && transB == 0 && 2 * per_item_b >= n_items;
+    long long claimed = 0;   // phase 2's next unclaimed item (shared)
 #ifdef _OPENMP
     #pragma omp parallel num_threads(nthreads)
 #endif
@@ -976,18 +1007,43 @@ static void sgemm_batch(int transA, int transB, const SgemmProblem* probs, int c
                 sgemm_pack_B(transB, p->B, ldb, pc, kc, j0, nc, sgemm_bshared + sgemm_boffset[q] + (size_t)pc * npad + (size_t)j0 * kc);
             }
         }  // (the implied barrier: every shared B is packed before any item uses it)
-        // phase 2: the items, largest first
+        // phase 2: the items, largest first, each thread taking the next unclaimed one; it claims
+        // the one after before computing the current, so that it can fetch that item's B ahead
         float* apack = sgemm_apack[tid];
         float* bpack = sgemm_bpack[tid];
+        long long it, after = -1;
 #ifdef _OPENMP
-        #pragma omp for schedule(dynamic, 1)
+        #pragma omp atomic capture
 #endif
-        for (long long it = 0; it < items; it++) {
+        it = claimed++;
+        while (it < items) {
+            if (fetch_ahead) {
+#ifdef _OPENMP
+                #pragma omp atomic capture
+#endif
+                after = claimed++;
+            }
+            SgemmAhead ahead = {NULL, 0, 1, 0, 0};
+            if (fetch_ahead && after < items) {
+                const SgemmItem* wn = &sgemm_items[after];
+                const SgemmProblem* pn = &probs[wn->q];
+                if (pn->M <= SGEMM_MC_BATCH && pn->K > 0) {   // (it packs its own B: it has one row block)
+                    ahead = (SgemmAhead){pn->B + wn->jc, (size_t)ldb, (wn->nc + SGEMM_KC - 1) / SGEMM_KC, 0, 0};
+                    ahead.total = (pn->K + SGEMM_MR - 1) / SGEMM_MR * ahead.chunks_per_row;
+                }
+            }
             const SgemmItem* w = &sgemm_items[it];
             const SgemmProblem* p = &probs[w->q];
             int ic = w->ic, mc = w->mc, jc = w->jc, nc = w->nc;
             const float* bshared = p->M > SGEMM_MC_BATCH ? sgemm_bshared + sgemm_boffset[w->q] : NULL;
-            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack);
+            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, bshared, apack, bpack, &ahead);
+            if (!fetch_ahead) {
+#ifdef _OPENMP
+                #pragma omp atomic capture
+#endif
+                after = claimed++;
+            }
+            it = after;
         }
     }
 }
@@ -1014,7 +1070,7 @@ static void sgemm_problem(int transA, int transB, const SgemmProblem* p, int lda
         int mc = p->M - ic < SGEMM_MC_BATCH ? p->M - ic : SGEMM_MC_BATCH;
         for (int jc = 0; jc < p->N; jc += SGEMM_NC) {
             int nc = p->N - jc < SGEMM_NC ? p->N - jc : SGEMM_NC;
-            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, NULL, sgemm_apack[tid], sgemm_bpack[tid]);
+            sgemm_item(transA, transB, p, lda, ldb, ldc, accumulate, ic, mc, jc, nc, NULL, sgemm_apack[tid], sgemm_bpack[tid], NULL);
         }
     }
 }

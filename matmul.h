@@ -295,12 +295,13 @@ static void sgemm_kernel_cols_avx2(int kc, const float* a, size_t lda, const flo
 // Used wherever op(A) is row-major (sgemm_block: the forward's activations, the backward's dout)
 // and for an expert's weights in its forward (sgemm_rows_item). If pf is not NULL, every 16 p (a
 // cache line of each row) the kernel prefetches that line of the MR rows at pf, pfld apart: the
-// next call's rows of A (An expert's forward at 32-64 tokens, W from memory: 1.1-1.4x faster with
-// it, alternated in one process), or a piece of the next item's B (SgemmAhead). sgemm_kernel_rows_half computes only the tile's first NR/2
-// columns, for the last sliver of an expert's tokens when it holds NR/2 or fewer: routing is
-// uneven, and at E = 64-128 many experts get a handful of tokens, each padded to a whole NR-wide
-// sliver (the expert forward over a real run's routing, alternated in one process: 0.92-0.955
-// of the time at E = 64 and 128, unchanged at E = 8). Per column it is the same sum.
+// next call's rows of A (an expert's forward at 32-64 tokens, W from memory: 1.1-1.4x faster with
+// it, alternated in one process), or a piece of the next item's B (SgemmAhead).
+// sgemm_kernel_rows_half computes only the tile's first NR/2 columns, for the last sliver of an
+// expert's tokens when it holds NR/2 or fewer: routing is uneven, and at E = 64-128 many experts
+// get a handful of tokens, each padded to a whole NR-wide sliver (the expert forward over a real
+// run's routing, alternated in one process: 0.92-0.955 of the time at E = 64 and 128, unchanged
+// at E = 8). Per column it is the same sum.
 
 static inline void sgemm_kernel_rows_scalar(int kc, const float* a, size_t lda, const float* pf, size_t pfld,
                                             const float* b, float* c, int ldc, int mode) {
@@ -578,7 +579,8 @@ typedef struct {
 static const float* sgemm_ahead_take(SgemmAhead* ah) {
     if (ah == NULL || ah->next >= ah->total) return NULL;
     int piece = ah->next++;
-    return ah->base + (size_t)(piece / ah->chunks_per_row) * SGEMM_MR * ah->ld + (size_t)(piece % ah->chunks_per_row) * SGEMM_KC;
+    size_t row = (size_t)(piece / ah->chunks_per_row) * SGEMM_MR, col = (size_t)(piece % ah->chunks_per_row) * SGEMM_KC;
+    return ah->base + row * ah->ld + col;
 }
 
 static void sgemm_macro_kernel(int mc, int nc, int kc, const float* a, int layout, size_t lda, const float* bpack,

@@ -10,6 +10,7 @@
 //        otherwise idle machine: check `top` first.)
 //        OMP_PROC_BIND=true ./dev/bench_sgemm M N K      (one shape, its three uses)
 //        ./dev/bench_sgemm --peak T | --shape T M N K    (machine-readable, for dev/bench)
+//        OMP_PROC_BIND=true ./dev/bench_sgemm --kernel  (the micro-kernel alone against the peak)
 #include <stdint.h>
 #include <time.h>
 #include "../matmul.h"
@@ -74,6 +75,8 @@ static float fma_chains(long iters) {
     _mm256_storeu_ps(out, s);
     return out[0];
 }
+#else
+#define FMA_ISA "scalar: no FMA peak measured"
 #endif
 
 static double fma_peak_gflops(int nthreads) {
@@ -211,6 +214,53 @@ static double triad_gbs(int nthreads, size_t n) {
     return 16.0 * n / best / 1e9;
 }
 
+// ----------------------------------------------------------------------------
+// The micro-kernel against the peak, on one thread, in three settings (GFLOP/s, best of 9 passes):
+//   cached     sgemm_kernel on one packed A panel (MR×KC) and 4 packed B slivers (KC×NR): L1/L2
+//   block      sgemm_block (as sgemm runs it) over an A block of 256 rows (whole MR-row panels)
+//              read in place (lda 256) and a packed B panel of 16 slivers, into the block's
+//              rows × 16·NR of C (accumulating): warm caches
+//   streaming  the same over 64 different A and C blocks (16 MB of A, 32 MB of C at AVX-512), so
+//              A and C come from memory while B stays in cache
+// Between "cached" and the peak is the kernel's own cost; between "streaming" and a whole sgemm's
+// figure, packing, edge tiles and the threads.
+static volatile int kernel_mode = SGEMM_ACCUMULATE;   // (read at run time, as in sgemm: no specialised copy)
+static double kernel_pass_gflops(int setting) {
+    const int kc = SGEMM_KC, rows = 256 / SGEMM_MR * SGEMM_MR, nsl = 16, lda = SGEMM_KC, nblk = setting == 2 ? 64 : 1;
+    const int ncol = nsl * SGEMM_NR;
+    float* a = (float*)aligned_alloc(64, (size_t)rows * lda * nblk * sizeof(float));
+    float* b = (float*)aligned_alloc(64, (size_t)kc * ncol * sizeof(float));
+    float* c = (float*)aligned_alloc(64, (size_t)rows * ncol * nblk * sizeof(float));
+    if (!a || !b || !c) { fprintf(stderr, "bench_sgemm: cannot allocate the kernel's operands\n"); exit(1); }
+    for (size_t i = 0; i < (size_t)rows * lda * nblk; i++) a[i] = 1e-3f * (float)(i % 7);
+    for (size_t i = 0; i < (size_t)kc * ncol; i++) b[i] = 1e-3f * (float)(i % 5);
+    memset(c, 0, (size_t)rows * ncol * nblk * sizeof(float));
+    double flops = 0.0, best = 1e30;
+    for (int rep = 0; rep < 9; rep++) {
+        double t0 = now_sec();
+        flops = 0.0;
+        if (setting == 0) {   // 4 slivers, 2000 times over
+            for (int r = 0; r < 2000; r++)
+                for (int j = 0; j < 4; j++)
+                    sgemm_kernel(kc, a, b + (size_t)j * kc * SGEMM_NR, c + j * SGEMM_MR * SGEMM_NR, SGEMM_NR, SGEMM_ACCUMULATE);
+            flops = 2.0 * SGEMM_MR * SGEMM_NR * kc * 4 * 2000;
+        } else {
+            int passes = setting == 1 ? 32 : 1;
+            for (int r = 0; r < passes; r++)   // (sgemm_block, as sgemm calls it: A's rows in place)
+                for (int k = 0; k < nblk; k++)
+                    sgemm_block(0, a + (size_t)k * rows * lda, lda, 0, rows, 0, ncol, 0, kc, NULL, b,
+                                c + (size_t)k * rows * ncol, ncol, kernel_mode, SGEMM_FULL, NULL);
+            flops = 2.0 * rows * ncol * kc * nblk * passes;
+        }
+        double dt = now_sec() - t0;
+        if (dt < best) best = dt;
+    }
+    volatile float sink = c[0];
+    (void)sink;
+    free(a); free(b); free(c);
+    return flops / best / 1e9;
+}
+
 int main(int argc, char** argv) {
     //   ./bench_sgemm --experts T E M C H   the expert FFN's six batched matmuls ("experts name tA
     //                                       tB E M N K median best", GFLOP/s)
@@ -223,6 +273,19 @@ int main(int argc, char** argv) {
             return 1;
         }
         bench_experts(nt, E, M, C, H);
+        return 0;
+    }
+    //   ./bench_sgemm --kernel              the micro-kernel on one thread against the 1-thread peak
+    if (argc == 2 && strcmp(argv[1], "--kernel") == 0) {
+        set_threads(1);
+        double peak1 = fma_peak_gflops(1);
+        const char* what[3] = {"cached", "block", "streaming"};
+        printf("micro-kernel %dx%d (" SGEMM_ISA "), one thread; FMA peak %.2f GFLOP/s\n", SGEMM_MR, SGEMM_NR, peak1);
+        for (int setting = 0; setting < 3; setting++) {
+            double g = kernel_pass_gflops(setting);
+            if (peak1 > 0) printf("kernel %-9s %7.2f GFLOP/s  %5.1f%% of peak\n", what[setting], g, 100 * g / peak1);
+            else printf("kernel %-9s %7.2f GFLOP/s  (no peak measured without AVX2)\n", what[setting], g);
+        }
         return 0;
     }
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "--triad") == 0) {

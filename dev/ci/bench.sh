@@ -26,6 +26,11 @@ while IFS= read -r pattern; do
 done < "$out.patterns"
 rm -f "$out.patterns"
 
+# dev/bench_sgemm --kernel (dev/bench built it): the micro-kernel's three settings, each a figure
+if dev/bench_sgemm --kernel > "$out" 2>&1 && [ "$(grep -c '^kernel .* GFLOP/s .* of peak$' "$out")" -eq 3 ] \
+   && ! grep -q ' 0.00 GFLOP/s' "$out"; then ok "dev/bench_sgemm --kernel prints its three settings"
+else bad "dev/bench_sgemm --kernel"; cat "$out"; fi
+
 # train_moe --profile: one step of the default model; the table and its every row
 dir=$(mktemp -d)
 if ./train_moe -x 1 -v 0 --synthetic-tokens 200000 --profile -o "$dir" > "$out" 2>&1; then ok "train_moe --profile exits 0"

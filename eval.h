@@ -55,8 +55,8 @@ static void expert_analysis_begin(ExpertAnalysis* xa, const MoEModel* m, int num
     memset(xa, 0, sizeof(*xa));
     xa->m = m;
     int L = m->config.num_layers, E = m->config.n_expert, V = m->config.vocab_size;
+    metrics_init(&xa->metrics, L, E, m->config.top_k, num_domains);   // (says so when it keeps only the first domains)
     if (num_domains > METRICS_MAX_DOMAINS) num_domains = METRICS_MAX_DOMAINS;
-    metrics_init(&xa->metrics, L, E, m->config.top_k, num_domains);
     xa->probe_sim = (float*)callocCheck((size_t)L, sizeof(float));
     xa->num_domains = num_domains;
     xa->domain_names = (char (*)[DOMAIN_NAME_MAX])callocCheck((size_t)(num_domains > 0 ? num_domains : 1), DOMAIN_NAME_MAX);

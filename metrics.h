@@ -41,6 +41,9 @@ typedef struct {  // one layer's numbers
 static void metrics_init(MoEMetrics* mm, int L, int E, int K, int num_domains) {
     memset(mm, 0, sizeof(*mm));
     mm->L = L; mm->E = E; mm->K = K;
+    if (num_domains > METRICS_MAX_DOMAINS)
+        fprintf(stderr, "note: %d domains; the routing metrics take the first %d (tokens of the others are left out "
+                "of P(e, d) and MI)\n", num_domains, METRICS_MAX_DOMAINS);
     mm->num_domains = num_domains < METRICS_MAX_DOMAINS ? num_domains : METRICS_MAX_DOMAINS;
     mm->counts = (double*)callocCheck((size_t)L * E, sizeof(double));
     mm->sibling_hits = (double*)callocCheck((size_t)L, sizeof(double));
@@ -60,8 +63,9 @@ static void metrics_free(MoEMetrics* mm) {
 }
 
 // The chance level of MI(e; d): the same statistic with the tokens' domains shuffled. The caller
-// permutes the domains of the whole set the MI is taken over (a training step; eval_moe: the whole
-// pass) with domains_permute and feeds each forward pass's slice here, beside metrics_accumulate.
+// permutes the domains with domains_permute (eval_moe: those of its whole pass; train_moe: each
+// micro-batch's own, docs/metrics.md) and feeds each forward pass's slice here, beside
+// metrics_accumulate.
 static void metrics_accumulate_null(MoEMetrics* mm, const MoEModel* m, const uint8_t* permuted_domains) {
     int L = mm->L, E = mm->E, K = mm->K, D = mm->num_domains;
     int N = m->batch_size * m->seq_len;

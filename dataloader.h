@@ -573,7 +573,8 @@ static inline int domain_labels_load(const char* path, size_t expect_n, uint8_t*
 #define DOMAIN_NAME_MAX 64
 // Reads the D domain names from domains.txt in the directory of path (a shard or a glob), one per
 // line; a missing file gives the names "domain0".."domain{D-1}" and returns 1; 0 when read;
-// -1 with err when the file exists but does not hold exactly D non-empty names.
+// -1 with err when the file exists but does not hold exactly D non-empty names (a name of up to
+// DOMAIN_NAME_MAX - 1 bytes is kept, longer ones are cut; a line over 510 bytes or a comma is refused).
 static inline int domain_names_load(const char* path, int D, char names[][DOMAIN_NAME_MAX], char* err, size_t errlen) {
     char file[4096];
     snprintf(file, sizeof(file), "%s", path);
@@ -584,10 +585,21 @@ static inline int domain_names_load(const char* path, int D, char names[][DOMAIN
     FILE* f = fopen(file, "r");
     if (f == NULL) return 1;
     char line[512];
-    int n = 0;
+    int n = 0, lineno = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {   // a line longer than the buffer: not a name
+            fclose(f);
+            dl_error(err, errlen, "%s: line %d is longer than %d bytes: not a domain name", file, lineno, (int)sizeof(line) - 2);
+            return -1;
+        }
         line[strcspn(line, "\r\n")] = 0;
         if (line[0] == 0) continue;
+        if (strchr(line, ',') != NULL) {   // config.txt lists the names joined by commas
+            fclose(f);
+            dl_error(err, errlen, "%s: line %d: a domain name cannot hold a comma", file, lineno);
+            return -1;
+        }
         line[DOMAIN_NAME_MAX - 1] = 0;  // a longer name is cut
         if (n < D) memcpy(names[n], line, strlen(line) + 1);
         n++;

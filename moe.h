@@ -31,6 +31,7 @@ ascending expert order.
 #include <time.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <zlib.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -76,6 +77,17 @@ static void* calloc_check_(size_t n, size_t size, const char* file, int line) {
 }
 #define mallocCheck(size) malloc_check_(size, __FILE__, __LINE__)
 #define callocCheck(n, size) calloc_check_(n, size, __FILE__, __LINE__)
+
+// Refuses, with a reason, a model's buffers larger than this machine's memory, before they are
+// allocated (and touched: the OS would otherwise kill the process part-way). train_moe says the
+// same earlier, with the whole run's estimate, for a new model; this also covers -e, --upcycle
+// and eval_moe.
+static void memory_fits_or_die(double bytes, const char* what) {
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (have > 0 && bytes > have)
+        die("%s need about %.1f GB but this machine has %.1f GB of memory: choose a smaller model or batch", what,
+            bytes / 1e9, have / 1e9);
+}
 
 // Formats a message into a caller's error buffer and returns -1, for the "return an error" paths
 // (checkpoint and file loaders) that tests exercise without exiting.
@@ -736,6 +748,7 @@ static void moe_build(MoEModel* m, const MoEConfig* config) {
     fill_param_sizes(m->param_sizes, config);
     m->num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) m->num_parameters += m->param_sizes[i];
+    memory_fits_or_die(8.0 * (double)m->num_parameters, "the model's parameters and gradients");
     m->params_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
     m->grads_memory = (float*)callocCheck(m->num_parameters, sizeof(float));
     point_parameters(&m->params, m->params_memory, m->param_sizes);
@@ -784,6 +797,10 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
     size_t total = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) total += sizes[i];
     free(m->acts_memory);
+    m->acts_memory = NULL;
+    char what[96];
+    snprintf(what, sizeof(what), "the activations at B=%d T=%d with the parameters", B, T);
+    memory_fits_or_die(4.0 * (double)total + 8.0 * (double)m->num_parameters, what);
     m->acts_memory = (float*)callocCheck(total, sizeof(float));
     float** ptrs[NUM_ACTIVATION_TENSORS] = {
         &m->acts.encoded, &m->acts.ln1, &m->acts.ln1_mean, &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty,
@@ -1761,26 +1778,28 @@ static const char* checkpoint_settings_check(const int* h) {
 }
 
 // Loads a checkpoint into m. If m has no parameters yet it is built from the header; otherwise
-// the header's config must equal m's. The whole file is read and its crc checked before anything
-// is copied, so a bad file never half-loads. 0, or -1 with the reason in err.
+// the header's config must equal m's. The header is checked first (so a huge or wrong file is
+// refused before it is read), then the whole file is read and its crc checked before anything is
+// copied, so a bad file never half-loads. 0, or -1 with the reason in err.
 static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* info, TrainState* ts,
                                char* err, size_t errlen) {
     FILE* f = fopen(path, "rb");
     if (f == NULL) return set_err(err, errlen, "checkpoint %s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return set_err(err, errlen, "checkpoint %s: cannot seek", path); }
-    long fsize = ftell(f);
-    rewind(f);
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return set_err(err, errlen, "checkpoint %s: not a regular file", path);
+    }
+    long fsize = (long)st.st_size;
     if (fsize < 1024 + 4) {
         fclose(f);
         return set_err(err, errlen, "checkpoint %s: file is %ld bytes, smaller than the 1028-byte minimum (truncated?)", path, fsize);
     }
-    unsigned char* buf = (unsigned char*)mallocCheck((size_t)fsize);
-    size_t got = fread(buf, 1, (size_t)fsize, f);
-    fclose(f);
-    if (got != (size_t)fsize) { free(buf); return set_err(err, errlen, "checkpoint %s: short read", path); }
+    // the header first: the size it implies is checked before the file is read whole
     int header[256];
-    memcpy(header, buf, sizeof(header));
+    unsigned char* buf = NULL;
     int rc = 0;
+    if (fread(header, sizeof(header), 1, f) != 1) { fclose(f); return set_err(err, errlen, "checkpoint %s: short read", path); }
     if (header[HDR_MAGIC] != CHECKPOINT_MAGIC) {
         rc = set_err(err, errlen, "checkpoint %s: bad magic %d (expected %d): not a moe.c checkpoint", path,
                      header[HDR_MAGIC], CHECKPOINT_MAGIC);
@@ -1826,6 +1845,12 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
     if ((size_t)fsize != expect) {
         rc = set_err(err, errlen, "checkpoint %s: header describes %zu bytes, file holds %ld (truncated or corrupt)",
                      path, expect, fsize);
+        goto done;
+    }
+    buf = (unsigned char*)mallocCheck((size_t)fsize);
+    rewind(f);
+    if (fread(buf, 1, (size_t)fsize, f) != (size_t)fsize) {
+        rc = set_err(err, errlen, "checkpoint %s: short read", path);
         goto done;
     }
     uint32_t stored;
@@ -1882,6 +1907,7 @@ static int moe_load_checkpoint(MoEModel* m, const char* path, CheckpointInfo* in
     }
     if (ts != NULL) memcpy(ts->run_header, header + HDR_RUN_FIRST, sizeof(ts->run_header));
 done:
+    fclose(f);
     free(buf);
     return rc;
 }

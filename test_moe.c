@@ -1063,6 +1063,19 @@ static void test_checkpoint(void) {
     f = fopen(path, "wb"); fputs("x", f); fclose(f);
     rc = moe_load_checkpoint(&r4, path, NULL, NULL, err, sizeof(err));
     CHECK(rc != 0 && strstr(err, "truncated") != NULL, "1-byte checkpoint: got '%s'", rc ? err : "success");
+    rc = moe_load_checkpoint(&r4, "/tmp", NULL, NULL, err, sizeof(err));
+    CHECK(rc != 0 && strstr(err, "not a regular file") != NULL, "a directory as checkpoint: got '%s'", rc ? err : "success");
+    // a huge file (sparse, 1 GiB) with a foreign header is refused from its header, not read whole
+    f = fopen(path, "wb"); fputs("not a header", f); fclose(f);
+    if (truncate(path, (off_t)1 << 30) == 0) {
+        double t0 = now_seconds();
+        rc = moe_load_checkpoint(&r4, path, NULL, NULL, err, sizeof(err));
+        CHECK(rc != 0 && strstr(err, "magic") != NULL && r4.params_memory == NULL,
+              "1 GiB foreign file: expected a magic error, got '%s'", rc ? err : "success");
+        CHECK(now_seconds() - t0 < 5.0, "1 GiB foreign file: refused in %.1f s, should be from its header alone",
+              now_seconds() - t0);
+        if (truncate(path, 12) != 0) CHECK(0, "cannot shrink %s back", path);
+    }
     moe_free(&r4);
     moe_free(&m);
 }
@@ -1733,6 +1746,7 @@ static void test_trainer_refusals(void) {
     expect_refusal("--router gatepro --experts 1 --top-k 1", "E >= 2");
     expect_refusal("--router gatepro --gatepro-lambda -1", "--gatepro-lambda");
     expect_refusal("--router gatepro --gatepro-lambda inf", "--gatepro-lambda");
+    expect_refusal("--vocab-size 1000", "synthetic corpus has its own V=512");
     char args[1024];
     snprintf(args, sizeof(args), "-e %s/ckpt.bin", test_dir);  // left corrupt by test_checkpoint
     expect_refusal(args, "ckpt.bin");
@@ -2386,6 +2400,14 @@ static void test_domain_labels(void) {
     if (f != NULL) { fputs("x\ny\n", f); fclose(f); }
     CHECK(domain_names_load(domt_path("a.bin"), 5, names, err, sizeof(err)) == -1 && strstr(err, "2 domain names"),
           "domains.txt with 2 names for 5 domains accepted: '%s'", err);
+    f = fopen(domt_path("domains.txt"), "w");   // one 600-byte line would have counted as two names
+    if (f != NULL) { for (int i = 0; i < 600; i++) fputc('x', f); fputs("\nb\n", f); fclose(f); }
+    CHECK(domain_names_load(domt_path("a.bin"), 3, names, err, sizeof(err)) == -1 && strstr(err, "line 1 is longer"),
+          "domains.txt with a 600-byte line accepted: '%s'", err);
+    f = fopen(domt_path("domains.txt"), "w");
+    if (f != NULL) { fputs("a\nb,c\nd\ne\nf\n", f); fclose(f); }
+    CHECK(domain_names_load(domt_path("a.bin"), 5, names, err, sizeof(err)) == -1 && strstr(err, "comma"),
+          "domains.txt with a comma in a name accepted: '%s'", err);
     remove(domt_path("domains.txt"));
     // the permutation behind MI's chance level keeps the labels' counts and depends on the seed only
     uint8_t p1[1000], p2[1000], orig[1000];
@@ -2474,6 +2496,12 @@ static void test_domain_pipeline(void) {
         CHECK(fits, "make_cloze -t 48%s: %d examples, each must fit T=48 (%s)", split ? " --split-line" : "", set.n, err);
         mc_free(&set);
     }
+    // --vocab-size that disagrees with the tokenizer beside the shards (V=512) is refused up front
+    snprintf(cmd, sizeof(cmd), "./train_moe -i %s -j %s --vocab-size 600 -x 1 -o %s", domt_path("md/md_train.bin"),
+             domt_path("md/md_val.bin"), domt_path("vmis"));
+    rc = run_cmd(cmd, out);
+    CHECK(rc != 0 && file_contains(out, "--vocab-size 600 differs from the tokenizer"),
+          "--vocab-size 600 with a V=512 tokenizer: expected a refusal (rc %d, see %s)", rc, out);
     // bad input: two inputs with the same domain name
     snprintf(cmd, sizeof(cmd), "./data/prepare_text -i %s -i %s -o %s", domt_path("alpha.txt"), domt_path("alpha.txt"),
              domt_path("dup"));

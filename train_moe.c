@@ -639,6 +639,9 @@ static void setup_data(RunData* d, const RunSettings* s, const Flags* flags) {
     d->synthetic = flags->value[F_TRAIN][0] == '\0';
     if (d->synthetic) {
         if (flags->value[F_VAL][0]) die("-j needs -i: the synthetic corpus brings its own validation split");
+        if (flags->given[F_VOCAB] || flags->given[F_TOKENIZER])
+            die("--%s is for shards (-i): the synthetic corpus has its own V=%d and no tokenizer",
+                flags->given[F_VOCAB] ? "vocab-size" : "tokenizer", SYNTH_VOCAB);
         size_t ntrain = (size_t)flag_int(flags, F_SYNTH_TOKENS, 10000, 1L << 31);
         synthetic_corpus_generate(&d->corpus, ntrain, ntrain / 16, s->seed);
         d->V = d->corpus.vocab_size;
@@ -666,6 +669,9 @@ static void setup_data(RunData* d, const RunSettings* s, const Flags* flags) {
         if (d->V == 0) {
             if (!d->have_tokenizer) die("shards without a tokenizer: give --vocab-size V or --tokenizer FILE");
             d->V = d->tokenizer.vocab_size;
+        } else if (d->have_tokenizer && d->V != (int)d->tokenizer.vocab_size) {
+            die("--vocab-size %d differs from the tokenizer %s's V=%d: drop --vocab-size (V comes from the tokenizer) "
+                "or give the tokenizer the shards were made with", d->V, tok_path, d->tokenizer.vocab_size);
         }
         if (!flags->value[F_VAL][0]) die("-i needs -j: give the validation shards too");
     }

@@ -207,6 +207,8 @@ static void domain_name(const char* path, char* out, size_t n) {
     snprintf(out, n, "%s", base ? base + 1 : path);
     char* dot = strchr(out, '.');
     if (dot != NULL && dot != out) *dot = 0;
+    for (char* c = out; *c; c++)   // config.txt joins the names with commas; domains.txt is one per line
+        if (*c == ',' || *c == '\n' || *c == '\r') *c = '_';
 }
 
 // cuts text[0, n) into documents of about doc_bytes, each ending at a line end (or at n)

@@ -344,9 +344,10 @@ static void multiple_choice(EvalRun* r) {
     double t0 = now_seconds();
     mc_evaluate(&r->model, &r->mode, &r->set, r->mc_limit, r->B, r->T, r->eot, &r->mc, NULL);
     r->mc_seconds = now_seconds() - t0;
+    if (r->mc.examples == 0) die("%s: --mc-limit 0 scores no example: no accuracy", r->mc_path);
     if (r->mc.scored == 0)
         die("%s: none of its %d examples could be scored at T=%d (each is longer than T even after truncating its "
-            "context): no accuracy", r->mc_path, r->mc.examples, r->mc.T_run);
+            "context): no accuracy", r->mc_path, r->mc.examples, r->T);
     r->did_mc = 1;
     const MCResult* mc = &r->mc;
     print_rule();

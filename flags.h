@@ -87,7 +87,9 @@ static float flag_float(const Flags* f, int id, float lo, float hi) {
     char* end;
     errno = 0;
     float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) die("--%s: '%s' is not a finite number", f->spec[id].name, s);
+    if (end == s || *end || !isfinite(v) || (errno && fabsf(v) > 1.0f))
+        die("--%s: '%s' is not a finite number", f->spec[id].name, s);
+    if (errno) die("--%s: '%s' is too small for a float (it would be 0 or lose precision)", f->spec[id].name, s);
     if (v < lo || v > hi) die("--%s: %g is outside [%g, %g]", f->spec[id].name, v, lo, hi);
     return v;
 }

@@ -4131,7 +4131,7 @@ static void test_upcycle_bad_files(void) {
     float nan = NAN;
     memcpy(buf + n - 8, &nan, 4);  // in lnfb
     upc_expect_refusal("llm.c file with a NaN", buf, n, "lnfb");
-    upc_expect_refusal("empty file", good, 0, "magic");
+    upc_expect_refusal("empty file", good, 0, "empty");
     free(buf);
     free(good);
     // an MoE checkpoint is not a dense model

@@ -184,6 +184,13 @@ static int llmc_save_model(const MoEModel* m, const char* path, char* err, size_
 static int dense_load(MoEModel* dense, const char* path, char* err, size_t errlen) {
     FILE* f = fopen(path, "rb");
     if (f == NULL) return set_err(err, errlen, "dense model %s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 1024) {
+        int regular = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode);
+        fclose(f);
+        return set_err(err, errlen, "dense model %s: %s", path,
+                       regular ? "shorter than a 1024-byte header (empty or truncated)" : "not a regular file");
+    }
     int32_t magic = 0;
     size_t got = fread(&magic, 4, 1, f);
     fclose(f);

@@ -1562,6 +1562,20 @@ static void test_trainer_resume_rules(void) {
     CHECK(rc == 0 && info.seed == 42 && info.total_steps == 6 && bits_float((uint32_t)info.header[HDR_RUN_LR]) == 5e-4f,
           "the resumed run's checkpoint should say seed 42, 6 steps, lr 5e-4: %s", rc ? err : "");
     moe_free(&m);
+    // a resume from an earlier checkpoint in the same directory: the later checkpoints (of the run it
+    // branches from) are renamed, so the newest model_*.bin is the new run's; -d 0 is no change
+    const char* tiny = "--layers 1 --channels 32 --heads 2 --experts 2 --expert-hidden 32 -t 16 -b 2 -v 0 -s 0";
+    snprintf(cmd, sizeof(cmd), "./train_moe %s -x 6 -n 3 -o %s/branch", tiny, test_dir);
+    rc = run_cmd(cmd, out);
+    CHECK(rc == 0, "branch: the first run failed (see %s)", out);
+    snprintf(cmd, sizeof(cmd), "./train_moe -e %s/branch/model_00000003.bin -o %s/branch -x 5 -d 0", test_dir, test_dir);
+    rc = run_cmd(cmd, out);
+    char later[512], moved[600];
+    snprintf(later, sizeof(later), "%s/branch/model_00000006.bin", test_dir);
+    snprintf(moved, sizeof(moved), "%s.superseded", later);
+    CHECK(rc == 0 && access(later, F_OK) != 0 && access(moved, F_OK) == 0 && file_contains(out, "renamed *.superseded") &&
+          !file_contains(out, "--total-batch 0 replaces"),
+          "branch: step 6's checkpoint should be renamed .superseded and -d 0 print no change (exit %d, see %s)", rc, out);
 }
 
 static void test_trainer_signal(void) {

@@ -180,6 +180,31 @@ static void prune_checkpoints(const char* dir, int step, int keep) {
     free(steps);
 }
 
+// A resume from step `step` into dir: checkpoints of later steps there belong to the run it
+// branches from (their steps are being cut from the logs), so they are renamed
+// model_%08d.bin.superseded (never deleted), and the newest model_*.bin is again this run's: a
+// later "resume from the newest checkpoint" must not continue the abandoned branch.
+static void supersede_later_checkpoints(const char* dir, int step) {
+    DIR* d = opendir(dir);
+    if (d == NULL) return;
+    struct dirent* e;
+    int renamed = 0;
+    while ((e = readdir(d)) != NULL) {
+        int s = checkpoint_step_of(e->d_name);
+        if (s <= step) continue;
+        char from[4096], to[4200];
+        snprintf(from, sizeof(from), "%s/%s", dir, e->d_name);
+        snprintf(to, sizeof(to), "%s.superseded", from);
+        for (int i = 1; access(to, F_OK) == 0 && i < 1000; i++) snprintf(to, sizeof(to), "%s.superseded.%d", from, i);
+        if (rename(from, to) == 0) renamed++;
+        else fprintf(stderr, "warning: cannot rename %s (a later step than this resume's): %s\n", from, strerror(errno));
+    }
+    closedir(d);
+    if (renamed)
+        printf("resume at step %d: %d checkpoint%s of later steps in %s renamed *.superseded (the run this one branches "
+               "from; the logs are cut back to step %d too)\n", step, renamed, renamed == 1 ? "" : "s", dir, step);
+}
+
 // Cuts a log back to before `step` (a resume): keeps the longest prefix of whole lines (ending in
 // a newline) none of which belongs to step >= `step`. A line's step is the number after "s:" in
 // main.log, the first column in metrics.tsv; lines without one (the tsv header) are kept.
@@ -427,11 +452,15 @@ static void flags_from_checkpoint(Flags* flags, const char* path, const Checkpoi
                 info->header[r->field]);
         if (!flags->given[r->flag]) { flags->value[r->flag] = text[r->flag]; continue; }
         if (flag_header_value(r, flags->value[r->flag]) == info->header[r->field]) continue;
+        if (r->flag == F_TOTAL_BATCH && flag_header_value(r, flags->value[r->flag]) == 0) continue;   // -d 0: resolved later
         if (r->on_change == CHANGE_REFUSED)
             die("--%s %s: the checkpoint %s was trained with %s, and a resumed run keeps it (drop the flag, or start "
                 "a new run from the weights with --weights-only)", name, flags->value[r->flag], path, text[r->flag]);
-        printf("resume: --%s %s replaces the checkpoint's %s from step %d on\n", name, flags->value[r->flag],
-               text[r->flag], info->step);
+        if (resuming)
+            printf("resume: --%s %s replaces the checkpoint's %s from step %d on\n", name, flags->value[r->flag],
+                   text[r->flag], info->step);
+        else
+            printf("--weights-only: --%s %s replaces the checkpoint's %s\n", name, flags->value[r->flag], text[r->flag]);
     }
 }
 
@@ -922,6 +951,7 @@ static void open_outputs(Run* run) {
     snprintf(o->log_path, sizeof(o->log_path), "%s/main.log", s->outdir);
     snprintf(o->metrics_path, sizeof(o->metrics_path), "%s/metrics.tsv", s->outdir);
     if (run->resuming) {
+        supersede_later_checkpoints(s->outdir, run->start_step);
         cut_log_to_step(o->log_path, run->start_step);
         cut_log_to_step(o->metrics_path, run->start_step);
     }

@@ -85,8 +85,8 @@ static void* calloc_check_(size_t n, size_t size, const char* file, int line) {
 static void memory_fits_or_die(double bytes, const char* what) {
     double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     if (have > 0 && bytes > have)
-        die("%s need about %.1f GB but this machine has %.1f GB of memory: choose a smaller model or batch", what,
-            bytes / 1e9, have / 1e9);
+        die("%s need about %.1f GB (%.0f bytes) but this machine has %.1f GB (%.0f bytes) of memory: choose a smaller "
+            "model or batch", what, bytes / 1e9, bytes, have / 1e9, have);
 }
 
 // Formats a message into a caller's error buffer and returns -1, for the "return an error" paths

@@ -743,11 +743,10 @@ static double training_bytes(const MoEConfig* c, int B, int T, double* param_byt
 // Refuses a run that would not fit in this machine's memory, before anything big is allocated.
 static void check_memory(const MoEConfig* c, int B, int T) {
     double param_bytes, need = training_bytes(c, B, T, &param_bytes);
-    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (have > 0 && need > have)
-        die("the run needs about %.0f bytes (%.1f GB: %.1f GB for the parameters, gradients and AdamW state, %.1f GB "
-            "of activations at B=%d T=%d) but this machine has %.0f bytes (%.1f GB) of memory: choose a smaller model "
-            "or batch", need, need / 1e9, param_bytes / 1e9, (need - param_bytes) / 1e9, B, T, have, have / 1e9);
+    char what[256];
+    snprintf(what, sizeof(what), "the run's buffers (%.1f GB for the parameters, gradients and AdamW state, %.1f GB of "
+             "activations at B=%d T=%d)", param_bytes / 1e9, (need - param_bytes) / 1e9, B, T);
+    memory_fits_or_die(need, what);   // (moe.h; it checks each allocation again on every path)
 }
 
 static void setup_model(Run* run) {

@@ -659,6 +659,8 @@ static void parse_settings(RunSettings* s, Flags* flags, int ranks) {
         die("-d total batch %ld tokens is %d micro-batches of B*T = %ld, not a multiple of the %d MPI ranks "
             "(give -d a multiple of %ld)", s->total_batch, s->grad_accum, BT, ranks, BT * ranks);
     s->router = router_settings(flags);
+    if (s->router.router == ROUTER_AUXFREE && s->router.aux_loss_coef == 0.0f)
+        flags->value[F_AUX_LOSS] = "0";   // (config.txt records the coefficient the run uses)
 }
 
 // --- step 2: data: shards, or the built-in synthetic corpus

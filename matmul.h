@@ -59,8 +59,12 @@
 // 1.007 of the time (alternated in one process).
 // The micro-kernel itself runs at the FMA peak: one core, 8×32, dev/bench_sgemm --kernel: 99% of
 // it on operands in L1/L2, 97% over a block as sgemm runs it, 93-96% with A and C coming from
-// memory (AVX2's 6×16 on the same core: 99%, 97%, 90%). What a whole matmul loses beyond that is
-// packing, edge tiles and the threads.
+// memory (AVX2's 6×16 on the same core: 99%, 97%, 90%); on a Zen 5, whose AVX-512 is full width
+// (twice the FMAs per cycle of a Zen 4 for the same memory), 98-99%, 94-95%, 91-95%. What a whole
+// matmul loses beyond that is packing, edge tiles and the threads. (On a shared host, also the
+// neighbours' use of the L3: E = 8's expert matmuls ran at 360 or at 300-310 GFLOP/s on the same
+// Zen 5 minutes apart; writing sgemm_batch's shared B panels with non-temporal stores was 4-6%
+// faster in the slow state and 1-2% slower in the fast one, so it was left out.)
 
 #if defined(__AVX512F__) && !defined(SGEMM_NO_AVX512)
 #ifndef SGEMM_MR

@@ -668,6 +668,16 @@ static void sgemm_block(int transA, const float* A, int lda, int ic, int mc, int
     }
 }
 
+// A row stride, in floats, for a matrix of n columns that a matmul writes or reads in place: n
+// rounded up to whole 64-byte cache lines, an odd number of them. Rows a power of two apart alias
+// in the L1 (its set index repeats every 4 KiB): at n = 512 (2 KiB) the 32 rows of one
+// sgemm_rows_item tile at a given column fall into 2 of the 64 sets and evict each other; an odd
+// number of lines spreads them over 32. The model's expert hidden layers use it (moe.h, Dispatch).
+static inline int sgemm_row_stride(int n) {
+    int lines = (n + 15) / 16;
+    return 16 * (lines % 2 == 0 ? lines + 1 : lines);
+}
+
 // ----------------------------------------------------------------------------
 // Packing buffers: allocated on first use and grown only, never freed, so that steady-state calls
 // do not allocate. Each thread has its own A block and B panel, separate 64-byte aligned

@@ -627,8 +627,8 @@ typedef struct {
     float* xmoe_z;        // (L, N, De) X-MoE: the projected token W_p x
     float* gate;          // (L, N, K) alpha of each selected expert
     float* expert_input;  // (L, N*K, C) x gathered into contiguous per-expert blocks
-    float* expert_dgelu;  // (L, N*K, H) GELU'(W1 x + b1), kept for the backward
-    float* expert_gelu;   // (L, N*K, H) gelu of it
+    float* expert_dgelu;  // (L, N*K, H) GELU'(W1 x + b1), kept for the backward; rows sgemm_row_stride(H) apart
+    float* expert_gelu;   // (L, N*K, H) gelu of it, the same
     float* expert_out;    // (L, N*K, C) E_i(x), before the gate weight
     float* residual3;     // (L, N, C) after the MoE residual
     float* lnf;           // (N, C)
@@ -673,8 +673,8 @@ typedef struct {
     int* expert_token_index;  // (N*R) slot -> the token it holds
     int* token_slot;          // (N*R) (token, r) -> its slot
     float* input;             // (N*R, C) x gathered into the per-expert blocks
-    float* dgelu;             // (N*R, H) GELU'(W1 x + b1)
-    float* gelu;              // (N*R, H) GELU(W1 x + b1)
+    float* dgelu;             // (N*R, H) GELU'(W1 x + b1), rows sgemm_row_stride(H) apart
+    float* gelu;              // (N*R, H) GELU(W1 x + b1), the same
     float* out;               // (N*R, C) E_i(x), before the gate weight
     float* dout;              // (N*R, C) backward scratch: gradient of out
     float* din;               // (N*R, C) backward scratch: gradient of input
@@ -787,12 +787,13 @@ static void moe_init_params(MoEModel* m, uint64_t seed, float router_init_std) {
 static void moe_alloc_activations(MoEModel* m, int B, int T) {
     const MoEConfig* c = &m->config;
     size_t L = c->num_layers, C = c->channels, NH = c->num_heads, E = c->n_expert, K = c->top_k;
-    size_t H = c->expert_hidden, Vp = c->padded_vocab_size, N = (size_t)B * T, NK = N * K, De = c->xmoe_dim;
+    size_t Hs = sgemm_row_stride(c->expert_hidden), Vp = c->padded_vocab_size, N = (size_t)B * T, NK = N * K;
+    size_t De = c->xmoe_dim;
     size_t sizes[NUM_ACTIVATION_TENSORS] = {
         N * C, L * N * C, L * N, L * N, L * N * 3 * C, L * N * C, L * B * NH * T * T,
         L * N * C, L * N * C, L * N, L * N,
         L * N * E, L * N * E, L * N * E, L * N, L * E * E, L * N * De, L * N * K,
-        L * NK * C, L * NK * H, L * NK * H, L * NK * C,
+        L * NK * C, L * NK * Hs, L * NK * Hs, L * NK * C,
         L * N * C, N * C, N, N, N * Vp, N, N};
     size_t total = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) total += sizes[i];
@@ -844,9 +845,9 @@ static void moe_alloc_activations(MoEModel* m, int B, int T) {
 #include "routers.h"
 
 // One expert's share of an MoE layer: a contiguous block of `rows` token rows, its input x
-// (rows, C) and activations gelu = GELU(W1 x + b1) and dgelu = GELU'(W1 x + b1) (rows, H) and
-// out (rows, C); for backward, the
-// gradient of out, dout (rows, C), and where the gradient of x goes, din (rows, C) or NULL.
+// (rows, C) and activations gelu = GELU(W1 x + b1) and dgelu = GELU'(W1 x + b1) (rows, H, rows
+// sgemm_row_stride(H) floats apart) and out (rows, C); for backward, the gradient of out,
+// dout (rows, C), and where the gradient of x goes, din (rows, C) or NULL.
 typedef struct {
     int rows;
     const float* x;
@@ -855,9 +856,9 @@ typedef struct {
     float* din;
 } ExpertBlock;
 
-// Column sums of each block's rows of a (rows, width) matrix into dbias + e*width. One expert per
+// Column sums of each block's rows of a (rows, width) matrix, rows ld apart, into dbias + e*width. One expert per
 // iteration, rows summed in order: deterministic.
-static void experts_bias_backward(float* dbias, const float* const* d, const int* rows, int E, int width) {
+static void experts_bias_backward(float* dbias, const float* const* d, const int* rows, int E, int width, int ld) {
     #pragma omp parallel for schedule(dynamic, 1)
     for (int e = 0; e < E; e++) {
         if (rows[e] > 0) {
@@ -865,7 +866,7 @@ static void experts_bias_backward(float* dbias, const float* const* d, const int
                 int j1 = j0 + 64 < width ? j0 + 64 : width;
                 float acc[64] = {0};
                 for (int r = 0; r < rows[e]; r++)
-                    for (int j = j0; j < j1; j++) acc[j - j0] += d[e][(size_t)r * width + j];
+                    for (int j = j0; j < j1; j++) acc[j - j0] += d[e][(size_t)r * ld + j];
                 for (int j = j0; j < j1; j++) dbias[(size_t)e * width + j] += acc[j - j0];
             }
         }
@@ -921,7 +922,7 @@ static void expert_gelu_backward_epilogue(const SgemmProblem* p, int ldc, int ic
 // matmuls is one batched call over all experts (sgemm_batch), not E calls.
 static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
-    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, C = c->channels, H = c->expert_hidden, Hs = sgemm_row_stride(H);
     SgemmProblem p[256] = {{0}};
     ExpertEpilogue ep[256];
     for (int e = 0; e < E; e++) {
@@ -929,13 +930,13 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
         p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].x, m->params.fcw + ((size_t)l * E + e) * H * C, blk[e].dgelu,
                               SGEMM_FULL, expert_fc_epilogue, &ep[e]};   // h = x W1^T, then h += b1, gelu = GELU(h)
     }
-    sgemm_batch(0, 1, p, E, C, C, H, 0);
+    sgemm_batch(0, 1, p, E, C, C, Hs, 0);
     for (int e = 0; e < E; e++) {
         ep[e] = (ExpertEpilogue){m->params.fcprojb + ((size_t)l * E + e) * C, NULL, NULL};
         p[e] = (SgemmProblem){blk[e].rows, C, H, blk[e].gelu, m->params.fcprojw + ((size_t)l * E + e) * C * H, blk[e].out,
                               SGEMM_FULL, expert_bias_epilogue, &ep[e]};   // out = gelu W2^T + b2
     }
-    sgemm_batch(0, 1, p, E, H, H, C, 0);
+    sgemm_batch(0, 1, p, E, Hs, H, C, 0);
 }
 
 // Backward of experts_ffn_forward, given each block's dout. Accumulates the experts' parameter
@@ -947,7 +948,7 @@ static void experts_ffn_forward(const MoEModel* m, int l, const ExpertBlock* blk
 // values without reading hundreds of MB of zeros at E = 64-128.
 static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
     const MoEConfig* c = &m->config;
-    int E = c->n_expert, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, C = c->channels, H = c->expert_hidden, Hs = sgemm_row_stride(H);
     SgemmProblem p[256] = {{0}};
     const float* rows_d[256];
     int rows[256];
@@ -959,28 +960,28 @@ static void experts_ffn_backward(MoEModel* m, int l, const ExpertBlock* blk) {
         int out_rows = blk[e].rows > 0 ? C : 0;   // (no rows: its gradients stay zero, or the earlier micro-batches' sum)
         p[e] = (SgemmProblem){out_rows, H, blk[e].rows, blk[e].dout, blk[e].gelu, m->grads.fcprojw + (le0 + e) * C * H, SGEMM_FULL, NULL, NULL};
     }
-    sgemm_batch(1, 0, p, E, C, H, H, dw_mode);
-    experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C);
+    sgemm_batch(1, 0, p, E, C, Hs, H, dw_mode);
+    experts_bias_backward(m->grads.fcprojb + le0 * C, rows_d, rows, E, C, C);
     ExpertEpilogue ep[256];
     for (int e = 0; e < E; e++) {   // dh = (dout W2) * GELU'(h), into the gelu buffer
         ep[e] = (ExpertEpilogue){NULL, NULL, blk[e].dgelu};
         p[e] = (SgemmProblem){blk[e].rows, H, C, blk[e].dout, m->params.fcprojw + (le0 + e) * C * H, blk[e].gelu,
                               SGEMM_FULL, expert_gelu_backward_epilogue, &ep[e]};
     }
-    sgemm_batch(0, 0, p, E, C, H, H, 0);
+    sgemm_batch(0, 0, p, E, C, H, Hs, 0);
     for (int e = 0; e < E; e++) {
         rows_d[e] = blk[e].gelu;
         int out_rows = blk[e].rows > 0 ? H : 0;
         p[e] = (SgemmProblem){out_rows, C, blk[e].rows, blk[e].gelu, blk[e].x, m->grads.fcw + (le0 + e) * H * C, SGEMM_FULL, NULL, NULL};
     }
-    sgemm_batch(1, 0, p, E, H, C, C, dw_mode);
-    experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H);
+    sgemm_batch(1, 0, p, E, Hs, C, C, dw_mode);
+    experts_bias_backward(m->grads.fcb + le0 * H, rows_d, rows, E, H, Hs);
     int any_din = 0;
     for (int e = 0; e < E; e++) {
         any_din |= blk[e].din != NULL;
         p[e] = (SgemmProblem){blk[e].din != NULL ? blk[e].rows : 0, C, H, blk[e].gelu, m->params.fcw + (le0 + e) * H * C, blk[e].din, SGEMM_FULL, NULL, NULL};
     }
-    if (any_din) sgemm_batch(0, 0, p, E, H, C, C, 0);
+    if (any_din) sgemm_batch(0, 0, p, E, Hs, C, C, 0);
 }
 
 // Expert parallelism (mpi_moe.h) runs a layer's experts where they live: it sends each block's
@@ -1004,11 +1005,11 @@ static void experts_backward(MoEModel* m, int l, const ExpertBlock* blk) {
 // The dispatch of a routed layer l: each token runs on its K selected experts.
 static Dispatch layer_dispatch(MoEModel* m, int l, int N) {
     const MoEConfig* c = &m->config;
-    int E = c->n_expert, K = c->top_k, C = c->channels, H = c->expert_hidden;
+    int E = c->n_expert, K = c->top_k, C = c->channels, Hs = sgemm_row_stride(c->expert_hidden);
     size_t NK = (size_t)N * K;
     Dispatch d = {K, m->idx.expert_offsets + (size_t)l * (E + 1), m->idx.expert_token_index + (size_t)l * NK,
                   m->idx.token_slot + (size_t)l * NK, m->acts.expert_input + (size_t)l * NK * C,
-                  m->acts.expert_dgelu + (size_t)l * NK * H, m->acts.expert_gelu + (size_t)l * NK * H,
+                  m->acts.expert_dgelu + (size_t)l * NK * Hs, m->acts.expert_gelu + (size_t)l * NK * Hs,
                   m->acts.expert_out + (size_t)l * NK * C, m->scratch.dexpert_out, m->scratch.dexpert_in};
     return d;
 }
@@ -1050,10 +1051,11 @@ static void dispatch_backward(float* dx, const Dispatch* d, int N, int C) {
 }
 // The per-expert blocks of a dispatch, for experts_ffn_forward/backward.
 static void dispatch_blocks(const Dispatch* d, int E, int C, int H, ExpertBlock* blk) {
+    size_t Hs = (size_t)sgemm_row_stride(H);
     for (int e = 0; e < E; e++) {
         size_t s0 = (size_t)d->expert_offsets[e];
-        blk[e] = (ExpertBlock){d->expert_offsets[e + 1] - d->expert_offsets[e], d->input + s0 * C, d->dgelu + s0 * H,
-                               d->gelu + s0 * H, d->out + s0 * C, d->dout + s0 * C, d->din + s0 * C};
+        blk[e] = (ExpertBlock){d->expert_offsets[e + 1] - d->expert_offsets[e], d->input + s0 * C, d->dgelu + s0 * Hs,
+                               d->gelu + s0 * Hs, d->out + s0 * C, d->dout + s0 * C, d->din + s0 * C};
     }
 }
 
@@ -1194,9 +1196,9 @@ static void compete_alloc(MoEModel* m, int N) {
     int slots = m->router.compete_max_layers < c->num_layers ? m->router.compete_max_layers : c->num_layers;
     if (slots < 1) slots = 1;
     if (cb->memory != NULL && cb->slots >= slots && cb->N == N) return;
-    size_t E = c->n_expert, H = c->expert_hidden, C = c->channels, S = slots, EN = E * N;
+    size_t E = c->n_expert, Hs = sgemm_row_stride(c->expert_hidden), C = c->channels, S = slots, EN = E * N;
     free(cb->memory); free(cb->imemory); free(cb->dispatch); free(cb->slot_of_layer);
-    cb->memory = (float*)callocCheck(S * (EN * (2 * C + 2 * H) + 2 * EN) + 2 * EN * C + EN, sizeof(float));
+    cb->memory = (float*)callocCheck(S * (EN * (2 * C + 2 * Hs) + 2 * EN) + 2 * EN * C + EN, sizeof(float));
     cb->imemory = (int*)callocCheck(S * (E + 1 + 2 * EN) + EN, sizeof(int));
     cb->dispatch = (Dispatch*)callocCheck(S, sizeof(Dispatch));
     cb->slot_of_layer = (int*)mallocCheck(sizeof(int) * c->num_layers);
@@ -1216,8 +1218,8 @@ static void compete_alloc(MoEModel* m, int N) {
         d->expert_token_index = q; q += EN;
         d->token_slot = q; q += EN;
         d->input = p; p += EN * C;
-        d->dgelu = p; p += EN * H;
-        d->gelu = p; p += EN * H;
+        d->dgelu = p; p += EN * Hs;
+        d->gelu = p; p += EN * Hs;
         d->out = p; p += EN * C;
         d->dout = dout;
         d->din = din;

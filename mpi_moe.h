@@ -181,7 +181,7 @@ static int dist_max_int(Dist* d, int x) {
 
 typedef struct {      // the rows of one layer that this rank's experts ran, kept for backward
     int cap;          // rows allocated
-    float *x, *dgelu, *gelu, *out, *dout, *din;  // (cap, C), (cap, H) x2, (cap, C) x3
+    float *x, *dgelu, *gelu, *out, *dout, *din;  // (cap, C), (cap, H) x2 (rows sgemm_row_stride(H) apart), (cap, C) x3
     int* send_rows;   // (E) rows of each expert this rank sent (its own tokens)
     int* recv_rows;   // (R, E/R) rows from each rank for each of this rank's experts
 } EPLayer;
@@ -276,12 +276,13 @@ static void ep_exchange(ExpertParallel* ep, EPLayer* y, int width, const float* 
 // The blocks of this rank's experts over the rows it received: expert e of another rank has none.
 static void ep_local_blocks(const ExpertParallel* ep, const EPLayer* y, int C, int H, int with_din, ExpertBlock* lb) {
     int R = ep->dist->size, P = ep->per_rank, me = ep->dist->rank;
+    size_t Hs = (size_t)sgemm_row_stride(H);
     memset(lb, 0, sizeof(ExpertBlock) * ep->E);
     size_t off = 0;
     for (int j = 0; j < P; j++) {
         int rows = 0;
         for (int q = 0; q < R; q++) rows += y->recv_rows[q * P + j];
-        lb[me * P + j] = (ExpertBlock){rows, y->x + off * C, y->dgelu + off * H, y->gelu + off * H, y->out + off * C,
+        lb[me * P + j] = (ExpertBlock){rows, y->x + off * C, y->dgelu + off * Hs, y->gelu + off * Hs, y->out + off * C,
                                        y->dout + off * C, with_din ? y->din + off * C : NULL};
         off += rows;
     }
@@ -291,6 +292,7 @@ static void ep_forward(ExpertRunner* runner, MoEModel* m, int l, const ExpertBlo
     ExpertParallel* ep = (ExpertParallel*)runner;
     Dist* d = ep->dist;
     int E = ep->E, P = ep->per_rank, C = m->config.channels, H = m->config.expert_hidden;
+    int Hs = sgemm_row_stride(H);
     EPLayer* y = &ep->layer[l];
     for (int e = 0; e < E; e++) y->send_rows[e] = blk[e].rows;
     double t0 = dist_now();
@@ -307,8 +309,8 @@ static void ep_forward(ExpertRunner* runner, MoEModel* m, int l, const ExpertBlo
         free(y->x); free(y->dgelu); free(y->gelu); free(y->out); free(y->dout); free(y->din);
         y->cap = total + total / 4 + 16;
         y->x = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);
-        y->dgelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * H);
-        y->gelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * H);
+        y->dgelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * Hs);
+        y->gelu = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * Hs);
         y->out = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);
         y->dout = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);
         y->din = (float*)mallocCheck(sizeof(float) * (size_t)y->cap * C);

@@ -111,6 +111,20 @@ static void test_matmul(void) {
     free(c.inp); free(c.weight); free(c.bias); free(c.out); free(c.w); free(dinp); free(dw); free(db);
 }
 
+// The expert hidden layer's padded row stride: at least n, whole 64-byte lines, an odd number of
+// them (so 64 consecutive rows fall into 64 different L1 sets), and at most 2 lines of padding.
+static void test_row_stride(void) {
+    int bad = 0;
+    for (int n = 1; n <= 4096; n++) {
+        int s = sgemm_row_stride(n);
+        if (s < n || s % 16 != 0 || (s / 16) % 2 != 1 || s - n >= 32) bad++;
+    }
+    CHECK(bad == 0, "sgemm_row_stride: %d of 4096 widths break its rule", bad);
+    CHECK(sgemm_row_stride(512) == 528 && sgemm_row_stride(24) == 48 && sgemm_row_stride(16) == 16,
+          "sgemm_row_stride: 512 -> %d, 24 -> %d, 16 -> %d (expected 528, 48, 16)",
+          sgemm_row_stride(512), sgemm_row_stride(24), sgemm_row_stride(16));
+}
+
 static double attention_loss(void* p) {
     OpCtx* c = (OpCtx*)p;
     attention_forward(c->out, c->mean, c->inp, c->B, c->T, c->C, c->NH);  // mean holds att here
@@ -4268,6 +4282,7 @@ int main(void) {
     test_layernorm();
     test_matmul();
     test_attention();
+    test_row_stride();
     test_gelu();
     test_crossentropy();
     test_gate_weights();

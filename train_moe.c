@@ -734,7 +734,8 @@ static double training_bytes(const MoEConfig* c, int B, int T, double* param_byt
     double H = c->expert_hidden, Vp = c->padded_vocab_size, N = (double)B * T, De = c->xmoe_dim;
     double P = (Vp + c->max_seq_len + 2) * C + L * (12 * C * C + 13 * C) + L * E * (2 * C + 2 * H * C + H + 1) +
                L * (De * C + E * De + 1);
-    double acts = N * C + L * N * (9 * C + 4 + 3 * E + 1 + De + K + K * (2 * C + 2 * H)) + L * (B * NH * (double)T * T) +
+    double Hs = sgemm_row_stride(c->expert_hidden);   // the hidden layer's padded rows
+    double acts = N * C + L * N * (9 * C + 4 + 3 * E + 1 + De + K + K * (2 * C + 2 * Hs)) + L * (B * NH * (double)T * T) +
                   L * E * E + N * (C + 3 + Vp);
     double index = L * N * K * 3 + L * (2 * E + 1);
     double scratch = N * (6 * C + E + K + 2 * De) + 2 * N * K * C + (double)B * NH * T * T;

@@ -150,16 +150,20 @@ static double bench_shape(int tA, int tB, int M, int N, int K, int nthreads, dou
 //   fcproj dinp dg(M,H) = do(M,C) W2(C,H)        fc dinp     dx(M,C)  = dh(M,H) W1(H,C)
 //   fcproj dW  dW2(C,H) = do^T g  (K = M)        fc dW       dW1(H,C) = dh^T x (K = M)
 // The weight gradients are written with SGEMM_STREAM into 64-byte aligned memory, as the model
-// writes them on a step's first micro-batch (dev/bench's runs have one micro-batch per step).
+// writes them on a step's first micro-batch (dev/bench's runs have one micro-batch per step). The
+// hidden-layer matrices h, g, dg, dh have rows Hs floats apart: the model's sgemm_row_stride(H).
 // Each of the six has 2*E*M*C*H FLOPs. Median over repetitions lasting ~0.3 s (at least 5).
-static void bench_experts(int nthreads, int E, int M, int C, int H) {
-    struct { const char* name; int tA, tB, m, n, k; } use[6] = {
-        {"fc_fwd", 0, 1, M, H, C}, {"fcproj_fwd", 0, 1, M, C, H}, {"fcproj_dinp", 0, 0, M, H, C},
-        {"fc_dinp", 0, 0, M, C, H}, {"fcproj_dW", 1, 0, C, H, M}, {"fc_dW", 1, 0, H, C, M}};
+static void bench_experts(int nthreads, int E, int M, int C, int H, int Hs) {
+    struct { const char* name; int tA, tB, m, n, k, lda, ldb, ldc; } use[6] = {   // (ld 0: unpadded)
+        {"fc_fwd", 0, 1, M, H, C, 0, 0, Hs}, {"fcproj_fwd", 0, 1, M, C, H, Hs, 0, 0},
+        {"fcproj_dinp", 0, 0, M, H, C, 0, 0, Hs}, {"fc_dinp", 0, 0, M, C, H, Hs, 0, 0},
+        {"fcproj_dW", 1, 0, C, H, M, 0, Hs, 0}, {"fc_dW", 1, 0, H, C, M, Hs, 0, 0}};
     set_threads(nthreads);
     for (int u = 0; u < 6; u++) {
         int m = use[u].m, n = use[u].n, k = use[u].k, tA = use[u].tA, tB = use[u].tB;
-        size_t na = (size_t)m * k, nb = (size_t)k * n, nc = (size_t)m * n;
+        int lda = use[u].lda ? use[u].lda : tA ? m : k, ldb = use[u].ldb ? use[u].ldb : tB ? k : n;
+        int ldc = use[u].ldc ? use[u].ldc : n, acc = tA ? SGEMM_STREAM : SGEMM_OVERWRITE;
+        size_t na = (size_t)(tA ? k : m) * lda, nb = (size_t)(tB ? n : k) * ldb, nc = (size_t)m * ldc;
         float* A = (float*)malloc(na * E * sizeof(float));
         float* B = (float*)malloc(nb * E * sizeof(float));
         float* Cm = sgemm_alloc(nc * E);   // 64-byte aligned, as the model's gradients (2 MiB)
@@ -167,9 +171,8 @@ static void bench_experts(int nthreads, int E, int M, int C, int H) {
         for (size_t i = 0; i < nb * E; i++) B[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
         SgemmProblem* p = (SgemmProblem*)malloc(sizeof(SgemmProblem) * E);
         for (int e = 0; e < E; e++) p[e] = (SgemmProblem){m, n, k, A + na * e, B + nb * e, Cm + nc * e, SGEMM_FULL, NULL, NULL};
-        int lda = tA ? m : k, ldb = tB ? k : n, acc = tA ? SGEMM_STREAM : SGEMM_OVERWRITE;
         double t0 = now_sec();
-        sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
+        sgemm_batch(tA, tB, p, E, lda, ldb, ldc, acc);
         double once = now_sec() - t0;
         int reps = (int)(0.3 / (once + 1e-9));
         if (reps < 5) reps = 5;
@@ -177,7 +180,7 @@ static void bench_experts(int nthreads, int E, int M, int C, int H) {
         double* t = (double*)malloc(reps * sizeof(double));
         for (int r = 0; r < reps; r++) {
             double s0 = now_sec();
-            sgemm_batch(tA, tB, p, E, lda, ldb, n, acc);
+            sgemm_batch(tA, tB, p, E, lda, ldb, ldc, acc);
             t[r] = now_sec() - s0;
         }
         double flops = 2.0 * E * m * n * k, med = median(t, reps);
@@ -262,17 +265,19 @@ static double kernel_pass_gflops(int setting) {
 }
 
 int main(int argc, char** argv) {
-    //   ./bench_sgemm --experts T E M C H   the expert FFN's six batched matmuls ("experts name tA
-    //                                       tB E M N K median best", GFLOP/s)
+    //   ./bench_sgemm --experts T E M C H [HS]  the expert FFN's six batched matmuls ("experts name
+    //                                       tA tB E M N K median best", GFLOP/s); the hidden layer's
+    //                                       rows HS floats apart (default: the model's stride)
     //   ./bench_sgemm --triad T [MFLOATS]   streaming bandwidth ("triad_gbs X"), arrays of MFLOATS
     //                                       million floats each (default 32: 128 MB per array)
-    if (argc == 7 && strcmp(argv[1], "--experts") == 0) {
+    if ((argc == 7 || argc == 8) && strcmp(argv[1], "--experts") == 0) {
         int nt = atoi(argv[2]), E = atoi(argv[3]), M = atoi(argv[4]), C = atoi(argv[5]), H = atoi(argv[6]);
-        if (nt < 1 || E < 1 || E > 4096 || M < 1 || C < 1 || H < 1) {
-            fprintf(stderr, "bench_sgemm: --experts T E M C H needs positive integers (E <= 4096)\n");
+        int Hs = argc == 8 ? atoi(argv[7]) : sgemm_row_stride(H);
+        if (nt < 1 || E < 1 || E > 4096 || M < 1 || C < 1 || H < 1 || Hs < H) {
+            fprintf(stderr, "bench_sgemm: --experts T E M C H [HS] needs positive integers (E <= 4096, HS >= H)\n");
             return 1;
         }
-        bench_experts(nt, E, M, C, H);
+        bench_experts(nt, E, M, C, H, Hs);
         return 0;
     }
     //   ./bench_sgemm --kernel              the micro-kernel on one thread against the 1-thread peak

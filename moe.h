@@ -271,6 +271,57 @@ static inline float exp_approx(float x) {
     return p * scale;
 }
 
+// Sixteen exp_approx at once, the same operations lane by lane, so the same bits (test_moe.c checks
+// it), written with GCC's vector types (gcc and clang: one zmm operation on AVX-512, two ymm on
+// AVX2). In a loop of exp_approx gcc keeps the selects as branches (-ftrapping-math): on AVX2 it
+// does not vectorise the loop at all, and on AVX-512 it runs the polynomial twice under masks.
+// One core, 4096 elements in L1: exp 0.47 ns an element as a loop of exp_approx on AVX-512 and
+// 2.4 ns on AVX2; GELU and GELU' 0.95 and 6.4 ns.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+static inline f32x16 load16(const float* p) { f32x16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store16(float* p, f32x16 v) { memcpy(p, &v, sizeof v); }
+static inline f32x16 splat16(float x) { f32x16 v; for (int i = 0; i < 16; i++) v[i] = x; return v; }
+static inline f32x16 select16(i32x16 mask, f32x16 a, f32x16 b) {   // mask lanes -1: a, 0: b
+    return (f32x16)((mask & (i32x16)a) | (~mask & (i32x16)b));
+}
+static inline float sum16(f32x16 v) {   // lanes summed in a fixed order
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += v[i];
+    return s;
+}
+static inline f32x16 exp_approx16(f32x16 x) {
+    x = select16(x < -87.0f, splat16(-87.0f), select16(x > 88.0f, splat16(88.0f), x));
+    f32x16 t = x * 1.44269504088896341f + 0.5f;
+    f32x16 rt = (t + 12582912.0f) - 12582912.0f;
+    f32x16 n = select16(rt > t, rt - 1.0f, rt);
+    f32x16 r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    f32x16 p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    u32x16 bits = ((u32x16)(n + (127.0f + 12582912.0f)) - 0x4B400000u) << 23;
+    return p * (f32x16)bits;
+}
+
+// out[i] = exp_approx(x[i] - shift) for i < n (none stored when out is NULL; out may be x), and
+// their sum: sixteen lanes summed apart, then the lanes in order, then the last n % 16 terms.
+static float exp_sum(float* out, const float* x, float shift, int n) {
+    f32x16 acc = splat16(0.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        f32x16 e = exp_approx16(load16(x + i) - shift);
+        if (out != NULL) store16(out + i, e);
+        acc += e;
+    }
+    float sum = sum16(acc);
+    for (; i < n; i++) {
+        float e = exp_approx(x[i] - shift);
+        if (out != NULL) out[i] = e;
+        sum += e;
+    }
+    return sum;
+}
+
 // ----------------------------------------------------------------------------
 // the ops. Each forward is followed by its backward.
 
@@ -425,9 +476,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
             float maxval = -INFINITY;
             #pragma omp simd reduction(max : maxval)
             for (int t2 = 0; t2 <= t; t2++) { a[t2] *= scale; maxval = a[t2] > maxval ? a[t2] : maxval; }
-            float sum = 0.0f;
-            #pragma omp simd reduction(+ : sum)
-            for (int t2 = 0; t2 <= t; t2++) { a[t2] = exp_approx(a[t2] - maxval); sum += a[t2]; }
+            float sum = exp_sum(a, a, maxval, t + 1);
             float inv = 1.0f / sum;
             for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
             for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
@@ -490,15 +539,29 @@ static inline float gelu_value_grad(float x, float* grad) {
     *grad = sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
     return x / d;
 }
+// gelu_value_grad on sixteen lanes (exp_approx16): the same bits.
+static inline f32x16 gelu_value_grad16(f32x16 x, f32x16* grad) {
+    f32x16 u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
+    f32x16 d = 1.0f + exp_approx16(-2.0f * u);
+    f32x16 sig = 1.0f / d;
+    *grad = sig + 2.0f * x * sig * (1.0f - sig) * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+    return x / d;
+}
 static inline float gelu_value(float x) { float grad; return gelu_value_grad(x, &grad); }
 static inline float gelu_grad(float x) { float grad; gelu_value_grad(x, &grad); return grad; }
 static void gelu_forward(float* out, const float* inp, size_t n) {
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = gelu_value(inp[i]);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i += 16) {
+        if (i + 16 <= n) { f32x16 grad; store16(out + i, gelu_value_grad16(load16(inp + i), &grad)); }
+        else for (size_t j = i; j < n; j++) out[j] = gelu_value(inp[j]);
+    }
 }
 static void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i += 16) {
+        if (i + 16 <= n) { f32x16 grad; gelu_value_grad16(load16(inp + i), &grad); store16(dinp + i, load16(dinp + i) + grad * load16(dout + i)); }
+        else for (size_t j = i; j < n; j++) dinp[j] += gelu_grad(inp[j]) * dout[j];
+    }
 }
 
 // out = a + b, elementwise over n. Its backward is the identity to both inputs, written inline.
@@ -517,10 +580,7 @@ static float crossentropy_forward(float* losses, float* lse, const float* logits
         float m = -INFINITY;
         #pragma omp simd reduction(max : m)
         for (int v = 0; v < V; v++) m = x[v] > m ? x[v] : m;  // (fmaxf is a libm call gcc does not vectorise)
-        float s = 0.0f;
-        #pragma omp simd reduction(+ : s)
-        for (int v = 0; v < V; v++) s += exp_approx(x[v] - m);
-        lse[n] = m + logf(s);
+        lse[n] = m + logf(exp_sum(NULL, x, m, V));
         losses[n] = lse[n] - x[targets[n]];
     }
     double total = 0.0;
@@ -535,8 +595,9 @@ static void crossentropy_backward_inplace(float* logits, const float* lse, const
     for (int n = 0; n < N; n++) {
         float* x = logits + (size_t)n * Vp;
         float l = lse[n];
-        #pragma omp simd
-        for (int v = 0; v < V; v++) x[v] = dloss * exp_approx(x[v] - l);
+        int v = 0;
+        for (; v + 16 <= V; v += 16) store16(x + v, dloss * exp_approx16(load16(x + v) - l));
+        for (; v < V; v++) x[v] = dloss * exp_approx(x[v] - l);
         x[targets[n]] -= dloss;
         for (int v = V; v < Vp; v++) x[v] = 0.0f;
     }
@@ -891,8 +952,13 @@ static void expert_fc_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, i
     for (int r = ic; r < ic + mc; r++) {
         float* h = p->C + (size_t)r * ldc;
         float* g = e->gelu + (size_t)r * ldc;
-        #pragma omp simd
-        for (int j = jc; j < jc + nc; j++) {
+        int j = jc;
+        for (; j + 16 <= jc + nc; j += 16) {
+            f32x16 grad;
+            store16(g + j, gelu_value_grad16(load16(h + j) + load16(e->bias + j), &grad));
+            store16(h + j, grad);
+        }
+        for (; j < jc + nc; j++) {
             float grad;
             g[j] = gelu_value_grad(h[j] + e->bias[j], &grad);
             h[j] = grad;

@@ -444,12 +444,28 @@ static inline float log1p_unit(float t) {
               f2 * (1.0f / 13 + f2 * (1.0f / 15)))))));
     return 2.0f * f * p;
 }
-// softplus(x) = max(x, 0) + log(1 + e^-|x|)   (ternaries, not fmaxf/fabsf: see exp_approx)
+// softplus(x) = max(x, 0) + log(1 + e^-|x|)   (ternaries, not fmaxf/fabsf: see exp_approx). Written
+// x > 0 ? x + l : l, not max(x, 0) + l (the same value): gcc fused that add into the log's last
+// multiply in some loops and not in others, and the vector form below must give these bits.
 static inline float softplus(float x) {
     float ax = x < 0.0f ? -x : x;
-    return (x > 0.0f ? x : 0.0f) + log1p_unit(exp_approx(-ax));
+    float l = log1p_unit(exp_approx(-ax));
+    return x > 0.0f ? x + l : l;
 }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// the three on sixteen lanes (moe.h, exp_approx16): the same bits
+static inline f32x16 log1p_unit16(f32x16 t) {
+    f32x16 f = t / (2.0f + t), f2 = f * f;
+    f32x16 p = 1.0f + f2 * (1.0f / 3 + f2 * (1.0f / 5 + f2 * (1.0f / 7 + f2 * (1.0f / 9 + f2 * (1.0f / 11 +
+               f2 * (1.0f / 13 + f2 * (1.0f / 15)))))));
+    return 2.0f * f * p;
+}
+static inline f32x16 softplus16(f32x16 x) {
+    f32x16 ax = select16(x < 0.0f, -x, x);
+    f32x16 l = log1p_unit16(exp_approx16(-ax));
+    return select16(x > 0.0f, x + l, l);
+}
+static inline f32x16 sigmoid16(f32x16 x) { return 1.0f / (1.0f + exp_approx16(-x)); }
 
 // responses s (N,E) and p^C = softmax(s) (N,E). Each mean over c sums in 16 lanes (c mod 16) added
 // in order at the end: a fixed order, kept in one vector register.
@@ -460,13 +476,11 @@ static void compete_responses(float* resp, float* pc, const float* out, const in
         float* s = resp + (size_t)n * E;
         for (int e = 0; e < E; e++) {
             const float* o = out + (size_t)token_slot[n * E + e] * C;
-            float lane[COMPETE_LANES] = {0.0f}, acc = 0.0f;
+            f32x16 lanes = splat16(0.0f);
             int i = 0;
-            for (; i + COMPETE_LANES <= C; i += COMPETE_LANES)
-                for (int q = 0; q < COMPETE_LANES; q++) lane[q] += softplus(o[i + q]);
-            for (; i < C; i++) lane[i % COMPETE_LANES] += softplus(o[i]);
-            for (int q = 0; q < COMPETE_LANES; q++) acc += lane[q];
-            s[e] = acc / C;
+            for (; i + COMPETE_LANES <= C; i += COMPETE_LANES) lanes += softplus16(load16(o + i));
+            for (; i < C; i++) lanes[i % COMPETE_LANES] += softplus(o[i]);
+            s[e] = sum16(lanes) / C;
         }
         softmax_lse(pc + (size_t)n * E, s, E);
     }
@@ -481,7 +495,9 @@ static void compete_responses_backward(float* dout, const float* ds, const float
             const float* o = out + slot * C;
             float* d = dout + slot * C;
             float k_s = ds[(size_t)n * E + e] / C;
-            for (int i = 0; i < C; i++) d[i] += k_s * sigmoid(o[i]);
+            int i = 0;
+            for (; i + 16 <= C; i += 16) store16(d + i, load16(d + i) + k_s * sigmoid16(load16(o + i)));
+            for (; i < C; i++) d[i] += k_s * sigmoid(o[i]);
         }
     }
 }

@@ -125,6 +125,44 @@ static void test_row_stride(void) {
           sgemm_row_stride(512), sgemm_row_stride(24), sgemm_row_stride(16));
 }
 
+// exp_approx16, gelu_value_grad16, softplus16 and sigmoid16 give the scalar functions' bits in every lane:
+// random floats of every exponent, both signs, and the edges (NaN, +-inf, +-0, the clamp at -87
+// and 88, exact halves where exp_approx's floor changes side). Bit-equal, not close: the model's
+// numbers must not depend on which loop (vector body or scalar tail) an element lands in. (A NaN
+// is any NaN.)
+static int same_bits(float a, float b) { return (isnan(a) && isnan(b)) || memcmp(&a, &b, 4) == 0; }   // (a NaN's sign is noise)
+static void test_exp_vector(void) {
+    enum { NV = 1 << 20 };
+    float* x = fmalloc(NV);
+    uint64_t rng = 7;
+    float edges[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, -87.0f, 88.0f, -87.5f, 88.5f, 1e-40f, -1e-40f,
+                     0.5f * 0.6931472f, -0.5f * 0.6931472f, 1.5f * 0.6931472f, 3.4e38f, -3.4e38f, 10.0f, -10.0f};
+    int ne = (int)(sizeof(edges) / sizeof(edges[0]));
+    for (int i = 0; i < NV; i++) {
+        uint32_t bits = random_u32(&rng);
+        if (i % 4 != 0) bits = (bits & 0x807FFFFFu) | ((uint32_t)(100 + random_u32(&rng) % 70) << 23);   // |x| in [2^-27, 2^43)
+        memcpy(&x[i], &bits, 4);
+        if (i < ne) x[i] = edges[i];
+    }
+    int bad_exp = 0, bad_gelu = 0, bad_router = 0;
+    for (int i = 0; i < NV; i += 16) {
+        f32x16 grad16, e16 = exp_approx16(load16(x + i)), g16 = gelu_value_grad16(load16(x + i), &grad16);
+        f32x16 sp16 = softplus16(load16(x + i)), sg16 = sigmoid16(load16(x + i));
+        for (int j = 0; j < 16; j++) {
+            float e = exp_approx(x[i + j]), grad, g = gelu_value_grad(x[i + j], &grad);
+            float sp = softplus(x[i + j]), sg = sigmoid(x[i + j]);
+            float e_lane = e16[j], g_lane = g16[j], grad_lane = grad16[j], sp_lane = sp16[j], sg_lane = sg16[j];
+            bad_exp += !same_bits(e, e_lane);
+            bad_gelu += !same_bits(g, g_lane) || !same_bits(grad, grad_lane);
+            bad_router += !same_bits(sp, sp_lane) || !same_bits(sg, sg_lane);
+        }
+    }
+    CHECK(bad_exp == 0, "exp_approx16 differs from exp_approx in %d of %d lanes", bad_exp, NV);
+    CHECK(bad_gelu == 0, "gelu_value_grad16 differs from gelu_value_grad in %d of %d lanes", bad_gelu, NV);
+    CHECK(bad_router == 0, "softplus16 / sigmoid16 differ from softplus / sigmoid in %d of %d lanes", bad_router, NV);
+    free(x);
+}
+
 static double attention_loss(void* p) {
     OpCtx* c = (OpCtx*)p;
     attention_forward(c->out, c->mean, c->inp, c->B, c->T, c->C, c->NH);  // mean holds att here
@@ -4283,6 +4321,7 @@ int main(void) {
     test_matmul();
     test_attention();
     test_row_stride();
+    test_exp_vector();
     test_gelu();
     test_crossentropy();
     test_gate_weights();

@@ -89,12 +89,12 @@ static void topk_indices(const float* sel, int E, int K, int* expert_index) {
     for (int k = 0; k < K; k++) expert_index[k] = idx[k];
 }
 
-// softmax of x (n values) into out; returns logsumexp.
+// softmax of x (n values) into out; returns logsumexp. The exps are exp_approx's (moe.h, exp_sum), not
+// libm's expf (calls, one element at a time): at E = 64 the router then took 0.93 of its time (6 pairs).
 static float softmax_lse(float* out, const float* x, int n) {
     float m = x[0];
     for (int i = 1; i < n; i++) if (x[i] > m) m = x[i];
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) { out[i] = expf(x[i] - m); s += out[i]; }
+    float s = exp_sum(out, x, m, n);
     float inv = 1.0f / s;
     for (int i = 0; i < n; i++) out[i] *= inv;
     return m + logf(s);

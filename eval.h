@@ -247,9 +247,9 @@ static void expert_analysis_report(const ExpertAnalysis* xa, FILE* terminal, FIL
 
 static void expert_analysis_free(ExpertAnalysis* xa) {
     metrics_free(&xa->metrics);
-    free(xa->probe_sim);
-    free(xa->domain_names);
-    free(xa->token_counts);
+    freeCheck(xa->probe_sim);
+    freeCheck(xa->domain_names);
+    freeCheck(xa->token_counts);
     free(xa->null_domains);
 }
 

@@ -146,7 +146,7 @@ static void load_model(EvalRun* r) {
     char err[1024];
     if (moe_load_checkpoint(&r->model, r->ckpt_path, &r->info, NULL, err, sizeof(err)) != 0) die("%s", err);
     MoEModel* m = &r->model;
-    free(m->m_memory); free(m->v_memory);  // evaluation needs no optimizer state
+    freeCheck(m->m_memory); freeCheck(m->v_memory);  // evaluation needs no optimizer state
     m->m_memory = m->v_memory = NULL;
     const MoEConfig* cfg = &m->config;
     if (r->T == 0) r->T = cfg->max_seq_len;
@@ -518,7 +518,7 @@ static void finish(EvalRun* r) {
     mc_free(&r->set);
     if (r->have_tok) tokenizer_free(&r->tokenizer);
     expert_analysis_free(&r->xa);
-    free(r->domain_names);
+    freeCheck(r->domain_names);
     moe_free(&r->model);
 }
 

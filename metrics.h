@@ -59,7 +59,7 @@ static void metrics_reset(MoEMetrics* mm) {
     mm->has_null = 0;
 }
 static void metrics_free(MoEMetrics* mm) {
-    free(mm->counts); free(mm->sibling_hits); free(mm->domain_joint); free(mm->domain_joint_null);
+    freeCheck(mm->counts); freeCheck(mm->sibling_hits); freeCheck(mm->domain_joint); freeCheck(mm->domain_joint_null);
 }
 
 // The chance level of MI(e; d): the same statistic with the tokens' domains shuffled. The caller

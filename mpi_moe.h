@@ -86,7 +86,7 @@ static void dist_init(Dist* d, int* argc, char*** argv) {
 
 static void ep_free(struct ExpertParallel* ep);
 static void dist_finalize(Dist* d) {
-    free(d->shard); free(d->chunk); free(d->recv); free(d->m_shard); free(d->v_shard); free(d->packed);
+    free(d->shard); free(d->chunk); free(d->recv); freeCheck(d->m_shard); freeCheck(d->v_shard); free(d->packed);
     ep_free(d->ep);
 #ifdef USE_MPI
     MPI_Finalize();
@@ -205,10 +205,10 @@ static void ep_free(ExpertParallel* ep) {
     for (int l = 0; l < ep->L; l++) {
         EPLayer* y = &ep->layer[l];
         free(y->x); free(y->dgelu); free(y->gelu); free(y->out); free(y->dout); free(y->din);
-        free(y->send_rows); free(y->recv_rows);
+        freeCheck(y->send_rows); freeCheck(y->recv_rows);
     }
-    free(ep->layer); free(ep->send); free(ep->recv); free(ep->own); free(ep->rep);
-    free(ep);
+    freeCheck(ep->layer); free(ep->send); free(ep->recv); free(ep->own); free(ep->rep);
+    freeCheck(ep);
 }
 
 static float* ep_grow(float* buf, size_t* cap, size_t need) {
@@ -446,7 +446,7 @@ static void dist_setup(Dist* d, MoEModel* m, int zero, int expert_parallel) {
         if (m->m_memory != NULL) {  // resuming: keep this rank's part of the loaded moments
             memcpy(d->m_shard, m->m_memory + lo, n * sizeof(float));
             memcpy(d->v_shard, m->v_memory + lo, n * sizeof(float));
-            free(m->m_memory); free(m->v_memory);
+            freeCheck(m->m_memory); freeCheck(m->v_memory);
             m->m_memory = m->v_memory = NULL;
         }
     }

@@ -668,7 +668,7 @@ static long compete_schedule(unsigned char* sched, int S, int L, float rate, flo
             placed++;
         }
     }
-    free(count);
+    freeCheck(count);
     return placed;
 }
 

@@ -34,7 +34,11 @@ static const RoutingMode EVAL0 = {0, 0, NULL};  // an evaluation forward at step
 static uint64_t test_rng = 42;
 static float urand(void) { return 2.0f * random_f32(&test_rng) - 1.0f; }  // uniform in [-1, 1)
 static void fill_uniform(float* x, size_t n, float scale) { for (size_t i = 0; i < n; i++) x[i] = scale * urand(); }
-static float* fmalloc(size_t n) { return (float*)callocCheck(n, sizeof(float)); }
+static float* fmalloc(size_t n) {   // zeroed; freed with free() (callocCheck's large buffers need freeCheck)
+    float* p = (float*)calloc(n > 0 ? n : 1, sizeof(float));
+    if (p == NULL) die("test: out of memory allocating %zu floats", n);
+    return p;
+}
 static double dot_d(const float* a, const float* b, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
@@ -123,6 +127,43 @@ static void test_row_stride(void) {
     CHECK(sgemm_row_stride(512) == 528 && sgemm_row_stride(24) == 48 && sgemm_row_stride(16) == 16,
           "sgemm_row_stride: 512 -> %d, 24 -> %d, 16 -> %d (expected 528, 48, 16)",
           sgemm_row_stride(512), sgemm_row_stride(24), sgemm_row_stride(16));
+}
+
+// callocCheck's large buffers: zeroed, 64-byte aligned, no two of a run at the same offset within
+// a 2 MiB page (see calloc_check_), each returned to free() whole by freeCheck (ASan and valgrind
+// runs of this test would report a wrong start); with the table full, buffers are still allocated
+// (unskewed) and freed.
+static void test_huge_skew(void) {
+    enum { NB = 20, NF = 1 << 20 };   // 4 MiB each
+    float* b[NB];
+    int zero = 1, aligned = 1, clash = 0;
+    for (int i = 0; i < NB; i++) {
+        b[i] = (float*)callocCheck(NF, sizeof(float));
+        for (int j = 0; j < NF; j += 4099) zero &= b[i][j] == 0.0f;
+        zero &= b[i][NF - 1] == 0.0f;
+        aligned &= (uintptr_t)b[i] % 64 == 0;
+        b[i][NF - 1] = 1.0f;   // (the whole size is usable)
+    }
+    for (int i = 0; i < 16 && i < NB; i++)
+        for (int j = 0; j < i; j++) clash += (uintptr_t)b[i] % HUGE_PAGE_BYTES == (uintptr_t)b[j] % HUGE_PAGE_BYTES;
+    CHECK(zero && aligned, "callocCheck (4 MiB buffers): zeroed %d, 64-byte aligned %d", zero, aligned);
+    CHECK(clash == 0, "callocCheck: %d pairs of 16 consecutive 4 MiB buffers start at the same offset in a 2 MiB page", clash);
+    for (int i = 0; i < NB; i++) freeCheck(b[i]);
+    int used = 0;
+    for (int i = 0; i < HUGE_SKEW_SLOTS; i++) used += huge_skewed[i].p != NULL;
+    enum { NT = HUGE_SKEW_SLOTS + 40, NS = (1 << 20) + 16 };
+    float** t = (float**)mallocCheck(NT * sizeof(float*));
+    int ok = 1;
+    for (int i = 0; i < NT; i++) {   // more buffers than the table holds; freed in reverse order
+        t[i] = (float*)callocCheck(NS, sizeof(float));
+        ok &= t[i][0] == 0.0f && t[i][NS - 1] == 0.0f;
+    }
+    for (int i = NT - 1; i >= 0; i--) freeCheck(t[i]);
+    free(t);
+    int left = 0;
+    for (int i = 0; i < HUGE_SKEW_SLOTS; i++) left += huge_skewed[i].p != NULL;
+    CHECK(ok && left == used, "callocCheck beyond its table: zeroed %d; table slots in use %d after freeing (before: %d)", ok, left, used);
+    freeCheck(NULL);
 }
 
 // exp_approx16, gelu_value_grad16, softplus16 and sigmoid16 give the scalar functions' bits in every lane:
@@ -847,7 +888,7 @@ static void test_pytorch_reference(const char* name) {
         moe_after_step(&m);  // auxfree's bias update
     }
     CHECK(steps_ok, "reference %s: losses of %d AdamW steps differ from PyTorch's", name, nsteps);
-    free(compete);
+    freeCheck(compete);
     free_ref_state(&s);
     moe_free(&m);
 }
@@ -1004,7 +1045,7 @@ static void test_dist_pieces(void) {
         }
         for (size_t j = 0; j < P; j++) bad |= seen[j] != 1;
         CHECK(!bad, "expert parallel on %d ranks: shared and owned ranges do not partition the parameters", R);
-        free(seen);
+        freeCheck(seen);
     }
     // the (rank, expert) <-> (expert, rank) reorder of received rows, and back
     int rows[6] = {2, 0, 1, 3, 1, 2};  // R = 3 ranks, P = 2 experts each: rows[q*2 + j]
@@ -4321,6 +4362,7 @@ int main(void) {
     test_matmul();
     test_attention();
     test_row_stride();
+    test_huge_skew();
     test_exp_vector();
     test_gelu();
     test_crossentropy();

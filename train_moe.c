@@ -253,7 +253,7 @@ static float validate(Dist* dist, MoEModel* model, DataLoader* val, int batches,
     dist_gather_micro(dist, local, per_rank, 1, losses);
     double total = 0.0;
     for (int i = 0; i < batches; i++) total += losses[i];
-    free(local); free(losses);
+    freeCheck(local); freeCheck(losses);
     return (float)(total / batches);
 }
 
@@ -349,7 +349,7 @@ static void sample_and_print(const MoEModel* model, const Tokenizer* tok, int eo
     }
     printf("\n--------------\n");
     fflush(stdout);
-    free(infer.acts_memory); free(infer.idx_memory); free(infer.scratch_memory);
+    freeCheck(infer.acts_memory); freeCheck(infer.idx_memory); freeCheck(infer.scratch_memory);
     free(ctx); free(probs);
 }
 
@@ -559,7 +559,7 @@ static void load_init_checkpoint(Run* run) {
     CheckpointInfo info = {0};
     if (moe_load_checkpoint(&run->model, path, &info, &run->resume_state, err, sizeof(err)) != 0) die("%s", err);
     run->resuming = info.has_optimizer && !weights_only;
-    if (weights_only) { free(run->model.m_memory); free(run->model.v_memory); run->model.m_memory = run->model.v_memory = NULL; }
+    if (weights_only) { freeCheck(run->model.m_memory); freeCheck(run->model.v_memory); run->model.m_memory = run->model.v_memory = NULL; }
     if (run->resuming) run->start_step = info.step;
     printf("loaded %s: step %d%s\n", path, info.step, run->resuming ? ", resuming with optimizer state" :
            " (parameters only: a fresh run)");
@@ -947,7 +947,7 @@ static void open_outputs(Run* run) {
         fprintf(cf, "domains = ");
         for (int d = 0; d < run->data.num_domains; d++) fprintf(cf, "%s%s", d ? "," : "", names[d]);
         fprintf(cf, "\n");
-        free(names);
+        freeCheck(names);
     }
     if (ferror(cf) | fclose(cf)) die_output("cannot write %s: %s", path, strerror(errno));
     snprintf(o->log_path, sizeof(o->log_path), "%s/main.log", s->outdir);
@@ -1260,13 +1260,13 @@ static void finish(Run* run) {
     sync_logs(o);
     if (o->log != NULL) fclose(o->log);
     if (o->metrics_tsv != NULL) fclose(o->metrics_tsv);
-    free(o->micro_local); free(o->micro_all); free(o->compete_step);
+    freeCheck(o->micro_local); freeCheck(o->micro_all); freeCheck(o->compete_step);
     printf("total time %.1f s; metrics took %.1f ms, %.2f%% of the step time (expert-output similarity is "
            "computed during validation and not counted here)\n", now_seconds() - o->t_start, o->metrics_seconds * 1000.0,
            o->step_seconds > 0 ? 100.0 * o->metrics_seconds / o->step_seconds : 0.0);
     metrics_free(&o->metrics);
-    free(o->probe_sim);
-    free(o->null_domains);
+    freeCheck(o->probe_sim);
+    freeCheck(o->null_domains);
     free(run->schedule);
     dataloader_free(&run->data.train);
     dataloader_free(&run->data.val);

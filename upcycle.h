@@ -200,7 +200,7 @@ static int dense_load(MoEModel* dense, const char* path, char* err, size_t errle
         return set_err(err, errlen, "dense model %s: magic %d is neither a moe.c checkpoint's (%d) nor an llm.c model "
                        "file's (%d)", path, got == 1 ? magic : -1, CHECKPOINT_MAGIC, LLMC_MODEL_MAGIC);
     if (moe_load_checkpoint(dense, path, NULL, NULL, err, errlen) != 0) return -1;
-    free(dense->m_memory); free(dense->v_memory);
+    freeCheck(dense->m_memory); freeCheck(dense->v_memory);
     dense->m_memory = dense->v_memory = NULL;
     if (dense->config.n_expert != 1) {
         int E = dense->config.n_expert;

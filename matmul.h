@@ -884,7 +884,11 @@ static void sgemm_rows_item(const SgemmProblem* p, int lda, int ldb, int ldc, in
 }
 
 // The general case of an item (sgemm_item, below): its K blocks in order, B packed here one K block
-// at a time, or read from bshared (phase 1's packing of all of p's op(B)).
+// at a time, or read from bshared (phase 1's packing of all of p's op(B)). Measured and left out:
+// a one-row-block item with transB 0 (an expert's dinp) reading W in place in the rows kernel,
+// each sliver a row of NR floats ldb apart, instead of packing it: 0.72 (fcproj) and 0.88 (fc) of
+// the speed at E = 64, 0.94 and 0.97 at E = 128 (6 alternated pairs on a Xeon): rows 1-2 KiB
+// apart fall in a few L1 sets, so each strip of A fetched the sliver again from L2.
 static void sgemm_item_blocks(int transA, int transB, const SgemmProblem* p, int lda, int ldb, int ldc, int accumulate,
                               int ic, int mc, int jc, int nc, const float* bshared, float* apack, float* bpack,
                               SgemmAhead* ahead) {

@@ -158,7 +158,8 @@ static void test_epilogue(const SgemmProblem* p, int ldc, int ic, int mc, int jc
 // exactly the bits of sgemm_blocked on each product alone, for 1, 2 and 3 threads. (N = 1100: two
 // column blocks, so one-row-block items start at jc > 0, as in sgemm_rows_item's transposed path.
 // Also each problem through sgemm_problem, in a parallel loop over the problems; and both with an
-// epilogue, which must see each element of C once, final.)
+// epilogue, which must see each element of C once, final. N = 160 and 1100 with tA = tB = 0: the
+// experts' dinp shape, whole slivers and a ragged column block.)
 // M on both sides of sgemm_blocked's row block (96) and sgemm_batch's (256 with AVX-512, 258 with
 // AVX2), and 530: three row blocks over a B packed once for all.
 #define BATCH_MMAX 530
@@ -366,6 +367,8 @@ int main(void) {
     for (int t = 0; t < 4; t++) { check_batch(t >> 1, t & 1, 0, 130); check_batch(t >> 1, t & 1, 1, 130); }
     check_batch(0, 1, 0, 1100);
     check_batch(0, 1, 1, 1100);
+    check_batch(0, 0, 0, 1100);
+    check_batch(0, 0, 1, 160);
     check_stream(0);
     check_stream(2);
     for (int mode = SGEMM_C_LOWER; mode <= SGEMM_A_UPPER; mode++)

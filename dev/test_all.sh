@@ -2,7 +2,8 @@
 # Every test suite of moe.c, then one combined "N passed, N failed" line.
 #   sh dev/test_all.sh        what `make test` runs: the fast suites (about a minute)
 #   sh dev/test_all.sh --all  what `make ci` and CI run: the fast suites, then the slow ones
-#                             (sanitizers, fuzzers, crash campaign, study smoke test, MPI, bench smoke)
+#                             (sanitizers, fuzzers, crash campaign, study smoke test, MPI, bench smoke,
+#                             test_moe built for AVX2 and SSE2 CPUs)
 # Fast suites:
 #   test_moe             ops, model, PyTorch reference, routers, checkpoints, trainer, data, tokenizer
 #   dev/test_sgemm       the matmul kernel against its scalar definition, and thread-count bit-identity
@@ -15,7 +16,7 @@
 # such line; it is listed in SLOW_SUITES below.
 ALL=0
 [ "${1:-}" = "--all" ] && ALL=1
-SLOW_SUITES="mpi bench plot study crash diskfull fuzz sanitize"
+SLOW_SUITES="mpi bench plot study crash diskfull fuzz sanitize isa"
 passed=0
 failed=0
 count() {  # count LOGFILE: add the suite's closing "N passed, N failed"

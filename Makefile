@@ -59,6 +59,20 @@ dev/export_llmc: dev/export_llmc.c $(HEADERS)
 dev/bench_sgemm: dev/bench_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
+# two builds of matmul.h in one process, timed call by call (dev/ab_sgemm.c says how); by default
+# this matmul.h against itself. Always rebuilt: make cannot see AB_B or AB_BFLAGS change.
+AB_A ?= matmul.h
+AB_B ?= matmul.h
+dev/ab_sgemm: dev/ab_sgemm.c FORCE
+	$(CC) $(CFLAGS) $(OMPFLAGS) -c $< -DAB_SIDE=a -DAB_MATMUL='"$(abspath $(AB_A))"' $(AB_AFLAGS) -o dev/ab_sgemm_a.o
+	$(CC) $(CFLAGS) $(OMPFLAGS) -c $< -DAB_SIDE=b -DAB_MATMUL='"$(abspath $(AB_B))"' $(AB_BFLAGS) -o dev/ab_sgemm_b.o
+	$(CC) $(CFLAGS) $(OMPFLAGS) $< dev/ab_sgemm_a.o dev/ab_sgemm_b.o -o $@ $(LDLIBS)
+	@rm -f dev/ab_sgemm_a.o dev/ab_sgemm_b.o
+
+# two train_moe runs in one process, stepping in turns (dev/ab_step.c says how)
+dev/ab_step: dev/ab_step.c train_moe.c $(HEADERS) mpi_moe.h
+	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
+
 dev/test_sgemm: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -78,10 +92,11 @@ ci: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh --all
 
 clean:
-	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar dev/bench_sgemm dev/export_llmc
+	rm -f train_moe train_moe_mpi eval_moe test_moe data/prepare_text data/make_cloze dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar dev/bench_sgemm dev/ab_sgemm dev/ab_step dev/export_llmc
 
 # the fast test suite built with AddressSanitizer + UndefinedBehaviorSanitizer (dev/ci/sanitize.sh)
 sanitize:
 	@sh dev/ci/sanitize.sh
 
-.PHONY: all test ci clean sanitize
+.PHONY: all test ci clean sanitize FORCE
+FORCE:

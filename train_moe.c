@@ -904,10 +904,10 @@ static int claim_output_dir(const Run* run) {
 
 // A resume appends to the logs after cutting them back to the checkpoint's step, so after any
 // crash and resume they hold every step exactly once (the logs are on disk before each checkpoint).
-static void open_outputs(Run* run) {
+// what a training step writes besides the model: the metrics and the per-micro-batch losses
+static void alloc_step_outputs(Run* run) {
     const RunSettings* s = &run->set;
-    const MoEModel* model = &run->model;
-    const MoEConfig* cfg = &model->config;
+    const MoEConfig* cfg = &run->model.config;
     RunOutputs* o = &run->out;
     metrics_init(&o->metrics, cfg->num_layers, cfg->n_expert, cfg->top_k, run->data.num_domains);
     o->probe_sim = (float*)callocCheck(cfg->num_layers, sizeof(float));
@@ -917,6 +917,14 @@ static void open_outputs(Run* run) {
     o->micro_all = (double*)callocCheck((size_t)s->grad_accum * o->micro_width, sizeof(double));
     o->compete_step = (double*)callocCheck((size_t)cfg->num_layers * 4, sizeof(double));
     o->profiling = run->flags.given[F_PROFILE];
+}
+
+static void open_outputs(Run* run) {
+    const RunSettings* s = &run->set;
+    const MoEModel* model = &run->model;
+    const MoEConfig* cfg = &model->config;
+    RunOutputs* o = &run->out;
+    alloc_step_outputs(run);
     if (run->dist.rank != 0) return;  // rank 0 alone writes files
     make_dir(s->outdir);
     int deleted = claim_output_dir(run);
@@ -1276,7 +1284,8 @@ static void finish(Run* run) {
 }
 
 // ----------------------------------------------------------------------------
-
+// (dev/ab_step.c includes this file with TRAIN_MOE_NO_MAIN, to run two of these runs in one process)
+#ifndef TRAIN_MOE_NO_MAIN
 int main(int argc, char** argv) {
     static Run run;
     dist_init(&run.dist, &argc, &argv);  // MPI, when built with it
@@ -1306,3 +1315,4 @@ int main(int argc, char** argv) {
     dist_finalize(&run.dist);
     return exit_code;
 }
+#endif

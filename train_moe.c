@@ -902,9 +902,7 @@ static int claim_output_dir(const Run* run) {
     return deleted;
 }
 
-// A resume appends to the logs after cutting them back to the checkpoint's step, so after any
-// crash and resume they hold every step exactly once (the logs are on disk before each checkpoint).
-// what a training step writes besides the model: the metrics and the per-micro-batch losses
+// What a training step writes besides the model: the metrics and the per-micro-batch losses.
 static void alloc_step_outputs(Run* run) {
     const RunSettings* s = &run->set;
     const MoEConfig* cfg = &run->model.config;
@@ -919,6 +917,8 @@ static void alloc_step_outputs(Run* run) {
     o->profiling = run->flags.given[F_PROFILE];
 }
 
+// A resume appends to the logs after cutting them back to the checkpoint's step, so after any
+// crash and resume they hold every step exactly once (the logs are on disk before each checkpoint).
 static void open_outputs(Run* run) {
     const RunSettings* s = &run->set;
     const MoEModel* model = &run->model;

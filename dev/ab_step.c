@@ -51,25 +51,31 @@ static void ab_setup(Run* run, char* flags, char** argv, int max_args) {
     run->out.profiling = 0;
 }
 
+static int ab_int(const char* text, const char* flag, int lo, int hi) {   // a whole integer in [lo, hi], or a clear error
+    char* end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) die("ab_step: %s needs an integer in %d..%d, got '%s'", flag, lo, hi, text);
+    return (int)v;
+}
+
 int main(int argc, char** argv) {
     int pairs = 20, threads[2] = {0, 0}, profile = 0;
     char* flags[2] = {NULL, NULL};
     for (int i = 1; i < argc; i++) {
         int last = i + 1 >= argc;
-        if (strcmp(argv[i], "--pairs") == 0 && !last) pairs = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--threads-a") == 0 && !last) threads[0] = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--threads-b") == 0 && !last) threads[1] = atoi(argv[++i]);
+        if (strcmp(argv[i], "--pairs") == 0 && !last) pairs = ab_int(argv[++i], "--pairs", 1, 100000);
+        else if (strcmp(argv[i], "--threads-a") == 0 && !last) threads[0] = ab_int(argv[++i], "--threads-a", 1, 1024);
+        else if (strcmp(argv[i], "--threads-b") == 0 && !last) threads[1] = ab_int(argv[++i], "--threads-b", 1, 1024);
         else if (strcmp(argv[i], "--profile") == 0) profile = 1;
         else if (strcmp(argv[i], "--a") == 0 && !last) flags[0] = strdup(argv[++i]);
         else if (strcmp(argv[i], "--b") == 0 && !last) flags[1] = strdup(argv[++i]);
         else die("usage: dev/ab_step [--pairs N] [--threads-a N] [--threads-b N] [--profile] --a \"FLAGS\" --b \"FLAGS\"");
     }
     if (flags[0] == NULL || flags[1] == NULL) die("ab_step: give both --a and --b (train_moe flags)");
-    if (pairs < 1 || pairs > 100000) die("ab_step: --pairs needs an integer in 1..100000");
     int default_threads = omp_get_max_threads();
     for (int s = 0; s < 2; s++) {
         if (threads[s] == 0) threads[s] = default_threads;
-        if (threads[s] < 1 || threads[s] > 1024) die("ab_step: --threads-a/-b need an integer in 1..1024");
     }
     // step 1: both runs, set up with the most threads either side uses (per-thread buffers)
     static Run runs[2];

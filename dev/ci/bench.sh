@@ -29,6 +29,7 @@ if dev/bench --quick --no-torch > "$out" 2>&1; then ok "dev/bench --quick exits 
     [ "$(nproc)" -gt 1 ] && echo "threads speed-up on small"
     [ "$(nproc)" -gt 1 ] && echo "other load [0-9.]*  cores [0-9]"   # the host probe ran before the runs
     echo "  mem [0-9]"   # and the memory-bandwidth probe
+    echo "of the 1-thread peak on cached operands.* (start; end [0-9.]*/[0-9.]*/[0-9.]*%)"   # the kernel at both ends
 } > "$out.patterns"
 while IFS= read -r pattern; do
     if grep -q -- "$pattern" "$out"; then ok "report has '$pattern'"; else bad "report lacks '$pattern'"; fi

@@ -23,7 +23,7 @@ if dev/bench --quick --no-torch > "$out" 2>&1; then ok "dev/bench --quick exits 
     echo "small  all six together"
     echo "^performance goals"
     echo "the same ratios paired in one process"
-    echo "^  gatepro/topk  *step "
+    echo "^  gatepro/topk  *step .*  cores [0-9.-]"   # with the cores the host gave the pairs
     echo "^  compete/topk  *step "
     [ "$(nproc)" -gt 1 ] && echo "^  1thread/[0-9]*  *step "
     [ "$(nproc)" -gt 1 ] && echo "threads speed-up on small"

@@ -32,7 +32,9 @@ else
   TRAIN_CC = $(CC)
 endif
 
-all: train_moe eval_moe test_moe data/prepare_text data/make_cloze dev/export_llmc
+# `make` builds the programs a user runs; the test binaries come with `make test` (test_moe alone
+# takes longer to compile than all of these together)
+all: train_moe eval_moe data/prepare_text data/make_cloze dev/export_llmc
 
 train_moe: train_moe.c $(HEADERS) mpi_moe.h
 	$(TRAIN_CC) $(CFLAGS) $(OMPFLAGS) $< -o $@ $(LDLIBS)
@@ -84,11 +86,11 @@ dev/test_sgemm_avx2: dev/test_sgemm.c matmul.h
 dev/test_sgemm_scalar: dev/test_sgemm.c matmul.h
 	$(CC) $(CFLAGS) -mno-avx512f -mno-avx2 -mno-fma -mno-avx $(OMPFLAGS) $< -o $@ $(LDLIBS)
 
-test: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
+test: all test_moe dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh
 
 # everything CI runs: the fast suites, then the slow ones (dev/ci/*.sh)
-ci: all dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
+ci: all test_moe dev/test_sgemm dev/test_sgemm_avx2 dev/test_sgemm_scalar
 	@sh dev/test_all.sh --all
 
 clean:

@@ -11,7 +11,7 @@ trap 'rm -rf "$dir"' EXIT
 if git rev-parse --git-dir > /dev/null 2>&1; then git ls-files | tar cf - -T - | (cd "$dir" && tar xf -); else cp -r . "$dir"; fi
 cd "$dir"
 SAN="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
-if ! make -s CC="$CC" CFLAGS="$SAN -march=native -Wall -Wextra -Wno-unused-function -Wno-psabi" all dev/test_sgemm > build.txt 2>&1; then
+if ! make -s CC="$CC" CFLAGS="$SAN -march=native -Wall -Wextra -Wno-unused-function -Wno-psabi" all test_moe dev/test_sgemm > build.txt 2>&1; then
     echo "FAIL: the sanitizer build failed"; tail -30 build.txt; echo "0 passed, 1 failed"; exit 1
 fi
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1
